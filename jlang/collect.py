@@ -1,0 +1,168 @@
+"""The statistics pass: per-language reductions at `mlp.act`, folded exactly on the host.
+
+One jitted forward per batch (no unembedding) returns, for every layer, the
+per-language count of `a > 0`, `Σa`, `Σa²`, `max a` and the number of valid
+tokens; padding never counts. The device sums within one batch (int32 counts
+are exact there: a batch has far fewer than 2^31 tokens); the host folds every
+batch into int64 counts and float64 sums, so totals stay exact at any corpus
+size. Batches are dispatched one ahead of the host fold, so the device never
+waits for the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jlang import parallel
+from jlang.models.model import Model
+
+HOOK_POINT = "mlp.act"
+
+
+def language_reductions(act: jax.Array, valid: jax.Array, lang: jax.Array, num_languages: int) -> dict[str, jax.Array]:
+    """Per-language reductions of one layer's activations.
+
+    Args:
+      act: `[batch, seq, neurons]` activations at the hook point.
+      valid: bool `[batch, seq]`; only valid tokens count.
+      lang: int `[batch]` language index of each row (rows of padding have no valid tokens).
+    Returns:
+      over_zero int32 `[K, F]`, sum/sum_sq/max float32 `[K, F]`, tokens int32 `[K]`.
+    """
+    a = act.astype(jnp.float32)
+    v = valid[:, :, None]
+    row_over_zero = jnp.sum((a > 0) & v, axis=1, dtype=jnp.int32)  # [batch, F]
+    row_sum = jnp.sum(jnp.where(v, a, 0.0), axis=1)
+    row_sum_sq = jnp.sum(jnp.where(v, a * a, 0.0), axis=1)
+    row_max = jnp.max(jnp.where(v, a, -jnp.inf), axis=1)
+    onehot = jax.nn.one_hot(lang, num_languages, dtype=jnp.int32)  # [batch, K]
+    return {
+        "over_zero": jnp.einsum("bk,bf->kf", onehot, row_over_zero),
+        "sum": jnp.einsum("bk,bf->kf", onehot.astype(jnp.float32), row_sum, precision="highest"),
+        "sum_sq": jnp.einsum("bk,bf->kf", onehot.astype(jnp.float32), row_sum_sq, precision="highest"),
+        "max": jnp.max(jnp.where(onehot[:, :, None] > 0, row_max[:, None, :], -jnp.inf), axis=0),
+        "tokens": onehot.T @ jnp.sum(valid, axis=1, dtype=jnp.int32),
+    }
+
+
+@dataclasses.dataclass
+class Accumulator:
+    """Exact host-side totals `[K, L, F]`: int64 counts, float64 sums."""
+
+    num_languages: int
+    num_layers: int
+    num_neurons: int
+
+    def __post_init__(self):
+        K, L, F = self.num_languages, self.num_layers, self.num_neurons
+        self.tokens = np.zeros(K, np.int64)
+        self.over_zero = np.zeros((K, L, F), np.int64)
+        self.sum = np.zeros((K, L, F), np.float64)
+        self.sum_sq = np.zeros((K, L, F), np.float64)
+        self.max = np.full((K, L, F), -np.inf, np.float32)
+
+    def add(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Fold one batch's reductions (`[L, K, F]` as the scan stacks them; tokens `[L, K]`)."""
+        self.tokens += np.asarray(batch["tokens"][0], np.int64)
+        self.over_zero += np.asarray(batch["over_zero"], np.int64).transpose(1, 0, 2)
+        self.sum += np.asarray(batch["sum"], np.float64).transpose(1, 0, 2)
+        self.sum_sq += np.asarray(batch["sum_sq"], np.float64).transpose(1, 0, 2)
+        np.maximum(self.max, np.asarray(batch["max"]).transpose(1, 0, 2), out=self.max)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("tokens", "over_zero", "sum", "sum_sq", "max")}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        for k, v in state.items():
+            setattr(self, k, np.array(v, dtype=getattr(self, k).dtype))
+
+
+def stats_step(model: Model, num_languages: int):
+    """The jitted per-batch step: device batch -> per-layer, per-language reductions."""
+
+    def probe(points, valid, lang):
+        return language_reductions(points[HOOK_POINT], valid, lang, num_languages)
+
+    cfg = model.config
+
+    @jax.jit
+    def step(params, ids, positions, valid, lang):
+        from jlang.models.decoder import forward
+
+        _, reduced = forward(
+            params, ids, cfg, positions=positions, valid=valid, output="none",
+            probe=lambda points, v: probe(points, v, lang),
+        )  # fmt: skip
+        return reduced
+
+    return step
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:
+    """Pad a batch to `rows` rows (so the mesh's data axis divides it) with rows that count nothing."""
+    b = len(batch["ids"])
+    if rows == b:
+        return batch
+    out = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], rows - b, axis=0)]) for k, v in batch.items()}
+    out["valid"][b:] = False
+    return out
+
+
+def run_stats(
+    model: Model,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    num_languages: int,
+    *,
+    total: int | None = None,
+    accumulator: Accumulator | None = None,
+    progress: bool = True,
+    on_batch: Any = None,
+) -> Accumulator:
+    """Fold the reductions of every batch into an `Accumulator`.
+
+    `batches` yield dicts of host arrays: `ids` int `[batch, seq]`, `valid` bool
+    `[batch, seq]`, `lang` int `[batch]`, and optionally `positions`. `on_batch(i, acc)`
+    runs after batch `i` is folded (checkpointing hooks in here).
+    """
+    acc = accumulator or Accumulator(num_languages, model.num_layers, model.num_neurons)
+    step = stats_step(model, num_languages)
+    params = model.params
+    bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress)
+    start, counted = time.perf_counter(), 0
+    pending = None  # (index, device result): fold it after dispatching the next batch
+
+    def fold(index, result):
+        nonlocal counted
+        host = jax.tree.map(parallel.to_host, result)
+        acc.add(host)
+        counted += int(np.asarray(host["tokens"][0]).sum())
+        bar.update()
+        bar.set_postfix(tokens_per_s=f"{counted / max(time.perf_counter() - start, 1e-9):,.0f}")
+        if on_batch is not None:
+            on_batch(index, acc)
+
+    for i, batch in enumerate(batches):
+        batch = pad_rows(batch, parallel.pad_batch_to(len(batch["ids"]), model.mesh))
+        ids = model.check_ids(batch["ids"])
+        b, t = ids.shape
+        positions = batch.get("positions")
+        if positions is None:
+            positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
+        result = step(
+            params, model.place_batch(ids), model.place_batch(np.asarray(positions, np.int32)),
+            model.place_batch(np.asarray(batch["valid"], bool)), model.place_batch(np.asarray(batch["lang"], np.int32)),
+        )  # fmt: skip
+        if pending is not None:
+            fold(*pending)
+        pending = (i, result)
+    if pending is not None:
+        fold(*pending)
+    bar.close()
+    return acc

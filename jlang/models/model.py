@@ -221,6 +221,35 @@ def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None =
     )  # fmt: skip
 
 
+# Bump when conversion changes, so caches of converted packaged models are rebuilt.
+CONVERSION_VERSION = 1
+
+
+def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) -> Model:
+    """A packaged model: converted from its GGUF once, then restored from jlang's cache.
+
+    Dequantising the GGUF takes ~25 s for the default model; restoring the
+    converted orbax checkpoint takes a few seconds.
+    """
+    import warnings
+
+    from jlang.models import packaged
+    from jlang.models.gguf import GGUFSource
+
+    gguf_path = packaged.resolve_packaged(name)
+    converted = packaged.cache_dir() / f"{name}-{dtype}-v{CONVERSION_VERSION}.jlang"
+    if (converted / CHECKPOINT_MARKER).is_file():
+        model = from_checkpoint(converted, mesh=mesh)
+        model.name, model.source = name, f"{gguf_path} (converted copy: {converted})"
+        return model
+    model = from_source(GGUFSource(gguf_path), name=name, dtype=dtype, mesh=mesh, progress=progress)
+    try:
+        model.save(converted)
+    except (OSError, FileExistsError) as e:  # a read-only cache or a concurrent writer: just skip caching
+        warnings.warn(f"could not cache the converted {name} model at {converted}: {e}", stacklevel=2)
+    return model
+
+
 def load_model(source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True) -> Model:
     """Load a model for jlang.
 
@@ -238,10 +267,7 @@ def load_model(source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh 
     dtype = _check_dtype(dtype)
     text = str(source)
     if text in packaged.PACKAGED:
-        from jlang.models.gguf import GGUFSource
-
-        gguf_path = packaged.resolve_packaged(text)
-        return from_source(GGUFSource(gguf_path), name=text, dtype=dtype, mesh=mesh, progress=progress)
+        return _load_packaged(text, dtype=dtype, mesh=mesh, progress=progress)
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(

@@ -7,8 +7,10 @@ in `_COMMANDS`; `jlang SUBCOMMAND --help` documents its options.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jlang
@@ -72,7 +74,166 @@ def _info_parser(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
-_COMMANDS: list[Callable] = [_info_parser]
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    from jlang.data import gettext_corpus as gc
+
+    out = args.out or gc.default_corpus_dir()
+    if args.out is None:
+        path = gc.ensure_default_corpus(out)
+        manifest = json.loads((path / "manifest.json").read_text())
+    else:
+        manifest = gc.build_gettext_corpus(out, languages=args.languages or gc.DEFAULT_LANGUAGES)
+    print(gc.format_summary(manifest))
+    if args.tokens_for:
+        model = jlang.load_model(args.tokens_for, progress=False)
+        counts = gc.count_tokens(out, model.tokenizer)
+        print(f"\ntokens per language ({model.name} tokenizer, train split):")
+        for lang, n in counts.items():
+            print(f"  {lang:<4} {n:>10,}")
+    return 0
+
+
+def _corpus_parser(sub) -> None:
+    p = sub.add_parser("corpus", help="build the packaged multilingual corpus")
+    csub = p.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
+    b = csub.add_parser("build", help="extract human translations from installed gettext catalogs")
+    b.add_argument("--out", default=None, help="output directory (default: jlang's cache, built once)")
+    b.add_argument("--languages", nargs="+", default=None, help="language codes (default: the 12 default languages)")
+    b.add_argument("--tokens-for", default=None, metavar="MODEL", help="also report tokens per language for MODEL")
+    b.set_defaults(func=cmd_corpus_build)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from jlang.collect import collect_stats
+    from jlang.runs import resolve_corpus
+
+    corpus = resolve_corpus(args.corpus, args.languages, args.split)  # fail before loading the model
+    model = jlang.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
+    stats = collect_stats(
+        model, corpus, batch_size=args.batch_size, seq_len=args.seq_len, mode=args.mode, max_tokens=args.max_tokens,
+    )  # fmt: skip
+    path = stats.save(Path(args.out) / "stats.npz")
+    print(f"wrote {path}: " + ", ".join(f"{l} {int(n):,}" for l, n in zip(stats.languages, stats.tokens)) + " tokens")
+    return 0
+
+
+def _stats_parser(sub) -> None:
+    from jlang.config import CorpusSection, StatsSection
+
+    p = sub.add_parser("stats", help="activation statistics per language at mlp.act")
+    p.add_argument("--model", default="default")
+    p.add_argument("--corpus", default="default", help='"default" or a directory of {lang}.txt / {lang}.jsonl files')
+    p.add_argument("--languages", nargs="+", default=list(CorpusSection.languages))
+    p.add_argument("--split", default="train", choices=["train", "heldout"])
+    p.add_argument("--mode", default="pack", choices=["pack", "pad"], help="pack (LAPE) or pad sentence by sentence (FLORES)")
+    p.add_argument("--batch-size", type=int, default=StatsSection.batch_size)
+    p.add_argument("--seq-len", type=int, default=StatsSection.seq_len)
+    p.add_argument("--max-tokens", type=int, default=None, help="cap per language")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_stats)
+
+
+def _load_stats(path: str):
+    from jlang.stats import ActivationStats
+
+    p = Path(path)
+    return ActivationStats.load(p / "stats.npz" if p.is_dir() else p)
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from jlang.config import IdentifySection
+    from jlang.runs import check_stats_fit_model, identify
+
+    stats = _load_stats(args.stats)
+    prompt_stats = _load_stats(args.prompt_stats) if args.prompt_stats else None
+    if args.model:
+        check_stats_fit_model(stats, jlang.load_model(args.model, progress=False))
+    lam = args.lam if args.lam == "auto" else float(args.lam)
+    section = IdentifySection(
+        method=args.method, top_rate=args.top_rate, filter_rate=args.filter_rate,
+        activation_bar_ratio=args.activation_bar_ratio, lam=lam,
+    )  # fmt: skip
+    masks = identify(stats, section, prompt_stats)
+    masks.save(args.out)
+    print(masks.summary_table())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _identify_parser(sub) -> None:
+    p = sub.add_parser("identify", help="language-specific neurons from statistics (LAPE or ternary)")
+    p.add_argument("--stats", required=True, help="a stats.npz (or the directory holding it)")
+    p.add_argument("--method", default="lape", choices=["lape", "ternary"])
+    p.add_argument("--top-rate", type=float, default=0.01)
+    p.add_argument("--filter-rate", type=float, default=0.95)
+    p.add_argument("--activation-bar-ratio", type=float, default=0.95)
+    p.add_argument("--lam", default="auto", help='ternary: lambda, or "auto" for AutoSweep')
+    p.add_argument("--prompt-stats", default=None, help="ternary: prompt-only statistics to subtract")
+    p.add_argument("--model", default=None, help="check that the statistics come from this model")
+    p.add_argument("--out", required=True, help="masks .npz to write")
+    p.set_defaults(func=cmd_identify)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from jlang.masks import NeuronMasks
+
+    masks = NeuronMasks.load(args.masks)
+    if args.format == "lape-pt":
+        masks.to_lape_pt(args.out)
+    else:
+        masks.save(args.out)
+    print(f"wrote {args.out} ({args.format}, languages {' '.join(masks.languages)})")
+    return 0
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write masks in another format")
+    p.add_argument("masks", help="a masks .npz")
+    p.add_argument("--format", required=True, choices=["lape-pt", "npz"], help="lape-pt: torch List[List[LongTensor]]")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from jlang.masks import NeuronMasks
+
+    path = Path(args.masks)
+    masks = NeuronMasks.from_lape_pt(path, args.languages) if path.suffix in (".pt", ".pth") else NeuronMasks.load(path)
+    print(masks.summary_table())
+    png = Path(args.png) if args.png else path.with_suffix(".png")
+    masks.plot_heatmap(png)
+    print(f"heat map: {png}")
+    return 0
+
+
+def _show_parser(sub) -> None:
+    p = sub.add_parser("show", help="table and heat map of a mask file")
+    p.add_argument("masks", help="a masks .npz (or a LAPE .pt/.pth with --languages)")
+    p.add_argument("--languages", nargs="+", default=["en", "zh", "fr", "es", "vi", "id", "ja"], help="for .pt masks")
+    p.add_argument("--png", default=None, help="heat map path (default: beside the masks)")
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jlang.config import RunConfig, load_config
+    from jlang.runs import run_lape
+
+    cfg = load_config(args.config, RunConfig, args.set or [])
+    result = run_lape(cfg)
+    print(Path(result["summary"]).read_text())
+    print("wrote " + ", ".join(result[k] for k in ("stats", "masks", "heatmap", "summary")))
+    return 0
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="the whole chain from a YAML config: statistics, masks, heat map, summary")
+    p.add_argument("config", help="e.g. configs/lape_default.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set stats.batch_size=4")
+    p.set_defaults(func=cmd_run)
+
+
+_COMMANDS: list[Callable] = [_info_parser, _corpus_parser, _stats_parser, _identify_parser, _export_parser, _show_parser, _run_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

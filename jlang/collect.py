@@ -166,3 +166,67 @@ def run_stats(
         fold(*pending)
     bar.close()
     return acc
+
+
+def collect_stats(
+    model: Model,
+    corpus: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mesh: Any = None,
+    mode: str = "pack",
+    max_tokens: int | None = None,
+    add_bos: bool | None = None,
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Activation statistics per language at `mlp.act`.
+
+    Args:
+      model: a `jlang.Model`.
+      corpus: maps language code -> source (a .txt/.jsonl path, a LAPE token-id
+        file, a list of strings), or a `jlang.data.Corpus`.
+      batch_size, seq_len: rows per batch (per process) and tokens per row.
+      mesh: run under this `(data, model)` mesh (parameters are resharded onto it).
+      mode: "pack" (LAPE: concatenated windows, every token counts) or "pad"
+        (one sentence per row, padding never counts; prompt/response pairs
+        count the response only).
+      max_tokens: per-language cap (LAPE uses 99,999,744).
+    Returns:
+      `jlang.stats.ActivationStats` with int64 counts and float64 sums.
+    """
+    from jlang.data.pipeline import make_batches
+    from jlang.stats import ActivationStats
+
+    if mesh is not None:
+        model = model.with_mesh(mesh)
+    if model.tokenizer is None:
+        raise ValueError(f"{model.name} has no tokenizer; collect_stats needs one to tokenize the corpus")
+    batches = make_batches(
+        corpus, model.tokenizer, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens,
+        add_bos=add_bos, seed=seed, progress=progress,
+    )  # fmt: skip
+    acc = run_stats(model, batches, len(batches.languages), total=len(batches), progress=progress)
+    return ActivationStats(
+        languages=list(batches.languages), tokens=acc.tokens, over_zero=acc.over_zero, sum=acc.sum,
+        sum_sq=acc.sum_sq, max=acc.max,
+        meta={
+            "model": model.name, "family": model.family, "source": model.source, "hook_point": HOOK_POINT,
+            "mode": mode, "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
+            "corpus": _describe(corpus),
+        },
+    )  # fmt: skip
+
+
+def _describe(corpus: Any) -> dict[str, str]:
+    """language -> a short description of its source, for the statistics' metadata."""
+    out = {}
+    for lang, src in getattr(corpus, "sources", corpus).items():
+        if hasattr(src, "describe"):
+            out[lang] = src.describe()
+        elif isinstance(src, (list, tuple)):
+            out[lang] = f"{len(src)} in-memory texts"
+        else:
+            out[lang] = str(src)
+    return out

@@ -85,6 +85,21 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.family}, layers={self.num_layers}, neurons={self.num_neurons}, dtype={self.dtype})"
 
+    def with_mesh(self, mesh: Mesh | None) -> "Model":
+        """This model with its parameters placed on `mesh` (sharded by the logical-axis rules)."""
+        if mesh is self.mesh:
+            return self
+        params = {}
+        for name, value in self.params.items():
+            if mesh is None:
+                params[name] = jax.device_put(value, jax.devices()[0])
+            else:
+                params[name] = jax.device_put(value, parallel.named_sharding(value.shape, LOGICAL_AXES[name], mesh))
+        return Model(
+            _decoder_from_params(self.config, params), self.tokenizer, name=self.name, source=self.source, mesh=mesh,
+            hf_config=self.hf_config,
+        )  # fmt: skip
+
     # -- forwards
     def check_ids(self, ids: Any) -> np.ndarray:
         ids = np.asarray(ids)

@@ -105,3 +105,40 @@ def test_accumulator_is_exact_past_float32_and_int32():
     acc.sum[:] = 2.0**25  # beyond float32's integer range: +1 still counts in float64
     acc.add(one)
     assert acc.sum[0, 0, 0] == 2.0**25 + 1
+
+
+@pytest.mark.parametrize("mode", ["pack", "pad"])
+def test_collect_stats_one_device_equals_mesh(tiny_dirs, mode):
+    """collect_stats end to end (tokenize -> batches -> pass) on 1 device and on a 2x4 mesh."""
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 fake devices")
+    from jlang.collect import collect_stats
+
+    path, _ = tiny_dirs["qwen2"]
+    model = jlang.load_model(path, progress=False)
+    rng = np.random.default_rng(1)
+    corpus = {lang: [" ".join(f"w{w}" for w in rng.integers(4, 130, rng.integers(3, 20))) for _ in range(30)] for lang in ("aa", "bb")}
+    kw = dict(batch_size=6, seq_len=16, mode=mode, progress=False)
+    one = collect_stats(model, corpus, **kw)
+    mesh = collect_stats(model, corpus, mesh=jlang.parallel.make_mesh(data=2, model=4), **kw)
+    np.testing.assert_array_equal(one.tokens, mesh.tokens)
+    np.testing.assert_array_equal(one.over_zero, mesh.over_zero)
+    np.testing.assert_allclose(one.sum, mesh.sum, rtol=1e-5, atol=1e-4)
+    assert one.tokens.min() > 0 and one.meta["mode"] == mode
+
+
+def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):
+    """Documents of exactly seq_len tokens (no BOS): packing and padding make the same rows."""
+    from jlang.collect import collect_stats
+
+    path, _ = tiny_dirs["gemma3"]
+    model = jlang.load_model(path, progress=False)
+    rng = np.random.default_rng(2)
+    corpus = {lang: [" ".join(f"w{w}" for w in rng.integers(4, 130, 12)) for _ in range(10)] for lang in ("aa", "bb")}
+    kw = dict(batch_size=4, seq_len=12, add_bos=False, progress=False)
+    packed = collect_stats(model, corpus, mode="pack", **kw)
+    padded = collect_stats(model, corpus, mode="pad", **kw)
+    np.testing.assert_array_equal(packed.tokens, [120, 120])
+    np.testing.assert_array_equal(packed.tokens, padded.tokens)
+    np.testing.assert_array_equal(packed.over_zero, padded.over_zero)
+    np.testing.assert_allclose(packed.sum, padded.sum, rtol=1e-6)

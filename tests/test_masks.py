@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jlang.io import torchfile
 from jlang.masks import MaskError, MaskShapeError, NeuronMasks, UnknownLanguageError
+from shared_data import shared_fixtures
 
 LAPE_LANGS = ["en", "zh", "fr", "es", "vi", "id", "ja"]
 # model -> (layers, intermediate size); methods.md §1.3
@@ -23,18 +22,6 @@ PUBLISHED = {
     "OPT-6.7B": (32, 16384),
     "Phi-2-2.7B": (32, 10240),
 }
-
-
-def shared_fixtures(*parts: str) -> Path:
-    """The read-only ../shared/fixtures folder (beside the repo, or $JLANG_SHARED); skip when absent."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("JLANG_SHARED"):
-        candidates.append(Path(os.environ["JLANG_SHARED"]))
-    for base in candidates:
-        path = base.joinpath("fixtures", *parts)
-        if path.exists():
-            return path
-    pytest.skip(f"../shared fixtures absent: {'/'.join(parts)} (set JLANG_SHARED to the shared folder)")
 
 
 def small() -> NeuronMasks:

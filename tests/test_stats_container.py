@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jlang.io import torchfile
 from jlang.stats import ActivationStats, StatsError
+from shared_data import shared_fixtures
 
 LANGS = ["en", "zh", "fr"]
-
-
-def shared_fixtures(*parts: str) -> Path:
-    """The read-only ../shared/fixtures folder (beside the repo, or $JLANG_SHARED); skip when absent."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("JLANG_SHARED"):
-        candidates.append(Path(os.environ["JLANG_SHARED"]))
-    for base in candidates:
-        path = base.joinpath("fixtures", *parts)
-        if path.exists():
-            return path
-    pytest.skip(f"../shared fixtures absent: {'/'.join(parts)} (set JLANG_SHARED to the shared folder)")
 
 
 def make_stats(k=3, l=2, f=4, seed=0, **kw) -> ActivationStats:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,20 +10,9 @@ from jlang.masks import NeuronMasks
 from jlang.methods import MethodError, ternary, ternary_probs, ternary_scores, ternary_terms
 from jlang.methods.ternary import norm_max
 from jlang.stats import ActivationStats
+from shared_data import shared_fixtures
 
 NJU_LANGS = ["en", "ru", "es", "fr", "de", "zh", "ja", "bn", "th", "sw"]
-
-
-def shared_fixtures(*parts: str) -> Path:
-    """The read-only ../shared/fixtures folder (beside the repo, or $JLANG_SHARED); skip when absent."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("JLANG_SHARED"):
-        candidates.append(Path(os.environ["JLANG_SHARED"]))
-    for base in candidates:
-        path = base.joinpath("fixtures", *parts)
-        if path.exists():
-            return path
-    pytest.skip(f"../shared fixtures absent: {'/'.join(parts)} (set JLANG_SHARED to the shared folder)")
 
 
 @pytest.fixture(scope="module")

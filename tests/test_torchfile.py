@@ -12,18 +12,7 @@ import pytest
 
 from jlang.io import torchfile
 from jlang.io.torchfile import TorchFileError
-
-
-def shared_fixtures(*parts: str) -> Path:
-    """The read-only ../shared/fixtures folder (beside the repo, or $JLANG_SHARED); skip when absent."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("JLANG_SHARED"):
-        candidates.append(Path(os.environ["JLANG_SHARED"]))
-    for base in candidates:
-        path = base.joinpath("fixtures", *parts)
-        if path.exists():
-            return path
-    pytest.skip(f"../shared fixtures absent: {'/'.join(parts)} (set JLANG_SHARED to the shared folder)")
+from shared_data import shared_fixtures
 
 
 # -- reading what torch writes ----------------------------------------------------------------------

@@ -237,7 +237,7 @@ def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None =
 
 
 # Bump when conversion changes, so caches of converted packaged models are rebuilt.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 
 def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) -> Model:

@@ -34,7 +34,7 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in ("parallel", "models", "data", "methods", "masks", "stats", "collect", "config", "io", "cli"):
+    if name in ("parallel", "models", "data", "methods", "masks", "stats", "collect", "config", "io", "cli", "edits", "generate", "evals", "runs", "torch"):
         return importlib.import_module(f"jlang.{name}")
     raise AttributeError(f"module 'jlang' has no attribute {name!r}")
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import jlang
+from jlang import distributed
+from jlang.stats_cli import _stats_parser
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -101,37 +103,6 @@ def _corpus_parser(sub) -> None:
     b.add_argument("--languages", nargs="+", default=None, help="language codes (default: the 12 default languages)")
     b.add_argument("--tokens-for", default=None, metavar="MODEL", help="also report tokens per language for MODEL")
     b.set_defaults(func=cmd_corpus_build)
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from jlang.collect import collect_stats
-    from jlang.runs import resolve_corpus
-
-    corpus = resolve_corpus(args.corpus, args.languages, args.split)  # fail before loading the model
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
-    stats = collect_stats(
-        model, corpus, batch_size=args.batch_size, seq_len=args.seq_len, mode=args.mode, max_tokens=args.max_tokens,
-    )  # fmt: skip
-    path = stats.save(Path(args.out) / "stats.npz")
-    print(f"wrote {path}: " + ", ".join(f"{l} {int(n):,}" for l, n in zip(stats.languages, stats.tokens)) + " tokens")
-    return 0
-
-
-def _stats_parser(sub) -> None:
-    from jlang.config import CorpusSection, StatsSection
-
-    p = sub.add_parser("stats", help="activation statistics per language at mlp.act")
-    p.add_argument("--model", default="default")
-    p.add_argument("--corpus", default="default", help='"default" or a directory of {lang}.txt / {lang}.jsonl files')
-    p.add_argument("--languages", nargs="+", default=list(CorpusSection.languages))
-    p.add_argument("--split", default="train", choices=["train", "heldout"])
-    p.add_argument("--mode", default="pack", choices=["pack", "pad"], help="pack (LAPE) or pad sentence by sentence (FLORES)")
-    p.add_argument("--batch-size", type=int, default=StatsSection.batch_size)
-    p.add_argument("--seq-len", type=int, default=StatsSection.seq_len)
-    p.add_argument("--max-tokens", type=int, default=None, help="cap per language")
-    p.add_argument("--out", required=True, help="output directory")
-    _add_model_args(p)
-    p.set_defaults(func=cmd_stats)
 
 
 def _load_stats(path: str):
@@ -239,6 +210,7 @@ _COMMANDS: list[Callable] = [_info_parser, _corpus_parser, _stats_parser, _ident
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jlang", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"jlang {jlang.__version__}")
+    distributed.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _COMMANDS:
         register(sub)
@@ -248,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        distributed.initialize_from_args(args)
         return args.func(args)
     except (jlang.CheckpointError, jlang.UnsupportedModelError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"jlang: error: {e}", file=sys.stderr)

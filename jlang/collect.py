@@ -196,16 +196,22 @@ def collect_stats(
     Returns:
       `jlang.stats.ActivationStats` with int64 counts and float64 sums.
     """
-    from jlang.data.pipeline import make_batches
+    from jlang import distributed
+    from jlang.data.pipeline import make_batches, tokenize_corpus
+    from jlang.resumable import check_ids_fit
     from jlang.stats import ActivationStats
 
+    mesh = mesh or model.mesh or distributed.default_mesh()
     if mesh is not None:
         model = model.with_mesh(mesh)
     if model.tokenizer is None:
         raise ValueError(f"{model.name} has no tokenizer; collect_stats needs one to tokenize the corpus")
+    tokenized = tokenize_corpus(corpus, model.tokenizer, add_bos=add_bos, progress=progress)
+    check_ids_fit(tokenized, model)  # a tokenizer that does not belong to the model fails here, by name
+    process_index, process_count = distributed.data_shard(model.mesh)
     batches = make_batches(
-        corpus, model.tokenizer, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens,
-        add_bos=add_bos, seed=seed, progress=progress,
+        tokenized, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens, seed=seed,
+        process_index=process_index, process_count=process_count, progress=progress,
     )  # fmt: skip
     acc = run_stats(model, batches, len(batches.languages), total=len(batches), progress=progress)
     return ActivationStats(

@@ -143,7 +143,10 @@ def load_config(path: str | Path | None, cls: type = RunConfig, overrides: list[
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw))
-    return from_dict(cls, data, str(path) if path else "config")
+    try:
+        return from_dict(cls, data, "config")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def to_dict(config: Any) -> dict:

@@ -80,20 +80,17 @@ def summary_markdown(stats: ActivationStats, masks: NeuronMasks, timings: Mappin
 
 def run_lape(cfg: config_lib.RunConfig, *, progress: bool = True) -> dict:
     """Run the chain; return the paths written and the timings."""
-    import jlang
-    from jlang.collect import collect_stats
-    from jlang.parallel import make_mesh
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     import yaml
 
-    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
+    import jlang
+    from jlang import distributed
+    from jlang.collect import collect_stats
 
+    out = Path(cfg.out)
+    timings: dict[str, float] = {}
     corpus = resolve_corpus(cfg.corpus.source, cfg.corpus.languages, cfg.corpus.split)  # fail before loading
     t = time.perf_counter()
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.model) if (cfg.mesh.data or cfg.mesh.model) else None
+    mesh = distributed.default_mesh(cfg.mesh.data, cfg.mesh.model)
     model = jlang.load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=mesh, progress=progress)
     timings["load model"] = time.perf_counter() - t
 
@@ -103,14 +100,18 @@ def run_lape(cfg: config_lib.RunConfig, *, progress: bool = True) -> dict:
         max_tokens=cfg.corpus.max_tokens_per_language, add_bos=cfg.corpus.add_bos, seed=cfg.seed, progress=progress,
     )  # fmt: skip
     timings["statistics"] = time.perf_counter() - t
-    stats.save(out / "stats.npz")
 
     t = time.perf_counter()
     masks = identify(stats, cfg.identify)
     timings["identify"] = time.perf_counter() - t
-    masks.save(out / "masks.npz")
-    masks.plot_heatmap(out / "masks.png", title=f"{model.name}: {cfg.identify.method} neurons per layer")
-    (out / "summary.md").write_text(summary_markdown(stats, masks, timings, cfg))
+    if distributed.is_primary():  # every process holds the same totals; one writes them
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = json.loads(json.dumps(config_lib.to_dict(cfg)))
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        stats.save(out / "stats.npz")
+        masks.save(out / "masks.npz")
+        masks.plot_heatmap(out / "masks.png", title=f"{model.name}: {cfg.identify.method} neurons per layer")
+        (out / "summary.md").write_text(summary_markdown(stats, masks, timings, cfg))
     return {
         "out": str(out),
         "stats": str(out / "stats.npz"),

@@ -114,7 +114,8 @@ def test_collect_stats_one_device_equals_mesh(tiny_dirs, mode):
         pytest.skip("needs 8 fake devices")
     from jlang.collect import collect_stats
 
-    path, _ = tiny_dirs["qwen2"]
+    # not qwen2: transformers 5 forces Qwen2Tokenizer, which ignores the tiny word-level tokenizer.json
+    path, _ = tiny_dirs["mistral"]
     model = jlang.load_model(path, progress=False)
     rng = np.random.default_rng(1)
     corpus = {lang: [" ".join(f"w{w}" for w in rng.integers(4, 130, rng.integers(3, 20))) for _ in range(30)] for lang in ("aa", "bb")}
@@ -124,7 +125,7 @@ def test_collect_stats_one_device_equals_mesh(tiny_dirs, mode):
     np.testing.assert_array_equal(one.tokens, mesh.tokens)
     np.testing.assert_array_equal(one.over_zero, mesh.over_zero)
     np.testing.assert_allclose(one.sum, mesh.sum, rtol=1e-5, atol=1e-4)
-    assert one.tokens.min() > 0 and one.meta["mode"] == mode
+    assert one.tokens.min() > 200 and one.meta["mode"] == mode
 
 
 def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):

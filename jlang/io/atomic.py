@@ -30,6 +30,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask_mode(full: int) -> int:
+    """`full` (0o666 files, 0o777 dirs) less the process umask: what open()/mkdir() would give.
+    mkstemp/mkdtemp create 0600/0700 entries, which would hide results from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; on success move it onto `path` atomically.
@@ -43,6 +51,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _umask_mode(0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -67,6 +76,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
         for child in tmp.iterdir():

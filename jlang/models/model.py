@@ -113,7 +113,10 @@ class Model:
         """Put a `[batch, ...]` host array on the devices (rows over `data` under a mesh)."""
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, parallel.batch_sharding(self.mesh, x.ndim))
+        sharding = parallel.batch_sharding(self.mesh, np.ndim(x))
+        if jax.process_count() > 1:  # x holds this process's rows (jlang.distributed.data_shard)
+            return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+        return jax.device_put(x, sharding)
 
     def forward(
         self,

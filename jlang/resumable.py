@@ -1,0 +1,496 @@
+"""A statistics pass that survives being killed: orbax checkpoints of the exact totals and the grain iterator.
+
+A LAPE pass over 100M tokens per language on a 70B model takes hours, and
+preemptible TPUs and shared GPU queues end jobs with SIGTERM. This wrapper
+around `jlang.collect.run_stats` saves, every `every` batches and when SIGTERM
+or SIGINT arrives, one orbax checkpoint (`ocp.CheckpointManager`) holding:
+
+    accumulators  the host `Accumulator` state: int64 counts, float64 sums, float32 max
+    iterator      this process's grain iterator state (one JSON file per process)
+    run           the run's fingerprint (model, corpus digest, batch_size, seq_len, mode, ...)
+                  and the number of batches folded
+
+A resumed run restores all three and continues with the next batch: no token
+is counted twice or skipped, and since the host folds batch results in the same
+order, the totals are bit-for-bit those of an uninterrupted run. A checkpoint
+of a different run (another model, corpus, batch size, ...) is refused, naming
+what differs.
+
+Order matters in two places. `run_stats` dispatches batch i+1 before folding
+batch i, so the iterator has moved one batch past the accumulators when the
+checkpoint hook runs: the iterator state saved is the one recorded right after
+batch i was drawn. And on a signal, the handler only sets a flag; the loop
+checkpoints at the next batch boundary (all processes agree on the boundary)
+and raises `RunInterrupted`, whose `exit_code` is 128 + the signal number.
+Orbax writes a checkpoint under a temporary name and commits it by renaming, so
+a run killed mid-save resumes from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from jlang import distributed
+
+__all__ = [
+    "CheckpointStore",
+    "ResumeError",
+    "RunInterrupted",
+    "StopFlag",
+    "check_fingerprint",
+    "collect_stats_resumable",
+    "finish",
+    "run_fingerprint",
+    "run_stats_resumable",
+    "stop_requested",
+]
+
+FORMAT = "jlang.stats-checkpoint/1"
+# Fingerprint entries that describe the run but may legitimately change on resume (paths move).
+_INFORMATIVE = frozenset({"corpus", "model_source", "mesh"})
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot be used for this run (another run's, unreadable, or present without --resume)."""
+
+
+class RunInterrupted(Exception):
+    """The pass stopped on a signal after saving a checkpoint; rerun the same command with resume."""
+
+    def __init__(self, signum: int, done: int, total: int, directory: str):
+        self.signum, self.done, self.total, self.directory = signum, done, total, directory
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(
+            f"interrupted by {name} after {done} of {total} batches; checkpoint saved in {directory}. "
+            "Run the same command with --resume to continue where it stopped"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """128 + signal number, the shell's convention for a process ended by that signal."""
+        return 128 + int(self.signum)
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@dataclass
+class StopFlag:
+    """Set by the signal handler; read by the loop at batch boundaries."""
+
+    signum: int | None = None
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def stop_requested(signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[StopFlag]:
+    """Within the block, the first of `signals` sets the yielded flag instead of ending the process.
+
+    A second signal runs the previous handler (Ctrl-C twice aborts at once, without a checkpoint).
+    Handlers can only be installed from the main thread; elsewhere the flag is never set.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, frame):
+        if flag.is_set():
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        flag.signum = signum
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class _Snapshot(grain.DatasetIterator):
+    """A grain iterator frozen at a recorded state: what grain's orbax handler saves and restores."""
+
+    def __init__(self, state: dict | None = None):
+        super().__init__()
+        self._state = state
+
+    def __next__(self):
+        raise StopIteration
+
+    def get_state(self) -> dict:
+        return self._state
+
+    def set_state(self, state: dict) -> None:
+        self._state = state
+
+
+def _epath(directory: str | os.PathLike):
+    """An etils path (orbax's), absolute when local; `gs://...` stays as it is."""
+    from etils import epath
+
+    text = os.fspath(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+class CheckpointStore:
+    """The orbax `CheckpointManager` of one statistics run (created lazily: nothing is written before a save).
+
+    Every process must make the same calls (orbax saves collectively); the directory must be
+    shared by all processes (a network file system or `gs://`).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+        self.directory = _epath(directory)
+        self.max_to_keep = max_to_keep
+        self._manager = None
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({str(self.directory)!r})"
+
+    def _mgr(self):
+        import orbax.checkpoint as ocp
+
+        if self._manager is None:
+            options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, enable_async_checkpointing=False)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
+
+    def latest_step(self) -> int | None:
+        """Batches folded in the newest committed checkpoint, or None if there is none."""
+        if not self.directory.exists():
+            return None
+        return self._mgr().latest_step()
+
+    def save(self, step: int, accumulators: Mapping[str, np.ndarray], iterator_state: dict, record: Mapping) -> None:
+        """Checkpoint `step` batches: copies of the accumulators, this process's iterator state, the record."""
+        import orbax.checkpoint as ocp
+
+        args = ocp.args.Composite(
+            accumulators=ocp.args.StandardSave({k: np.array(v, copy=True) for k, v in accumulators.items()}),
+            iterator=grain.checkpoint.CheckpointSave(_Snapshot(iterator_state)),
+            run=ocp.args.JsonSave({**record, "batches_done": int(step)}),
+        )  # fmt: skip
+        self._mgr().save(step, args=args, force=True)
+        self._mgr().wait_until_finished()
+
+    def read_record(self, step: int) -> dict:
+        """The run record of checkpoint `step` (read first, to refuse another run's checkpoint cheaply)."""
+        import orbax.checkpoint as ocp
+
+        try:
+            return dict(self._mgr().restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"])
+        except Exception as e:  # noqa: BLE001 - any failure means the checkpoint is unusable; say which
+            raise ResumeError(
+                f"checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e}); delete "
+                f"{self.directory} to start over"
+            ) from None
+
+    def restore(self, step: int, template: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+        """(accumulators shaped like `template`, this process's iterator state) of checkpoint `step`."""
+        import orbax.checkpoint as ocp
+
+        args = ocp.args.Composite(
+            accumulators=ocp.args.StandardRestore(dict(template)),
+            iterator=grain.checkpoint.CheckpointRestore(_Snapshot()),
+        )  # fmt: skip
+        try:
+            got = self._mgr().restore(step, args=args)
+        except Exception as e:  # noqa: BLE001
+            raise ResumeError(
+                f"checkpoint {self.directory}/{step} cannot be restored ({type(e).__name__}: {e}); delete "
+                f"{self.directory} to start over"
+            ) from None
+        state = {k: np.asarray(v) for k, v in dict(got["accumulators"]).items()}
+        for k, v in template.items():
+            if state[k].shape != np.shape(v) or state[k].dtype != np.asarray(v).dtype:
+                raise ResumeError(f"checkpoint {self.directory}/{step}: {k} is {state[k].dtype}{state[k].shape}, "
+                                  f"expected {np.asarray(v).dtype}{np.shape(v)}")  # fmt: skip
+        return state, got["iterator"].get_state()
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    def remove(self) -> None:
+        """Delete the checkpoints (process 0, after every process is done with them)."""
+        self.close()
+        distributed.barrier("jlang-checkpoint-remove")
+        if distributed.is_primary() and self.directory.exists():
+            self.directory.rmtree()
+        distributed.barrier("jlang-checkpoint-removed")
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def corpus_digest(tok) -> str:
+    """A BLAKE2b digest of a `TokenizedCorpus`: languages, ids, document offsets and counted spans.
+
+    Two runs with the same digest feed the same tokens; it catches an edited corpus file,
+    another tokenizer, or a changed BOS setting, wherever the files live.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(tok.languages), tok.pad_id, tok.add_bos, tok.add_eos)).encode())
+    for lang in tok.languages:
+        t = tok.data[lang]
+        for arr in (t.ids, t.offsets, t.counted_from):
+            a = np.ascontiguousarray(arr)
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def run_fingerprint(model, batches, *, corpus: Any = None, digest: str | None = None, max_tokens: int | None = None,
+                    seed: int = 0) -> dict:  # fmt: skip
+    """What makes two statistics runs the same run: resuming one with the other's checkpoint is refused."""
+    import jax
+
+    from jlang.collect import _describe
+
+    mesh = getattr(model, "mesh", None)
+    return {
+        "format": FORMAT,
+        "model": model.name,
+        "model_source": str(model.source),
+        "family": model.family,
+        "dtype": model.dtype,
+        "layers": int(model.num_layers),
+        "neurons": int(model.num_neurons),
+        "languages": list(batches.languages),
+        "corpus": _describe(corpus) if corpus is not None else None,
+        "corpus_digest": digest,
+        "batch_size": int(batches.batch_size),
+        "seq_len": int(batches.seq_len),
+        "mode": batches.mode,
+        "max_tokens": max_tokens,
+        "seed": int(seed),
+        "process_count": int(batches.process_count),  # batch shards
+        "processes": int(jax.process_count()),  # one grain iterator state per process in the checkpoint
+        "num_batches": len(batches),
+        "mesh": dict(mesh.shape) if mesh is not None else None,
+    }
+
+
+def check_fingerprint(saved: Mapping, current: Mapping, where: str) -> None:
+    """Raise ResumeError naming every entry where checkpoint `saved` and this run differ."""
+    if saved.get("format") != current.get("format"):
+        raise ResumeError(
+            f"{where} does not hold a jlang statistics checkpoint (format {saved.get('format')!r}, expected "
+            f"{current.get('format')!r}); delete it or pass another --checkpoint-dir"
+        )
+    keys = sorted((set(saved) | set(current)) - _INFORMATIVE - {"batches_done"})
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise ResumeError(
+            f"{where} holds a checkpoint of a different run ({'; '.join(diffs)}); resume with the same settings, "
+            f"or delete {where} (or pass another --checkpoint-dir) to start a new run"
+        )
+
+
+def check_no_stale_checkpoint(directory: str | os.PathLike, resume: bool) -> int | None:
+    """Fail fast when a checkpoint exists but `resume` is off (never clobber a half-done run silently).
+
+    Returns the newest checkpoint's step (None if there is none). Cheap: no model is loaded.
+    """
+    store = CheckpointStore(directory)
+    try:
+        step = store.latest_step()
+    finally:
+        store.close()
+    if step is not None and not resume:
+        raise _stale(store.directory, step)
+    return step
+
+
+def _stale(directory, step: int) -> ResumeError:
+    return ResumeError(
+        f"{directory} holds a checkpoint of an interrupted run ({step} batches done); pass --resume to "
+        f"continue it, or delete {directory} to start over"
+    )
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def run_stats_resumable(
+    model,
+    batches,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    every: int = 100,
+    resume: bool = False,
+    fingerprint: Mapping | None = None,
+    progress: bool = True,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+):
+    """`run_stats` over a `jlang.data.pipeline.Batches`, checkpointed every `every` batches and on `signals`.
+
+    Args:
+      model: a `jlang.Model` (on a mesh over all processes when there are several).
+      batches: this process's `Batches` (its iterator state is what gets checkpointed).
+      checkpoint_dir: where orbax keeps the checkpoints (shared by all processes).
+      every: checkpoint after every `every` batches (0: only on a signal).
+      resume: continue from the newest checkpoint if there is one (its fingerprint must match);
+        without `resume`, an existing checkpoint is an error.
+      fingerprint: the run's identity (`run_fingerprint`); compared on resume.
+    Returns:
+      the `Accumulator` with the exact totals over all batches.
+    Raises:
+      RunInterrupted: a signal arrived; a checkpoint was saved first.
+      ResumeError: the checkpoint belongs to another run, or exists without `resume`.
+    """
+    from jlang.collect import Accumulator, run_stats
+
+    if every < 0:
+        raise ValueError(f"checkpoint every must be >= 0 batches, got {every}")
+    model = distributed.for_processes(model)
+    acc = Accumulator(len(batches.languages), model.num_layers, model.num_neurons)
+    total = len(batches)
+    record = {"format": FORMAT, **(fingerprint or {}), "num_batches": total, "process_count": batches.process_count}
+    store = CheckpointStore(checkpoint_dir)
+    start, iterator_state = 0, None
+    latest = store.latest_step()
+    if latest is not None:
+        if not resume:
+            store.close()
+            raise _stale(store.directory, latest)
+        check_fingerprint(store.read_record(latest), record, str(store.directory))
+        state, iterator_state = store.restore(latest, acc.state())
+        acc.load_state(state)
+        start = latest
+    iterator = batches.iterator(iterator_state)
+    snapshots: dict[int, dict] = {}
+
+    def drawn():
+        """The batches, recording the iterator state right after each one is drawn."""
+        for j, batch in enumerate(iterator):
+            snapshots[j] = iterator.get_state()
+            yield batch
+
+    try:
+        with stop_requested(signals) as flag:
+
+            def on_batch(j: int, acc) -> None:
+                done = start + j + 1
+                snapshot = snapshots.pop(j)
+                stop = distributed.any_process(flag.is_set())
+                if stop or (every and done % every == 0 and done < total):
+                    store.save(done, acc.state(), snapshot, record)
+                if stop:
+                    raise RunInterrupted(flag.signum or signal.SIGTERM, done, total, str(store.directory))
+
+            run_stats(model, drawn(), len(batches.languages), total=total - start, accumulator=acc,
+                      progress=progress, on_batch=on_batch)  # fmt: skip
+    finally:
+        with contextlib.suppress(Exception):
+            iterator.close()
+        store.close()
+    return acc
+
+
+def collect_stats_resumable(
+    model,
+    corpus: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    checkpoint_dir: str | os.PathLike,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    mode: str = "pack",
+    max_tokens: int | None = None,
+    add_bos: bool | None = None,
+    seed: int = 0,
+    progress: bool = True,
+):
+    """`jlang.collect.collect_stats`, resumable; multi-process aware (see `jlang.distributed`).
+
+    Tokenizes the corpus, checks every token id fits the model's vocabulary (a tokenizer that
+    does not belong to the model fails here, before the pass), then runs
+    `run_stats_resumable`. Every process returns the same `ActivationStats`; `finish`
+    writes it once.
+    """
+    import jax
+
+    from jlang.collect import HOOK_POINT, _describe
+    from jlang.data.pipeline import make_batches, tokenize_corpus
+    from jlang.stats import ActivationStats
+
+    if model.tokenizer is None:
+        raise ValueError(f"{model.name} has no tokenizer; collect_stats needs one to tokenize the corpus")
+    show = progress and distributed.is_primary()
+    tok = tokenize_corpus(corpus, model.tokenizer, add_bos=add_bos, progress=show)
+    check_ids_fit(tok, model)
+    shard, shards = distributed.data_shard(model.mesh)
+    batches = make_batches(tok, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens, seed=seed,
+                           process_index=shard, process_count=shards)  # fmt: skip
+    fingerprint = run_fingerprint(model, batches, corpus=corpus, digest=corpus_digest(tok), max_tokens=max_tokens,
+                                  seed=seed)  # fmt: skip
+    acc = run_stats_resumable(model, batches, checkpoint_dir=checkpoint_dir, every=checkpoint_every, resume=resume,
+                              fingerprint=fingerprint, progress=show)  # fmt: skip
+    return ActivationStats(
+        languages=list(batches.languages), tokens=acc.tokens, over_zero=acc.over_zero, sum=acc.sum,
+        sum_sq=acc.sum_sq, max=acc.max,
+        meta={
+            "model": model.name, "family": model.family, "source": model.source, "hook_point": HOOK_POINT,
+            "mode": mode, "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
+            "corpus": _describe(corpus), "processes": jax.process_count(), "batch_shards": batches.process_count,
+        },
+    )  # fmt: skip
+
+
+def check_ids_fit(tok, model) -> None:
+    """Every token id (and the padding id) must index the model's embedding: else the tokenizer is another model's."""
+    vocab = int(model.config.vocab_size)
+    for lang in tok.languages:
+        ids = tok.data[lang].ids
+        top = int(ids.max()) if ids.size else -1
+        if top >= vocab:
+            raise ValueError(
+                f"language {lang!r} tokenizes to id {top}, but model {model.name} has a vocabulary of {vocab}: the "
+                f"tokenizer ({len(model.tokenizer)} tokens) does not belong to this model; use the model's own tokenizer"
+            )
+    if not 0 <= tok.pad_id < vocab:
+        raise ValueError(f"padding id {tok.pad_id} is outside model {model.name}'s vocabulary of {vocab}")
+
+
+def finish(stats, out: str | os.PathLike, checkpoint_dir: str | os.PathLike | None) -> Path | None:
+    """Write `stats` atomically on process 0, then delete the checkpoints. Returns the path on process 0.
+
+    In this order, a run killed between the two steps leaves complete statistics and a
+    checkpoint at the last batch, from which `--resume` just writes them again.
+    """
+    path = Path(out)
+    written = None
+    if distributed.is_primary():
+        written = stats.save(path)
+    distributed.barrier("jlang-stats-written")
+    if checkpoint_dir is not None:
+        CheckpointStore(checkpoint_dir).remove()
+    return written

@@ -1,0 +1,270 @@
+"""The PyTorch bridge: apply jlang masks and edits to a Hugging Face `transformers` model by hooks.
+
+    import jlang.torch
+    handle = jlang.torch.apply(hf_model, "masks.npz", lang="fr")          # deactivate fr (LAPE)
+    with jlang.torch.apply(hf_model, edits):                              # any jlang Edits
+        logits = hf_model(ids).logits
+    handle.remove()                                                       # the model is as before
+
+A forward hook on each decoder layer's `mlp.act_fn` rewrites its output, the
+activated gate `a = act(gate_proj x)` before `* up_proj x` (jlang's `mlp.act`,
+the tensor every LAPE-family repository hooks: RUCAIBox `ppl.py`,
+tauimbz/lang-task-neuron `set_activation_mlp_v2`, Gurgurov's `batch_generation.py`):
+
+    a' = where(mask, a * scale + shift, a)
+
+exactly as `jlang.models.decoder.forward` does, so both give the same logits.
+Several `apply` calls stack: their hooks run in the order applied, which is
+`jlang.edits.combine(..., overlap="compose")`.
+
+torch is imported by this module only; the rest of jlang never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from jlang import edits as E
+from jlang.masks import MaskShapeError, NeuronMasks
+from jlang.models.decoder import Edits
+
+__all__ = ["apply", "Handle", "decoder_layers", "mlp_shape", "MODES", "BridgeError"]
+
+# mode -> the jlang.edits constructor it builds (options are passed through)
+MODES = {
+    "deactivate": E.deactivate,
+    "amplify": E.amplify,
+    "set_to": E.set_to,
+    "set_to_statistic": E.set_to_statistic,
+    "add": E.add,
+    "replace": E.replace,
+    "diffmean": E.diffmean,
+}
+
+# Where transformers keeps the decoder layers, most specific first.
+_LAYER_PATHS = (
+    "model.layers",  # *ForCausalLM: Llama, Mistral, Qwen2/3, Gemma 1/2/3 text
+    "model.language_model.layers",  # Gemma3ForConditionalGeneration (transformers >= 4.52)
+    "language_model.model.layers",  # older multimodal wrappers
+    "model.language_model.model.layers",
+    "layers",  # a bare *Model (LlamaModel, Gemma3TextModel)
+)
+
+
+class BridgeError(ValueError):
+    """The model or the mask/edit cannot be bridged; the message says why and how to fix it."""
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _has_act(layer: Any) -> bool:
+    return isinstance(getattr(getattr(layer, "mlp", None), "act_fn", None), torch.nn.Module)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a transformers model, each with `.mlp.act_fn`.
+
+    Tries the usual attribute paths (`model.layers`, Gemma 3's
+    `model.language_model.layers`, ...), then any `ModuleList` whose every
+    element has `mlp.act_fn` (preferring a language model's over, say, a vision tower's).
+    """
+    for path in _LAYER_PATHS:
+        layers = _get(model, path)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers) and all(_has_act(x) for x in layers):
+            return list(layers)
+    found = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) and all(_has_act(x) for x in mod)
+    ]
+    text = [(n, m) for n, m in found if "vision" not in n and "audio" not in n]
+    if len(text) == 1:
+        return list(text[0][1])
+    if not found:
+        raise BridgeError(
+            f"{type(model).__name__}: found no decoder layers with a gated MLP (`layer.mlp.act_fn`); "
+            "jlang.torch supports transformers' Llama, Mistral, Qwen2/3 and Gemma 1/2/3 models"
+        )
+    raise BridgeError(f"{type(model).__name__}: several layer lists have `mlp.act_fn`: {[n for n, _ in found]}")
+
+
+def mlp_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(L, F): decoder layers and MLP neurons per layer (the gate projection's output size)."""
+    layers = decoder_layers(model)
+    sizes = {getattr(getattr(layer.mlp, "gate_proj", None), "out_features", None) for layer in layers}
+    if len(sizes) == 1 and None not in sizes:
+        return len(layers), int(sizes.pop())
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    size = getattr(config, "intermediate_size", None)
+    if not isinstance(size, int):
+        raise BridgeError(f"{type(model).__name__}: cannot tell the MLP intermediate size (layers have {sizes})")
+    return len(layers), size
+
+
+@dataclass
+class Handle:
+    """The hooks `apply` registered. `remove()` (or leaving the `with` block) undoes them."""
+
+    edits: Edits
+    hooks: list = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)  # the layers that got a hook (those with edited neurons)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.hooks)
+
+    def remove(self) -> None:
+        """Remove every hook; calling it again does nothing."""
+        while self.hooks:
+            self.hooks.pop().remove()
+
+    def __enter__(self) -> "Handle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        n = int(np.asarray(self.edits.mask).sum())
+        return f"Handle({n} neurons in {len(self.layers)} layers, {'active' if self.active else 'removed'})"
+
+
+def _make_hook(mask: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+    cache: dict = {}
+
+    def hook(module, inputs, output):
+        key = (output.dtype, output.device)
+        if key not in cache:  # jlang casts scale and shift to the activation's dtype too
+            cache[key] = (mask.to(output.device), scale.to(output.device, output.dtype), shift.to(output.device, output.dtype))
+        m, s, b = cache[key]
+        return torch.where(m, output * s + b, output)
+
+    return hook
+
+
+def _load_masks(source: Any, languages: Sequence[str] | None, num_neurons: int) -> NeuronMasks:
+    path = Path(source)
+    if path.suffix == ".npz":
+        return NeuronMasks.load(path)
+    if languages is None:
+        raise BridgeError(
+            f"{path}: a LAPE torch.save mask has no language codes; pass languages=[...] in the file's order "
+            "(LAPE: en zh fr es vi id ja; NJUNLP: en ru es fr de zh ja bn th sw)"
+        )
+    return NeuronMasks.from_lape_pt(path, languages, num_neurons=num_neurons)
+
+
+def _as_numpy_indices(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (list, tuple)):
+        return [_as_numpy_indices(y) for y in x]
+    return x
+
+
+def _to_edits(source: Any, L: int, F: int, *, lang, mode, value, languages, options) -> Edits:
+    if isinstance(source, Edits):
+        if lang is not None or options or not (isinstance(value, (int, float)) and value == 0.0):
+            raise BridgeError("an Edits object is applied as it is; drop lang=, value= and the intervention options")
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        source = _load_masks(source, languages, F)
+    elif isinstance(source, (list, tuple)):
+        indices = _as_numpy_indices(source)
+        if indices and all(isinstance(x, np.ndarray) for x in indices):  # one language's mask[k]: L index tensors
+            if lang is not None:
+                raise BridgeError("a list of per-layer index tensors is one language's mask; drop lang=")
+            source = NeuronMasks.from_indices([indices], ["mask"], num_neurons=F)
+            lang = "mask"
+        else:  # the whole LAPE List[List[LongTensor]]
+            if languages is None:
+                raise BridgeError("pass languages=[...] to name the lists of a LAPE List[List[LongTensor]] mask")
+            source = NeuronMasks.from_indices(indices, languages, num_neurons=F)
+    if not isinstance(source, NeuronMasks):
+        raise BridgeError(
+            f"expected jlang Edits, NeuronMasks, a .npz / LAPE .pt path or a LAPE index list, got {type(source).__name__}"
+        )
+    source.check_fits(L, F)
+    if mode not in MODES:
+        raise BridgeError(f"unknown mode {mode!r}; use one of {sorted(MODES)}")
+    if mode in ("deactivate", "set_to"):
+        options = {("value" if mode == "deactivate" else "values"): value, **options}
+    return MODES[mode](source, lang, **options)
+
+
+def apply(
+    model: torch.nn.Module,
+    source: Any,
+    *,
+    lang: str | Sequence[str] | None = None,
+    mode: str = "deactivate",
+    value: Any = 0.0,
+    languages: Sequence[str] | None = None,
+    **options: Any,
+) -> Handle:
+    """Register hooks on every decoder layer's `mlp.act_fn` that apply a jlang edit.
+
+    Args:
+      model: a transformers PyTorch causal LM (or its base model).
+      source: one of
+        * `jlang.models.decoder.Edits` (`[L, F]` arrays, e.g. from `jlang.edits`);
+        * `NeuronMasks`, or a path to its `.npz`, with `lang` and `mode`;
+        * a LAPE mask: a `.pt`/`.pth` path (`torch.save` of `List[List[LongTensor]]`,
+          as RUCAIBox `identify.py` writes) or that list itself, with `languages`
+          naming its lists in order; or one language's `mask[k]` (a list of L
+          index tensors), with no `lang`.
+      lang: the language (or languages: their union) whose neurons to edit; for
+        add/replace/diffmean, the target language t.
+      mode: "deactivate" (`a = value`; LAPE 0, Gurgurov −1 / −1.5), "amplify"
+        (`factor=`), "set_to" (`value` constant or [L, F]), "set_to_statistic"
+        (`stats=`, `statistic=`), "add" (`stats=`, `alpha=`, `definition=`),
+        "replace", "diffmean" (`stats=`): the `jlang.edits` constructor of that
+        name, called with `options`.
+      languages: language codes of a LAPE `.pt` mask or index list.
+
+    Returns:
+      a `Handle`; `handle.remove()` (or `with apply(...):`) restores the model.
+
+    Raises:
+      MaskShapeError: the mask or edits are not `[layers, intermediate size]` of `model`.
+    """
+    layers = decoder_layers(model)
+    L, F = mlp_shape(model)
+    acts = [layer.mlp.act_fn for layer in layers]
+    if len({id(a) for a in acts}) != len(acts):
+        raise BridgeError("the layers share one act_fn module, so a hook could not tell the layers apart")
+    edits = _to_edits(source, L, F, lang=lang, mode=mode, value=value, languages=languages, options=options)
+    shapes = {name: np.shape(getattr(edits, name)) for name in ("mask", "scale", "shift")}
+    if set(shapes.values()) != {(L, F)}:
+        raise MaskShapeError(
+            f"edits of shape {shapes['mask']} (scale {shapes['scale']}, shift {shapes['shift']}) do not fit "
+            f"{type(model).__name__} with {L} layers x {F} MLP neurons; build them for this model"
+        )
+    mask = np.asarray(edits.mask, bool)
+    scale = np.asarray(edits.scale, np.float32)
+    shift = np.asarray(edits.shift, np.float32)
+    handle = Handle(edits=edits)
+    try:
+        for l, act in enumerate(acts):
+            if not mask[l].any():
+                continue  # nothing to edit: no hook, same result
+            hook = _make_hook(torch.from_numpy(mask[l].copy()), torch.from_numpy(scale[l].copy()), torch.from_numpy(shift[l].copy()))
+            handle.hooks.append(act.register_forward_hook(hook))
+            handle.layers.append(l)
+    except BaseException:
+        handle.remove()
+        raise
+    return handle

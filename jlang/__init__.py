@@ -4,6 +4,7 @@ Public API (imported lazily, so NumPy-only users of masks and statistics do not
 pay for JAX):
 
     load_model, Model, Edits               models (jlang.models)
+    jlang.generate.generate                KV-cache generation with edits
     collect_stats, ActivationStats         statistics (jlang.collect, jlang.stats)
     lape, ternary, NeuronMasks             identification and masks (jlang.methods, jlang.masks)
     CheckpointError, UnsupportedModelError errors

@@ -10,10 +10,15 @@ Everything a study needs from a forward is an argument or an output of
 
 * `edits`: per-layer, per-neuron `a' = where(mask, a * scale + shift, a)` at
   the neuron hook point `mlp.act` (the activated gate, before `* up`);
+* `edit_where`: bool `[batch, seq]`, which tokens the edits apply to (all by
+  default), so an edit can be scoped to the prompt or to generated tokens;
 * `probe`: a function of the named hook points of one layer
   (`mlp.act`, `mlp.hidden`, `mlp.out`, `resid.post`) and the validity mask,
   whose (small, reduced) result is returned stacked over layers. XLA drops
   every hook point that the probe does not read.
+
+`forward_cached` is the same forward over a `KVCache`: prefill (a whole
+prompt) and decoding (one token) are two shapes of one call.
 
 Kernels are stored `[in, out]` (Flax); Hugging Face `Linear.weight` is `[out, in]`.
 """
@@ -21,7 +26,8 @@ Kernels are stored `[in, out]` (Flax); Hugging Face `Linear.weight` is `[out, in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,12 +109,45 @@ class Edits:
     shift: Array  # float [L, F]
 
     @classmethod
-    def identity(cls, num_layers: int, num_neurons: int) -> "Edits":
+    def identity(cls, num_layers: int, num_neurons: int) -> Edits:
         return cls(
             mask=jnp.zeros((num_layers, num_neurons), bool),
             scale=jnp.ones((num_layers, num_neurons), jnp.float32),
             shift=jnp.zeros((num_layers, num_neurons), jnp.float32),
         )
+
+
+# Logical axes of the cache's k and v (`jlang.parallel.AXIS_RULES` maps them to mesh axes).
+CACHE_AXES: tuple[str, ...] = ("layers", "batch", "seq", "kv_heads", "head_dim")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of all layers for `S` slots per row; slot `s` holds position `s`.
+
+    Indexing slots by position (not by call order) makes left-padding, rows of
+    different lengths and one-token decoding the same thing: a call writes its
+    valid tokens at `slot = position` and attends to every valid slot with a
+    position at or before its own (and inside the window on local layers).
+    Sliding-window layers keep all `S` slots and mask the old ones; `S` is a
+    generation's length, small next to the parameters.
+
+    Keys are stored after RoPE (and qk-norm), as the attention reads them.
+    """
+
+    k: Array  # [L, B, S, KV, head_dim]
+    v: Array  # [L, B, S, KV, head_dim]
+    valid: Array  # bool [B, S]: slot written
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, slots: int, dtype: Any = jnp.float32) -> KVCache:
+        shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, slots), bool))
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -174,16 +213,32 @@ def attention(
     allowed bool `[batch, seq, kv_seq]`. Query head `h` reads kv head `h // group`
     (transformers' `repeat_kv`). Softmax in float32.
     """
+    return blockwise_attention(q, [(k, v, allowed)], cfg)
+
+
+def blockwise_attention(q: Array, blocks: Sequence[tuple[Array, Array, Array]], cfg: ModelConfig) -> Array:
+    """Attention over several key/value blocks `(k, v, allowed)` with one softmax.
+
+    Cached calls attend to the cache (read-only) and to this call's own keys as
+    two blocks, so a decoding step never copies the cache to append one key.
+    Scores are concatenated (small: `[.., seq, sum kv_seq]`), values are not.
+    """
     b, t, h, d = q.shape
-    kvh = k.shape[2]
+    kvh = blocks[0][0].shape[2]
     q = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(cfg.attn_scale, q.dtype)
-    if cfg.attn_softcap is not None:
-        scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-    scores = jnp.where(allowed[:, None, None, :, :], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h * d)
+    scores = []
+    for k, _, allowed in blocks:
+        s = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(cfg.attn_scale, q.dtype)
+        if cfg.attn_softcap is not None:
+            s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
+        scores.append(jnp.where(allowed[:, None, None, :, :], s.astype(jnp.float32), jnp.finfo(jnp.float32).min))
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1) if len(scores) > 1 else scores[0], axis=-1)
+    ends = np.cumsum([s.shape[-1] for s in scores])
+    outs = [
+        jnp.einsum("bkgts,bskd->btkgd", probs[..., end - s.shape[-1] : end].astype(v.dtype), v)
+        for (_, v, _), s, end in zip(blocks, scores, ends)
+    ]
+    return sum(outs[1:], outs[0]).reshape(b, t, h * d)
 
 
 def attention_masks(
@@ -202,11 +257,17 @@ def block(
     p: Mapping[str, Array],
     is_local: Array,
     edit: Edits | None,
-    ctx: Mapping[str, Array],
+    ctx: Mapping[str, Any],
     cfg: ModelConfig,
     probe: Probe | None,
-) -> tuple[Array, Any]:
-    """One decoder layer. `p` holds this layer's slices of the stacked parameters."""
+    past_kv: tuple[Array, Array] | None = None,
+) -> tuple[Array, Any, tuple[Array, Array]]:
+    """One decoder layer -> (x, probe output, this call's (k, v) `[batch, seq, kv_heads, head_dim]`).
+
+    `p` holds this layer's slices of the stacked parameters; `past_kv` this
+    layer's cache `[batch, slots, kv_heads, head_dim]`, attended as a block
+    before this call's own keys (masks in `ctx`, built once by `_run`).
+    """
     b, t, _ = x.shape
     hd = cfg.head_dim
 
@@ -222,8 +283,11 @@ def block(
     cos = jnp.where(is_local, ctx["cos_local"], ctx["cos_global"])
     sin = jnp.where(is_local, ctx["sin_local"], ctx["sin_global"])
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    allowed = jnp.where(is_local, ctx["allowed_local"], ctx["allowed_global"])
-    h = attention(q, k, v, allowed, cfg) @ p["o"]
+    allowed = [jnp.where(is_local, loc, glob) for glob, loc in zip(ctx["allowed_global"], ctx["allowed_local"])]
+    kv_blocks = [(k, v, allowed[-1])]
+    if past_kv is not None:
+        kv_blocks.insert(0, (*past_kv, allowed[0]))
+    h = blockwise_attention(q, kv_blocks, cfg) @ p["o"]
     if cfg.o_bias:
         h = h + p["o_bias"]
     if cfg.sandwich_norms:
@@ -233,7 +297,7 @@ def block(
     h = rms_norm(x, p["mlp_norm"], cfg)
     act = activation(h @ p["gate"], cfg.activation)  # mlp.act: the neurons [b, t, F]
     if edit is not None:
-        act = jnp.where(edit.mask, act * edit.scale.astype(act.dtype) + edit.shift.astype(act.dtype), act)
+        act = apply_edit(act, edit, ctx.get("edit_where"))
     hidden = act * (h @ p["up"])  # mlp.hidden
     out = hidden @ p["down"]  # mlp.out
     if cfg.sandwich_norms:
@@ -243,7 +307,17 @@ def block(
     reduced = None
     if probe is not None:
         reduced = probe({"mlp.act": act, "mlp.hidden": hidden, "mlp.out": out, "resid.post": x}, ctx["valid"])
-    return x, reduced
+    return x, reduced, (k, v)
+
+
+def apply_edit(act: Array, edit: Edits, where: Array | None) -> Array:
+    """`a' = where(mask & where_token, a * scale + shift, a)` for act `[batch, seq, F]`, one layer's edit `[F]`.
+
+    `where` (bool `[batch, seq]`, None = every token) scopes the edit to some
+    tokens (prompt only, generated only) without changing the compiled program.
+    """
+    mask = edit.mask if where is None else edit.mask & where[..., None]
+    return jnp.where(mask, act * edit.scale.astype(act.dtype) + edit.shift.astype(act.dtype), act)
 
 
 def forward(
@@ -254,6 +328,7 @@ def forward(
     positions: Array | None = None,
     valid: Array | None = None,
     edits: Edits | None = None,
+    edit_where: Array | None = None,
     probe: Probe | None = None,
     output: str = "logits",
 ) -> tuple[Array | None, Any]:
@@ -265,10 +340,55 @@ def forward(
       valid: bool `[batch, seq]`; invalid (padding) tokens are never attended to
         and are passed to `probe` so reductions can skip them.
       edits: `Edits` with `[L, F]` arrays, applied at `mlp.act` in every layer.
+      edit_where: bool `[batch, seq]`, the tokens `edits` apply to (None: all).
       probe: per-layer reduction; its outputs come back stacked `[L, ...]`.
       output: "logits", "hidden" (final-normed residual `[batch, seq, d_model]`)
         or "none" (skip the unembedding: statistics passes need no logits).
     """
+    out, probes, _ = _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, None)
+    return out, probes
+
+
+def forward_cached(
+    params: Mapping[str, Array],
+    ids: Array,
+    cfg: ModelConfig,
+    cache: KVCache,
+    *,
+    positions: Array,
+    valid: Array | None = None,
+    edits: Edits | None = None,
+    edit_where: Array | None = None,
+    probe: Probe | None = None,
+    output: str = "logits",
+) -> tuple[Array | None, Any, KVCache]:
+    """`forward` for tokens that continue what `cache` holds -> (output, probes, updated cache).
+
+    Token `[b, i]` (if valid) is written at slot `positions[b, i]` and attends
+    to the cache's valid slots at earlier-or-equal positions (windowed on local
+    layers) and causally to this call's tokens. A prompt (prefill, `t` = prompt
+    width) and one new token (decoding, `t` = 1) are the same call. Positions
+    must lie in `[0, cache.slots)`; a slot this call writes is not read from
+    the old cache, so re-running positions replaces them.
+    """
+    if positions is None:
+        raise ValueError("forward_cached needs positions (the slots this call writes)")
+    return _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, cache)
+
+
+def _run(
+    params: Mapping[str, Array],
+    ids: Array,
+    cfg: ModelConfig,
+    positions: Array | None,
+    valid: Array | None,
+    edits: Edits | None,
+    edit_where: Array | None,
+    probe: Probe | None,
+    output: str,
+    cache: KVCache | None,
+) -> tuple[Array | None, Any, KVCache | None]:
+    """The body shared by `forward` and `forward_cached` (the cache is scanned per layer as xs)."""
     b, t = ids.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -280,26 +400,43 @@ def forward(
         x = x * jnp.asarray(cfg.d_model**0.5, dtype)
     cos_g, sin_g = rope_cos_sin(positions, cfg.rope_global, cfg.head_dim)
     cos_l, sin_l = rope_cos_sin(positions, cfg.rope_local, cfg.head_dim)
-    allowed_g, allowed_l = attention_masks(positions, positions, valid, cfg.sliding_window)
+    self_g, self_l = attention_masks(positions, positions, valid, cfg.sliding_window)
+    allowed_g, allowed_l = (self_g,), (self_l,)
+    if cache is not None:
+        slots = jnp.where(valid, positions, cache.slots)  # invalid tokens write nowhere (dropped)
+        rows = jnp.arange(b)[:, None]
+        written = jnp.zeros_like(cache.valid).at[rows, slots].set(True, mode="drop")
+        slot_pos = jnp.broadcast_to(jnp.arange(cache.slots, dtype=positions.dtype), cache.valid.shape)
+        past_g, past_l = attention_masks(positions, slot_pos, cache.valid & ~written, cfg.sliding_window)
+        allowed_g, allowed_l = (past_g, self_g), (past_l, self_l)
     ctx = dict(
         cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l,
         allowed_global=allowed_g, allowed_local=allowed_l, valid=valid,
     )  # fmt: skip
+    if edit_where is not None:
+        ctx["edit_where"] = edit_where
     layer_params = {k.removeprefix("layers."): v for k, v in params.items() if k.startswith("layers.")}
     is_local = jnp.asarray(cfg.local_layers)
+    past = None if cache is None else (cache.k, cache.v)
 
     def body(x, xs):
-        p, local, edit = xs
-        return block(x, p, local, edit, ctx, cfg, probe)
+        p, local, edit, past_kv = xs
+        x, reduced, kv = block(x, p, local, edit, ctx, cfg, probe, past_kv)
+        return x, (reduced, kv if cache is not None else None)
 
-    x, probes = jax.lax.scan(body, x, (layer_params, is_local, edits))
+    x, (probes, new_kv) = jax.lax.scan(body, x, (layer_params, is_local, edits, past))
+    if cache is not None:
+        cache = KVCache(
+            k=cache.k.at[:, rows, slots].set(new_kv[0].astype(cache.k.dtype), mode="drop"),
+            v=cache.v.at[:, rows, slots].set(new_kv[1].astype(cache.v.dtype), mode="drop"),
+            valid=cache.valid | written,
+        )
     if output == "none":
-        return None, probes
+        return None, probes, cache
     x = rms_norm(x, params["final_norm"], cfg)
     if output == "hidden":
-        return x, probes
-    logits = unembed(params, x, cfg)
-    return logits, probes
+        return x, probes, cache
+    return unembed(params, x, cfg), probes, cache
 
 
 def unembed(params: Mapping[str, Array], x: Array, cfg: ModelConfig) -> Array:

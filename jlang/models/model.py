@@ -125,11 +125,17 @@ class Model:
         positions: jax.Array | None = None,
         valid: jax.Array | None = None,
         edits: Edits | None = None,
+        edit_where: jax.Array | None = None,
         probe: Probe | None = None,
         output: str = "logits",
     ):
-        """The jitted `jlang.models.decoder.forward` on this model's parameters (device arrays in, out)."""
-        return self._jitted(self.params, ids, positions=positions, valid=valid, edits=edits, probe=probe, output=output)
+        """The jitted `jlang.models.decoder.forward` on this model's parameters (device arrays in, out).
+
+        `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only)."""
+        return self._jitted(
+            self.params, ids, positions=positions, valid=valid, edits=edits, edit_where=edit_where, probe=probe,
+            output=output,
+        )  # fmt: skip
 
     def logits(self, ids: Any, *, edits: Edits | None = None) -> np.ndarray:
         """float32 logits `[batch, seq, vocab]` for int ids `[batch, seq]` (causal, no padding)."""

@@ -7,7 +7,10 @@ Same tokens through:
 Prints tokens/s for both, the ratio, and the fraction of this machine's measured
 matmul peak that jlang reaches (non-embedding matmul FLOPs), and writes JSON.
 
-    python benchmarks/stats_throughput.py [--model default] [--batch 4] [--seq 256] [--batches 6]
+    python benchmarks/stats_throughput.py [--model default|synthetic-1b] [--batch 4] [--seq 256] [--batches 6]
+
+`benchmarks/run_all.py` is the full comparison (every row, both baselines, memory);
+this script is the quick look at the one row, in one process.
 """
 
 from __future__ import annotations
@@ -16,68 +19,31 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Measured float32 matmul throughput of this machine, via XLA and via PyTorch."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        f(a).block_until_ready()
-    xla = 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
-    out = {"xla": xla}
-    try:
-        import torch
-
-        x = torch.ones(n, n)
-        x @ x
-        t = time.perf_counter()
-        for _ in range(repeats):
-            x @ x
-        out["torch"] = 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
-    except ImportError:
-        pass
-    return out
-
-
-def matmul_flops_per_token(cfg, seq: int) -> float:
-    """Non-embedding matmul FLOPs per token of a forward without unembedding:
-    the projections (2 x weights) and attention's scores and values (full `seq` keys)."""
-    d, f, L = cfg.d_model, cfg.d_ff, cfg.num_layers
-    hq, hkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    projections = 2 * (d * hq + 2 * d * hkv + hq * d + 3 * d * f)
-    attention = 2 * 2 * seq * hq
-    return L * (projections + attention)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load_jlang, load_torch, matmul_flops_per_token, matmul_peak_gflops  # noqa: E402
 
 
 def bench_jlang(model, batches) -> float:
+    """Steady-state tokens/s of `run_stats`: the first batch (which carries the
+    compilation) is excluded by timing from its host fold to the last one."""
     from jlang.collect import run_stats
 
-    run_stats(model, batches[:1], 1, progress=False)  # compile
-    t = time.perf_counter()
-    acc = run_stats(model, batches, 1, progress=False)
-    elapsed = time.perf_counter() - t
-    return int(acc.tokens.sum()) / elapsed
+    stamps = []
+    run_stats(model, batches[:1] + batches, 1, progress=False, on_batch=lambda i, acc: stamps.append(time.perf_counter()))
+    return sum(b["ids"].size for b in batches) / (stamps[-1] - stamps[0])
 
 
 def bench_torch(name: str, batches) -> float:
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from jlang.models.packaged import resolve_packaged
 
     torch.set_num_threads(os.cpu_count() or 1)
-    path = resolve_packaged(name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    model = load_torch(name)
     layers = model.model.layers
     over_zero = torch.zeros(len(layers), model.config.intermediate_size, dtype=torch.int64)
 
@@ -105,9 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "stats_throughput.json"))
     args = p.parse_args(argv)
 
-    import jlang
-
-    model = jlang.load_model(args.model, progress=False)
+    model = load_jlang(args.model)
     rng = np.random.default_rng(0)
     batches = [
         {

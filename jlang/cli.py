@@ -15,6 +15,7 @@ from typing import Callable
 
 import jlang
 from jlang import distributed
+from jlang.evals_cli import EVAL_COMMANDS
 from jlang.generate_cli import _generate_parser
 from jlang.stats_cli import _stats_parser
 
@@ -205,7 +206,7 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-_COMMANDS: list[Callable] = [_info_parser, _generate_parser, _corpus_parser, _stats_parser, _identify_parser, _export_parser, _show_parser, _run_parser]
+_COMMANDS: list[Callable] = [_info_parser, _generate_parser, _corpus_parser, _stats_parser, _identify_parser, _export_parser, _show_parser, _run_parser, *EVAL_COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,260 @@
+"""Language Steering Score (LSS), the "difference of differences" of Rahmanisa et al. 2025
+(tauimbz/lang-task-neuron `intervention_dod.py`, methods.md §4.4).
+
+For a base (prompt) language b, a target language t and an item x:
+
+    D_b^t(x) = log P(obj_t | prompt_b(x)) − log P(obj_b | prompt_b(x))      (summed over the object's tokens)
+    LSS(b → t) = (1/N) Σ_x 1[ D_b^t(x) | amplify(t) − D_b^t(x) | no edit > 0 ]
+
+i.e. the share of items on which amplifying t's neurons moves probability from
+the b-language object to the t-language object. The original uses MLAMA facts
+(`inayarhmns/MLAMA-dod-185`: prompt_b = the b template with subject_b, objects
+= the object's name in b and in t).
+
+**The cloze set here** comes from the default corpus's parallel held-out file
+(`parallel/heldout.jsonl`: each English UI message with its human translations),
+so it needs no download. MLAMA pairs one prompt with two objects that mean the
+same thing in two languages; a translation pair gives exactly that:
+
+    prompt_b(x) = '"{m_b}" = "'        (the message in b, quoted, then an opening quote)
+    obj_b = m_b,  obj_t = m_t          (the message restated in b, or its translation into t)
+
+Both objects are the same meaning, so `D` measures only the preferred output
+language; the prompt names no language, so any shift comes from the edit. The
+length difference between `m_b` and `m_t` biases `D` itself but cancels in the
+difference of differences. Items where `m_b == m_t` are skipped. The template
+is a parameter (`template`, with `{text}`).
+
+Amplification: `a *= factor` on t's neurons at every position
+(`operation_target "*c"`); a sweep over several factors gives one LSS matrix
+per factor. With factor 1 the score is exactly 0 (strict `>`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jlang.evals.report import new_figure, save_figure, save_heatmaps, write_json
+from jlang.evals.scoring import Scorer, TokenRows, rows_from_token_lists
+from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.masks import NeuronMasks
+
+__all__ = ["ClozeItem", "LSSResult", "cloze_items", "lss", "lss_rate", "read_parallel"]
+
+DEFAULT_TEMPLATE = '"{text}" = "'
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    """One item of pair (base, target): a prompt in `base` and the two objects."""
+
+    base: str
+    target: str
+    prompt: str
+    obj_base: str
+    obj_target: str
+
+
+def read_parallel(path: str | Path | None = None) -> list[dict[str, str]]:
+    """Rows of a parallel JSONL file (`{"text": {lang: message}}`); default: the default corpus's held-out file."""
+    if path is None:
+        from jlang.data.gettext_corpus import ensure_default_corpus
+
+        path = ensure_default_corpus() / "parallel" / "heldout.jsonl"
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.append(dict(row["text"]) if "text" in row else dict(row))
+    return rows
+
+
+def cloze_items(rows: Sequence[Mapping[str, str]], base: str, target: str, *, n: int | None = None,
+                template: str = DEFAULT_TEMPLATE) -> list[ClozeItem]:
+    """The first `n` rows holding both languages with different texts, as cloze items of (base, target)."""
+    out = []
+    for row in rows:
+        mb, mt = row.get(base), row.get(target)
+        if not mb or not mt or mb.strip() == mt.strip():
+            continue
+        out.append(ClozeItem(base, target, template.format(text=mb), mb, mt))
+        if n is not None and len(out) >= n:
+            break
+    return out
+
+
+def lss_rate(d_edit: np.ndarray, d_none: np.ndarray) -> float:
+    """`mean(1[d_edit − d_none > 0])` (tauimbz `res_dod`); NaN for no items."""
+    d_edit, d_none = np.asarray(d_edit, np.float64), np.asarray(d_none, np.float64)
+    return float(np.mean(d_edit - d_none > 0)) if d_edit.size else float("nan")
+
+
+def object_rows(tokenizer, items: Sequence[ClozeItem]) -> TokenRows:
+    """Rows `[prompt + obj_target, prompt + obj_base]` per item (2i, 2i+1); the object's tokens are scored.
+
+    The object starts where `tokenize(prompt + obj)` departs from `tokenize(prompt)` (their common prefix),
+    so a token merging the prompt's end with the object's start is scored.
+    """
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    prompts = tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]
+    texts = [s for it in items for s in (it.prompt + it.obj_target, it.prompt + it.obj_base)]
+    full = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    tokens, starts = [], []
+    for i, ids in enumerate(full):
+        p = prompts[i // 2]
+        common = 0
+        for a, b in zip(p, ids):
+            if a != b:
+                break
+            common += 1
+        tokens.append(bos + list(ids))
+        starts.append(len(bos) + common)
+    return rows_from_token_lists(tokens, starts, np.arange(len(full)) // 2, pad_id=tokenizer.pad_token_id or 0)
+
+
+@dataclass
+class LSSResult:
+    """LSS per amplification factor and language pair.
+
+    Attributes:
+      bases, targets: languages (rows, columns).
+      factors: amplification factors.
+      lss: float64 `[F, B, T]` (NaN on b == t or pairs without items).
+      mean_shift: float64 `[F, B, T]` mean of `D_edit − D_none` (nats).
+      d_none: float64 `[B, T]` mean `D` without an edit.
+      items: int64 `[B, T]`.
+    """
+
+    bases: list[str]
+    targets: list[str]
+    factors: list[float]
+    lss: np.ndarray
+    mean_shift: np.ndarray
+    d_none: np.ndarray
+    items: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def mean_lss(self) -> np.ndarray:
+        """float64 `[F]`: LSS averaged over the language pairs."""
+        return np.array([np.nanmean(m) if np.isfinite(m).any() else np.nan for m in self.lss])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "jlang.LSSResult/1", "bases": self.bases, "targets": self.targets, "factors": self.factors,
+            "lss": self.lss, "mean_lss": self.mean_lss(), "mean_shift": self.mean_shift, "d_none": self.d_none,
+            "items": self.items, "meta": self.meta,
+        }  # fmt: skip
+
+    def save(self, path_prefix: str | Path) -> dict[str, Path]:
+        """`{prefix}.json` and `{prefix}.png` (one LSS heat map per factor, and mean LSS against the factor)."""
+        prefix = Path(path_prefix)
+        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
+        panels = [
+            dict(matrix=self.lss[i], rows=self.bases, cols=self.targets, vmin=0.0, vmax=1.0,
+                 title=f"LSS, amplify target x{f:g}", cbar_label="LSS", fmt="{:.2f}",
+                 xlabel="target (amplified) language", ylabel="prompt language")
+            for i, f in enumerate(self.factors)
+        ]  # fmt: skip
+        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=min(3, len(panels)),
+                                   panel_size=(0.5 * len(self.targets) + 3, 0.4 * len(self.bases) + 2))
+        fig = new_figure(4.5, 3.2)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot(self.factors, self.mean_lss(), marker="o")
+        ax.set_xlabel("amplification factor")
+        ax.set_ylabel("mean LSS over pairs")
+        ax.set_ylim(0, 1)
+        ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        out["sweep_png"] = save_figure(fig, prefix.with_name(prefix.name + "_sweep.png"))
+        return out
+
+
+def lss(
+    model,
+    masks: NeuronMasks,
+    items: Sequence[ClozeItem],
+    *,
+    factors: Sequence[float] = (2.0, 5.0, 10.0),
+    batch_size: int = 16,
+    vocab_chunk: int = DEFAULT_CHUNK,
+    score_fn: Callable[[TokenRows, Any], np.ndarray] | None = None,
+    edit_fn: Callable[[str, float], Any] | None = None,
+    progress: bool = True,
+) -> LSSResult:
+    """LSS of every (base, target) pair present in `items`, for each amplification factor.
+
+    Args:
+      items: cloze items (`cloze_items`) of any pairs.
+      factors: amplification factors of the target's neurons.
+      score_fn: `(rows, edits) -> float [N]` summed object log-probs (default: the model's `Scorer`);
+        `edit_fn`: `(target, factor) -> edits` (default: `amplify(masks, target, factor)`). Both are
+        seams for tests and for other interventions.
+    """
+    from jlang.evals import interventions as iv
+
+    if score_fn is None:
+        scorer = Scorer(model, vocab_chunk=vocab_chunk)
+        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)  # noqa: E731
+    if edit_fn is None:
+        masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
+        edit_fn = lambda target, factor: iv.amplify(masks, target, factor)  # noqa: E731
+    bases = list(dict.fromkeys(it.base for it in items))
+    targets = list(dict.fromkeys(it.target for it in items))
+    for t in targets:
+        masks.index(t)
+    t0 = time.perf_counter()
+    tokenizer = model.tokenizer if model is not None else None
+
+    def d_values(subset: Sequence[ClozeItem], edits) -> np.ndarray:
+        rows = object_rows(tokenizer, subset)
+        sums = np.asarray(score_fn(rows, edits), np.float64)
+        return sums[0::2] - sums[1::2]  # log P(obj_t) - log P(obj_b)
+
+    F, B, T = len(factors), len(bases), len(targets)
+    out = np.full((F, B, T), np.nan)
+    shift = np.full((F, B, T), np.nan)
+    d_none_m = np.full((B, T), np.nan)
+    counts = np.zeros((B, T), np.int64)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(targets) * (F + 1), desc="LSS", unit="pass")
+    for j, t in enumerate(targets):
+        subset = [it for it in items if it.target == t]
+        d0 = d_values(subset, None)
+        if bar is not None:
+            bar.update(1)
+        pair = np.array([bases.index(it.base) for it in subset])
+        for i in range(B):
+            sel = pair == i
+            counts[i, j] = int(sel.sum())
+            if sel.any():
+                d_none_m[i, j] = float(d0[sel].mean())
+        for f, factor in enumerate(factors):
+            d1 = d_values(subset, edit_fn(t, factor))
+            for i in range(B):
+                sel = pair == i
+                if sel.any():
+                    out[f, i, j] = lss_rate(d1[sel], d0[sel])
+                    shift[f, i, j] = float((d1[sel] - d0[sel]).mean())
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return LSSResult(
+        bases=bases, targets=targets, factors=[float(f) for f in factors], lss=out, mean_shift=shift, d_none=d_none_m,
+        items=counts,
+        meta={
+            "model": getattr(model, "name", None), "example_prompt": items[0].prompt if items else None,
+            "intervention": "a *= factor on the target's neurons, every layer and position",
+            "seconds": time.perf_counter() - t0,
+            "reference": "tauimbz/lang-task-neuron intervention_dod.py (Rahmanisa et al. 2025)",
+        },
+    )  # fmt: skip

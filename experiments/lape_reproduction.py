@@ -17,6 +17,9 @@ Steps (each writes under `config.out`):
 5. `report.md`: the numbers and figures.
 
 Paths in the config are relative to the working directory (run from the repository root).
+With `reuse_results: true` an enabled step whose `{out}/{step}.json` exists is
+loaded instead of recomputed (e.g. `--set reuse_results=true --set lens.enabled=true`
+adds the logit lens to a finished run).
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class ReproductionConfig:
 
     out: str = "runs/lape_reproduction"
     reuse_lape: bool = True
+    # Load a step's result from {out}/{ppl,steering,lss,lens}.json when it exists instead of recomputing it
+    # (to add a step, or rebuild report.md, without redoing the others).
+    reuse_results: bool = False
     lape: config_lib.RunConfig = config_lib.RunConfig()
     ppl: PPLSection = PPLSection()
     steering: SteeringSection = SteeringSection()
@@ -108,8 +114,9 @@ def lape_neurons(cfg: ReproductionConfig, log) -> tuple[object, object, str]:
     masks_path, stats_path = root / "masks.npz", root / "stats.npz"
     if cfg.reuse_lape and masks_path.is_file() and stats_path.is_file():
         masks, stats = NeuronMasks.load(masks_path), ActivationStats.load(stats_path)
+        source = cfg.lape.model.source
         fits = (
-            masks.meta.get("model") == cfg.lape.model.source
+            masks.meta.get("model") in (source, Path(source).name, Path(source).stem)
             and list(masks.languages) == list(cfg.lape.corpus.languages)
             and masks.meta.get("method") == cfg.lape.identify.method
         )
@@ -121,6 +128,17 @@ def lape_neurons(cfg: ReproductionConfig, log) -> tuple[object, object, str]:
     result = run_lape(cfg.lape)
     log(f"LAPE chain done in {time.perf_counter() - t:.0f} s")
     return NeuronMasks.load(result["masks"]), ActivationStats.load(result["stats"]), f"ran jlang run ({result['timings']})"
+
+
+def load_existing(cfg: ReproductionConfig, name: str, cls, log):
+    """`cls.from_dict` of `{out}/{name}.json` when `reuse_results` and the file exists (figures redrawn), else None."""
+    path = Path(cfg.out) / f"{name}.json"
+    if not (cfg.reuse_results and path.is_file()):
+        return None
+    log(f"reusing {path}")
+    result = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    result.save(Path(cfg.out) / name)
+    return result
 
 
 def fmt_row(values, f="{:.2f}") -> str:
@@ -213,9 +231,21 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
             f"{steer.meta.get('identifier')} restricted to the study's languages. Success = identified as t.",
             "",
             f"Mean success over the {int(np.isfinite(steer.success).sum())} off-diagonal pairs: **{steer.mean_success():.3f}** "
-            f"(chance level for a random one of {len(steer.targets)} languages: {1 / len(steer.targets):.3f}).",
+            f"(a random one of {len(steer.targets)} languages: {1 / len(steer.targets):.3f}). Control: the share of "
+            f"generations already in t when b is deactivated but t is not activated: {steer.mean_control():.3f}; "
+            f"mean lift (success − control) **{steer.mean_success() - steer.mean_control():.3f}**. The model often "
+            "falls back to English when a prompt language's neurons are off (and answers many non-English prompts in "
+            "English even without edits), so English as a target succeeds largely without steering: read its column "
+            "against the control.",
             "",
             steer.table(),
+            "",
+            "Per target language (mean over sources):",
+            "",
+            "| | " + " | ".join(steer.targets) + " |",
+            "|---|" + "---:|" * len(steer.targets),
+            *[f"| {name} | " + fmt_row([v[key] for v in steer.per_target().values()]) + " |"
+              for name, key in (("success", "success"), ("control", "control"), ("lift", "lift"))],
             "",
             "![steering](steering.png)",
             "",
@@ -232,13 +262,26 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
             ]
     if lss_res is not None:
         lines += ["## Language Steering Score (amplification)", "",
-                  "Mean LSS over pairs: " + ", ".join(f"x{f:g}: {m:.3f}" for f, m in zip(lss_res.factors, lss_res.mean_lss())),
+                  f"Cloze items from the parallel held-out messages (prompt `{lss_res.meta.get('example_prompt')!r}`-style: "
+                  "the message in b quoted, objects = the message in b vs its translation in t; `jlang.evals.lss`); "
+                  f"{int(lss_res.items.sum())} items over {int((lss_res.items > 0).sum())} pairs. LSS(b→t) = share of "
+                  "items where amplifying t's neurons raises log P(obj_t) − log P(obj_b).", "",
+                  "| factor | mean LSS | mean shift of D (nats) |", "|---:|---:|---:|",
+                  *[f"| x{f:g} | {m:.3f} | {np.nanmean(lss_res.mean_shift[i]):.3f} |"
+                    for i, (f, m) in enumerate(zip(lss_res.factors, lss_res.mean_lss()))],
                   "", "![LSS](lss.png)", ""]  # fmt: skip
     if lens_res is not None:
-        own = lens_res.own_share("final_norm")
-        lines += ["## Logit lens", "", "Share of the prompt's language among the top-k tokens, last layer (final norm): "
-                  + ", ".join(f"{l} {x:.2f}" for l, x in zip(lens_res.languages, own[-1]) if np.isfinite(x)),
-                  "", "![logit lens](lens.png)", ""]  # fmt: skip
+        own, raw = lens_res.own_share("final_norm"), lens_res.own_share("raw")
+        L = own.shape[0]
+        lines += ["## Logit lens", "",
+                  f"Top-{lens_res.meta.get('k')} tokens of every layer's residual stream ({lens_res.meta.get('where')} "
+                  f"positions of {lens_res.meta.get('max_texts')} held-out sentences per language), tagged by script and, "
+                  "for Latin/Han tokens, by train-split frequency (`jlang.evals.token_lang`). Share of the prompt's "
+                  "own language:", "",
+                  "| layer | " + " | ".join(lens_res.languages) + " |", "|---:|" + "---:|" * len(lens_res.languages),
+                  *[f"| {l} | " + fmt_row(own[l]) + " |" for l in sorted({0, L // 4, L // 2, 3 * L // 4, L - 2, L - 1})],
+                  f"| {L - 1} (no final norm) | " + fmt_row(raw[L - 1]) + " |",
+                  "", "![logit lens](lens.png)", "", "![labels per layer](lens_labels.png)", ""]  # fmt: skip
     lines += ["## Wall time", "", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -276,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ppl = steer = lss_res = lens_res = None
     if cfg.ppl.enabled:
-        from jlang.evals.perplexity import ppl_matrix
+        from jlang.evals.perplexity import PPLResult, ppl_matrix
 
+        ppl = load_existing(cfg, "ppl", PPLResult, log)
+    if cfg.ppl.enabled and ppl is None:
         t = time.perf_counter()
         c = cfg.ppl
         ppl = ppl_matrix(model, masks, resolve_corpus(cfg.lape.corpus.source, languages, c.split), languages=languages,
@@ -288,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_ppl')}\n{verdict(ppl)}")
 
     if cfg.steering.enabled:
+        from jlang.evals.steering import SteeringResult
+
+        steer = load_existing(cfg, "steering", SteeringResult, log)
+    if cfg.steering.enabled and steer is None:
         from jlang.evals.langid import Py3LangID, identifier_accuracy
         from jlang.evals.steering import Activation, default_generator, run_steering, steering_prompts
 
@@ -312,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"steering in {timings['steering']:.0f} s, mean success {steer.mean_success():.3f}\n{steer.table()}")
 
     if cfg.lss.enabled:
+        from jlang.evals.lss import LSSResult
+
+        lss_res = load_existing(cfg, "lss", LSSResult, log)
+    if cfg.lss.enabled and lss_res is None:
         from jlang.evals.lss import cloze_items, lss, read_parallel
 
         t = time.perf_counter()
@@ -324,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         timings["LSS"] = time.perf_counter() - t
 
     if cfg.lens.enabled:
+        from jlang.evals.logit_lens import LensResult
+
+        lens_res = load_existing(cfg, "lens", LensResult, log)
+    if cfg.lens.enabled and lens_res is None:
         from jlang.evals.logit_lens import logit_lens
         from jlang.evals.token_lang import TokenTagger, token_counts
 

@@ -277,11 +277,15 @@ def test_steering_bookkeeping_with_stubs(tmp_path):
     np.testing.assert_array_equal(res.success, expected)
     np.testing.assert_array_equal(res.baseline_same, [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(res.deactivated_same, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(np.nan_to_num(res.control, nan=-1), np.where(np.eye(3, dtype=bool), -1, 0.0))
+    np.testing.assert_array_equal(res.lift, res.success)
+    assert res.per_target()["a"] == {"success": 0.25, "control": 0.0, "lift": 0.25}
     assert res.counts["a->b"] == {"a": 3, "b": 1} and res.counts["a|deactivate"] == {"none": 4}
     assert res.mean_success() == pytest.approx(0.25)
     assert res.generations["c->a"][0] == {"prompt": "c:0", "output": "a text", "language": "a"}
     back = SteeringResult.from_dict(json.loads(res.save(tmp_path / "steer")["json"].read_text()))
     np.testing.assert_array_equal(back.success, res.success)
+    np.testing.assert_array_equal(back.control, res.control)
 
 
 def test_identifier_accuracy():
@@ -327,3 +331,63 @@ def test_cli_ppl_and_lss(tiny_dirs, tmp_path, capsys):
     assert args.func(args) == 0
     assert (tmp_path / "o" / "lss.png").is_file()
     assert sorted(p.__name__ for p in EVAL_COMMANDS) == ["_lens_parser", "_lss_parser", "_ppl_parser", "_steer_parser"]
+
+
+# ----------------------------------------------------------------------------- the reproduction experiment
+
+
+def _experiment_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("lape_reproduction", root / "experiments" / "lape_reproduction.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name], root
+
+
+def test_reproduction_config_is_strict():
+    from jlang.config import ConfigError, load_config
+
+    mod, root = _experiment_module()
+    cfg = load_config(root / "configs" / "lape_reproduction.yaml", mod.ReproductionConfig)
+    assert cfg.ppl.edit_value == 0.0 and cfg.ppl.split == "heldout" and cfg.lape.identify.method == "lape"
+    assert cfg.steering.template == "Q: {text}\nA:"
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(root / "configs" / "lape_reproduction.yaml", mod.ReproductionConfig, ["ppl.bogus=1"])
+
+
+def test_reproduction_end_to_end_on_tiny_model(tiny_dirs, tmp_path):
+    mod, _ = _experiment_module()
+    path = tiny_dirs["llama2"][0]
+    corpus = tmp_path / "corpus"
+    for split, seed in (("train", 20), ("heldout", 30)):
+        (corpus / split).mkdir(parents=True)
+        for k, lang in enumerate(("en", "fr")):
+            (corpus / split / f"{lang}.txt").write_text("\n".join(_sentences(seed + k, 12)) + "\n")
+    (corpus / "parallel").mkdir()
+    (corpus / "parallel" / "heldout.jsonl").write_text(
+        "".join(json.dumps({"text": {"en": a, "fr": b}}) + "\n" for a, b in zip(_sentences(40, 3), _sentences(41, 3)))
+    )
+    out = tmp_path / "out"
+    sets = [
+        f"out={out}", f"lape.out={tmp_path / 'lape'}", f"lape.model.source={path}", f"lape.corpus.source={corpus}",
+        "lape.corpus.languages=[en, fr]", "lape.stats.seq_len=16", "lape.identify.top_rate=0.05",
+        "ppl.batch_size=4", "ppl.seq_len=16", "ppl.vocab_chunk=64", "steering.prompts_per_language=2",
+        "steering.max_new_tokens=3", "lss.items=2", "lss.factors=[2.0]", "lss.bases=null", "lss.batch_size=4",
+        "lens.max_texts=2", "lens.k=3",
+    ]  # fmt: skip
+    assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets), [])]) == 0
+    text = (out / "report.md").read_text()
+    for needle in ("Deactivation perplexity", "Does the diagonal dominate?", "Language steering", "Identifier accuracy",
+                   "Language Steering Score", "Logit lens"):
+        assert needle in text
+    assert {p.name for p in out.iterdir()} >= {"ppl.json", "ppl.png", "steering.json", "lss.json", "lens.json", "report.md"}
+    # a second run reuses every result (no model work beyond loading) and rewrites the same report
+    assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets + ["reuse_results=true"]), [])]) == 0
+    section = lambda t: t.split("## Deactivation perplexity")[1].split("## Wall time")[0]  # noqa: E731
+    assert section((out / "report.md").read_text()) == section(text)
+    assert "reused" in (out / "report.md").read_text()

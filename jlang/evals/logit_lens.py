@@ -119,6 +119,12 @@ class LensResult:
             "own_share": {v: self.own_share(v) for v in VARIANTS}, "top1": self.top1, "meta": self.meta,
         }  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, d) -> "LensResult":
+        return cls(languages=list(d["languages"]), labels=list(d["labels"]),
+                   shares=np.array(d["shares"], dtype=object).astype(np.float64),
+                   positions=np.asarray(d["positions"], np.int64), top1=d.get("top1", {}), meta=dict(d.get("meta", {})))
+
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json`, `{prefix}.png` (own-language share, layer x language, both variants) and
         `{prefix}_labels.png` (every label's share per layer, one panel per prompt language, with final norm)."""

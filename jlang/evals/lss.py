@@ -152,6 +152,13 @@ class LSSResult:
             "items": self.items, "meta": self.meta,
         }  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LSSResult":
+        arr = lambda x: np.array(x, dtype=object).astype(np.float64)  # None -> nan  # noqa: E731
+        return cls(bases=list(d["bases"]), targets=list(d["targets"]), factors=[float(f) for f in d["factors"]],
+                   lss=arr(d["lss"]), mean_shift=arr(d["mean_shift"]), d_none=arr(d["d_none"]),
+                   items=np.asarray(d["items"], np.int64), meta=dict(d.get("meta", {})))
+
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` and `{prefix}.png` (one LSS heat map per factor, and mean LSS against the factor)."""
         prefix = Path(path_prefix)

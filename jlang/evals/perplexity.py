@@ -194,8 +194,8 @@ class PPLResult:
             idx = [self.rows.index(r) for r in rows]
             model = self.meta.get("model", "")
             panels = [
-                dict(matrix=self.delta_ppl[idx], rows=rows, cols=self.columns, title=f"{model}: ΔPPL (exp mean row NLL)",
-                     cbar_label="ΔPPL", fmt="{:.1f}", diverging=True, xlabel="evaluated language",
+                dict(matrix=self.delta_ppl[idx], rows=rows, cols=self.columns, title=f"{model}: ΔPPL = PPL − PPL(none) (symmetric log colours)",
+                     cbar_label="ΔPPL", fmt="{:.1f}", diverging=True, symlog=1.0, xlabel="evaluated language",
                      ylabel="deactivated language"),
                 dict(matrix=self.delta_nll[idx], rows=rows, cols=self.columns, title="ΔNLL = log(PPL / PPL_none)",
                      cbar_label="ΔNLL (nats)", fmt="{:.2f}", diverging=True, xlabel="evaluated language",

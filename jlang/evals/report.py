@@ -54,8 +54,9 @@ def _figure(width: float, height: float):
 
 def draw_heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], *, title: str = "",
                  cbar_label: str = "", fmt: str = "{:.2f}", diverging: bool = False, vmin=None, vmax=None,
-                 annotate: bool = True, xlabel: str = "", ylabel: str = "", origin: str = "upper") -> None:
-    """One annotated heat map on `ax` (NaN cells blank)."""
+                 annotate: bool = True, xlabel: str = "", ylabel: str = "", origin: str = "upper",
+                 symlog: float | None = None) -> None:
+    """One annotated heat map on `ax` (NaN cells blank); `symlog`: a symmetric log colour scale, linear within ±symlog."""
     m = np.asarray(matrix, np.float64)
     finite = m[np.isfinite(m)]
     if diverging:
@@ -63,8 +64,13 @@ def draw_heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str
         vmin, vmax, cmap = (-lim if vmin is None else vmin), (lim if vmax is None else vmax), "RdBu_r"
     else:
         cmap = "viridis"
+    norm = None
+    if symlog is not None:
+        from matplotlib.colors import SymLogNorm
+
+        norm, vmin, vmax = SymLogNorm(linthresh=symlog, vmin=vmin, vmax=vmax), None, None
     im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-                   origin=origin)
+                   origin=origin, norm=norm)
     ax.set_xticks(range(len(cols)), labels=list(cols), rotation=90 if max((len(c) for c in cols), default=0) > 3 else 0)
     ax.set_yticks(range(len(rows)), labels=list(rows))
     ax.set_xlabel(xlabel)
@@ -72,11 +78,10 @@ def draw_heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str
     ax.set_title(title, fontsize=10)
     ax.figure.colorbar(im, ax=ax, label=cbar_label, fraction=0.046, pad=0.04)
     if annotate and m.size <= 400:
-        lo, hi = im.get_clim()
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if np.isfinite(m[i, j]):
-                    frac = (m[i, j] - lo) / (hi - lo) if hi > lo else 0.5
+                    frac = float(im.norm(m[i, j]))
                     dark = (abs(frac - 0.5) > 0.3) if diverging else frac < 0.5
                     ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=6,
                             color="white" if dark else "black")

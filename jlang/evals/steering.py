@@ -125,8 +125,11 @@ def default_generator(model, *, max_new_tokens: int = 48, repetition_penalty: fl
 def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targets: Sequence[str]) -> dict[str, Any]:
     """Success rates from identified languages per condition key (see `condition_key`).
 
-    Returns `success` float `[B, T]` (NaN where b == t or the condition is missing), `baseline_same` `[B]`,
-    `deactivated_same` `[B]` (NaN when missing) and `counts`: key -> {language: n}.
+    Returns `success` float `[B, T]` (NaN where b == t or the condition is missing), `control` `[B, T]`
+    (share identified as t *without* activating t: after deactivating b alone when that condition exists,
+    else with no edit; a model that falls back to English when b is deactivated "succeeds" for t = en
+    without steering), `baseline_same` `[B]`, `deactivated_same` `[B]` (NaN when missing) and
+    `counts`: key -> {language: n}.
     """
     def share(key: str, lang: str) -> float:
         labels = identified.get(key)
@@ -135,10 +138,14 @@ def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targe
         return sum(l == lang for l in labels) / len(labels)
 
     success = np.full((len(sources), len(targets)), np.nan)
+    control = np.full_like(success, np.nan)
     for i, b in enumerate(sources):
+        deact = condition_key(b, None, True)
+        reference = deact if identified.get(deact) else condition_key(b, None, False)
         for j, t in enumerate(targets):
             if b != t:
                 success[i, j] = share(condition_key(b, t), t)
+                control[i, j] = share(reference, t)
     counts = {}
     for key, labels in identified.items():
         c: dict[str, int] = {}
@@ -147,6 +154,7 @@ def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targe
         counts[key] = dict(sorted(c.items(), key=lambda kv: -kv[1]))
     return {
         "success": success,
+        "control": control,
         "baseline_same": np.array([share(condition_key(b, None, False), b) for b in sources]),
         "deactivated_same": np.array([share(condition_key(b, None, True), b) for b in sources]),
         "counts": counts,
@@ -160,7 +168,7 @@ class SteeringResult:
     Attributes:
       sources: prompt (and deactivated) languages, rows.
       targets: activated languages, columns.
-      success: float64 `[B, T]`; `baseline_same`, `deactivated_same`: float64 `[B]` (see `tally`).
+      success, control: float64 `[B, T]`; `baseline_same`, `deactivated_same`: float64 `[B]` (see `tally`).
       counts: condition key -> identified language -> count.
       generations: condition key -> list of {"prompt", "output", "language"}.
       identifier_accuracy: the identifier on held-out text of known language (`identifier_accuracy`), if measured.
@@ -169,6 +177,7 @@ class SteeringResult:
     sources: list[str]
     targets: list[str]
     success: np.ndarray
+    control: np.ndarray
     baseline_same: np.ndarray
     deactivated_same: np.ndarray
     counts: dict
@@ -180,22 +189,45 @@ class SteeringResult:
         """Mean over the off-diagonal cells of `success`."""
         return float(np.nanmean(self.success)) if np.isfinite(self.success).any() else float("nan")
 
+    def mean_control(self) -> float:
+        return float(np.nanmean(self.control)) if np.isfinite(self.control).any() else float("nan")
+
+    @property
+    def lift(self) -> np.ndarray:
+        """`success - control` `[B, T]`: what activating t adds over deactivating b alone."""
+        return self.success - self.control
+
+    def per_target(self) -> dict[str, dict[str, float]]:
+        """Per target language: mean success, control and lift over the sources."""
+        out = {}
+        for j, t in enumerate(self.targets):
+            col = lambda m: float(np.nanmean(m[:, j])) if np.isfinite(m[:, j]).any() else float("nan")  # noqa: E731
+            out[t] = {"success": col(self.success), "control": col(self.control), "lift": col(self.lift)}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "jlang.SteeringResult/1", "sources": self.sources, "targets": self.targets,
-            "success": self.success, "mean_success": self.mean_success(), "baseline_same": self.baseline_same,
+            "success": self.success, "mean_success": self.mean_success(), "control": self.control,
+            "mean_control": self.mean_control(), "per_target": self.per_target(), "baseline_same": self.baseline_same,
             "deactivated_same": self.deactivated_same, "counts": self.counts,
             "identifier_accuracy": self.identifier_accuracy, "meta": self.meta, "generations": self.generations,
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SteeringResult":
-        nan = lambda xs: np.array([np.nan if x is None else x for x in xs], np.float64)  # noqa: E731
-        return cls(
-            sources=list(d["sources"]), targets=list(d["targets"]), success=from_json_matrix(d["success"]),
-            baseline_same=nan(d["baseline_same"]), deactivated_same=nan(d["deactivated_same"]), counts=d["counts"],
-            generations=d.get("generations", {}), identifier_accuracy=d.get("identifier_accuracy"), meta=d.get("meta", {}),
-        )  # fmt: skip
+        """Rebuild from `to_dict` output; the rates are recounted from the stored generations when present."""
+        sources, targets = list(d["sources"]), list(d["targets"])
+        generations = d.get("generations", {})
+        if generations:
+            t = tally({k: [g["language"] for g in v] for k, v in generations.items()}, sources, targets)
+        else:
+            nan = lambda xs: np.array([np.nan if x is None else x for x in xs], np.float64)  # noqa: E731
+            t = {"success": from_json_matrix(d["success"]), "control": from_json_matrix(d["control"]),
+                 "baseline_same": nan(d["baseline_same"]), "deactivated_same": nan(d["deactivated_same"]),
+                 "counts": d["counts"]}  # fmt: skip
+        return cls(sources=sources, targets=targets, generations=generations,
+                   identifier_accuracy=d.get("identifier_accuracy"), meta=d.get("meta", {}), **t)
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` (with every generation) and `{prefix}.png` (success matrix; same-language shares)."""
@@ -210,12 +242,15 @@ class SteeringResult:
             dict(matrix=self.success, rows=self.sources, cols=self.targets, vmin=0.0, vmax=1.0, title=title,
                  cbar_label="success rate", fmt="{:.2f}", xlabel="target (activated) language",
                  ylabel="prompt (deactivated) language"),
+            dict(matrix=self.lift, rows=self.sources, cols=self.targets, diverging=True, vmin=-1.0, vmax=1.0,
+                 title="lift = success − share of t\nwithout activating t (control)", cbar_label="lift", fmt="{:.2f}",
+                 xlabel="target (activated) language", ylabel="prompt (deactivated) language"),
             dict(matrix=np.stack([self.baseline_same, self.deactivated_same], axis=1), rows=self.sources,
                  cols=["no edit", "deactivated"], vmin=0.0, vmax=1.0, title="share identified as\nthe prompt language",
                  cbar_label="share", fmt="{:.2f}", xlabel="condition", ylabel="prompt language"),
         ]  # fmt: skip
         n = len(self.targets)
-        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=2,
+        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=3,
                                    panel_size=(0.55 * n + 3, 0.45 * len(self.sources) + 2))
         return out
 
@@ -294,6 +329,4 @@ def run_steering(
         "reference": "LAPE generation.py (Tang et al. 2024); Language Arithmetics batch_generation.py (Gurgurov et al. 2025)",
     }  # fmt: skip
     info.update(meta or {})
-    return SteeringResult(sources=sources, targets=targets, success=counts["success"],
-                          baseline_same=counts["baseline_same"], deactivated_same=counts["deactivated_same"],
-                          counts=counts["counts"], generations=generations, meta=info)
+    return SteeringResult(sources=sources, targets=targets, generations=generations, meta=info, **counts)

@@ -126,25 +126,11 @@ def _stats_parser(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """`python -m jlang.stats_cli`: the same `stats` command as `jlang stats`."""
-    parser = argparse.ArgumentParser(prog="python -m jlang.stats_cli")
-    distributed.add_arguments(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _stats_parser(sub)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    import jlang
+    """`python -m jlang.stats_cli stats ...` is `jlang stats ...` (kept for scripts and tests that call it)."""
+    from jlang.cli import main as jlang_main
 
-    args = build_parser().parse_args(argv)
-    try:
-        distributed.initialize_from_args(args)
-        return args.func(args)
-    except (jlang.CheckpointError, jlang.UnsupportedModelError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"jlang: error: {e}", file=sys.stderr)
-        return 2
+    return jlang_main(argv)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ class SteeringSection:
 class LSSSection:
     enabled: bool = False
     items: int = 20
-    factors: tuple[float, ...] = (2.0, 5.0, 10.0)
+    interventions: tuple[Literal["additive", "scale"], ...] = ("additive", "scale")
+    alphas: tuple[float, ...] = (1.0, 2.0)  # additive: a += alpha * mu_t
+    factors: tuple[float, ...] = (2.0, 5.0, 10.0)  # scale: a *= factor
     bases: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
     batch_size: int = 16
@@ -260,16 +262,16 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
                 "| " + fmt_row(acc["per_language"].values()) + " |",
                 "",
             ]
-    if lss_res is not None:
-        lines += ["## Language Steering Score (amplification)", "",
-                  f"Cloze items from the parallel held-out messages (prompt `{lss_res.meta.get('example_prompt')!r}`-style: "
+    for kind, res in lss_res.items():
+        lines += [f"## Language Steering Score ({res.meta.get('intervention')})", "",
+                  f"Cloze items from the parallel held-out messages (prompt `{res.meta.get('example_prompt')!r}`-style: "
                   "the message in b quoted, objects = the message in b vs its translation in t; `jlang.evals.lss`); "
-                  f"{int(lss_res.items.sum())} items over {int((lss_res.items > 0).sum())} pairs. LSS(b→t) = share of "
-                  "items where amplifying t's neurons raises log P(obj_t) − log P(obj_b).", "",
-                  "| factor | mean LSS | mean shift of D (nats) |", "|---:|---:|---:|",
-                  *[f"| x{f:g} | {m:.3f} | {np.nanmean(lss_res.mean_shift[i]):.3f} |"
-                    for i, (f, m) in enumerate(zip(lss_res.factors, lss_res.mean_lss()))],
-                  "", "![LSS](lss.png)", ""]  # fmt: skip
+                  f"{int(res.items.sum())} items over {int((res.items > 0).sum())} pairs. LSS(b→t) = share of "
+                  "items where the intervention on t's neurons raises log P(obj_t) − log P(obj_b); 0.5 = no preference.",
+                  "", "| strength | mean LSS | mean shift of D (nats) |", "|---:|---:|---:|",
+                  *[f"| {res.strength_label(f)} | {m:.3f} | {np.nanmean(res.mean_shift[i]):.3f} |"
+                    for i, (f, m) in enumerate(zip(res.factors, res.mean_lss()))],
+                  "", f"![LSS](lss_{kind}.png)", ""]  # fmt: skip
     if lens_res is not None:
         own, raw = lens_res.own_share("final_norm"), lens_res.own_share("raw")
         L = own.shape[0]
@@ -282,7 +284,15 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
                   *[f"| {l} | " + fmt_row(own[l]) + " |" for l in sorted({0, L // 4, L // 2, 3 * L // 4, L - 2, L - 1})],
                   f"| {L - 1} (no final norm) | " + fmt_row(raw[L - 1]) + " |",
                   "", "![logit lens](lens.png)", "", "![labels per layer](lens_labels.png)", ""]  # fmt: skip
-    lines += ["## Wall time", "", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
+    earlier = {}
+    for label, res in (("PPL matrix", ppl), ("steering", steer), *((f"LSS ({k})", r) for k, r in lss_res.items()),
+                       ("logit lens", lens_res)):
+        if res is not None and label not in timings:
+            sec = res.meta.get("seconds")
+            earlier[label] = sum(sec.values()) if isinstance(sec, dict) else sec
+    lines += ["## Wall time", "", "This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
+    if earlier:
+        lines += ["", "Reused results (their own run): " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items() if v) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
     timings["load model"] = time.perf_counter() - t
 
-    ppl = steer = lss_res = lens_res = None
+    ppl = steer = lens_res = None
+    lss_res: dict = {}
     if cfg.ppl.enabled:
         from jlang.evals.perplexity import PPLResult, ppl_matrix
 
@@ -360,21 +371,22 @@ def main(argv: list[str] | None = None) -> int:
         timings["steering"] = time.perf_counter() - t
         log(f"steering in {timings['steering']:.0f} s, mean success {steer.mean_success():.3f}\n{steer.table()}")
 
-    if cfg.lss.enabled:
-        from jlang.evals.lss import LSSResult
+    for kind in cfg.lss.interventions if cfg.lss.enabled else ():
+        from jlang.evals.lss import LSSResult, cloze_items, lss, read_parallel
 
-        lss_res = load_existing(cfg, "lss", LSSResult, log)
-    if cfg.lss.enabled and lss_res is None:
-        from jlang.evals.lss import cloze_items, lss, read_parallel
-
+        name = f"lss_{kind}"
+        lss_res[kind] = load_existing(cfg, name, LSSResult, log)
+        if lss_res[kind] is not None:
+            continue
         t = time.perf_counter()
         c = cfg.lss
         rows = read_parallel(None if cfg.lape.corpus.source == "default" else Path(cfg.lape.corpus.source) / "parallel" / "heldout.jsonl")
         items = [it for b in (c.bases or languages) for tl in (c.targets or languages) if b != tl
                  for it in cloze_items(rows, b, tl, n=c.items)]  # fmt: skip
-        lss_res = lss(model, masks, items, factors=c.factors, batch_size=c.batch_size, vocab_chunk=cfg.ppl.vocab_chunk)
-        lss_res.save(out / "lss")
-        timings["LSS"] = time.perf_counter() - t
+        lss_res[kind] = lss(model, masks, items, factors=c.alphas if kind == "additive" else c.factors, intervention=kind,
+                            stats=stats, batch_size=c.batch_size, vocab_chunk=cfg.ppl.vocab_chunk)
+        lss_res[kind].save(out / name)
+        timings[f"LSS ({kind})"] = time.perf_counter() - t
 
     if cfg.lens.enabled:
         from jlang.evals.logit_lens import LensResult

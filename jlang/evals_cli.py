@@ -167,11 +167,16 @@ def cmd_lss(args: argparse.Namespace) -> int:
     items = [it for b in bases for t in targets if b != t for it in cloze_items(rows, b, t, n=args.items, template=args.template)]
     if not items:
         raise ValueError("no cloze item: the parallel file has no rows with both languages of any pair")
-    result = lss(model, masks, items, factors=args.factors, batch_size=args.batch_size, vocab_chunk=args.vocab_chunk,
-                 progress=not args.no_progress)
+    stats = None
+    if args.intervention == "additive":
+        from jlang.stats import ActivationStats
+
+        stats = ActivationStats.load(args.stats)
+    result = lss(model, masks, items, factors=args.factors, intervention=args.intervention, stats=stats,
+                 batch_size=args.batch_size, vocab_chunk=args.vocab_chunk, progress=not args.no_progress)
     paths = result.save(Path(args.out) / "lss")
     for f, m in zip(result.factors, result.mean_lss()):
-        print(f"factor {f:g}: mean LSS {m:.3f}")
+        print(f"{result.strength_label(f)}: mean LSS {m:.3f}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -185,7 +190,10 @@ def _lss_parser(sub) -> None:
     p.add_argument("--bases", nargs="+", default=None)
     p.add_argument("--targets", nargs="+", default=None)
     p.add_argument("--items", type=int, default=20, help="items per language pair")
-    p.add_argument("--factors", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    p.add_argument("--intervention", default="scale", choices=["scale", "additive"],
+                   help="scale: a *= factor (tauimbz '*c'); additive: a += factor * mean activation of the target")
+    p.add_argument("--factors", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="strengths of the intervention")
+    p.add_argument("--stats", default=DEFAULT_STATS, help="ActivationStats for --intervention additive")
     p.add_argument("--template", default=DEFAULT_TEMPLATE)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_lss)

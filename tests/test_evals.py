@@ -377,7 +377,7 @@ def test_reproduction_end_to_end_on_tiny_model(tiny_dirs, tmp_path):
         f"out={out}", f"lape.out={tmp_path / 'lape'}", f"lape.model.source={path}", f"lape.corpus.source={corpus}",
         "lape.corpus.languages=[en, fr]", "lape.stats.seq_len=16", "lape.identify.top_rate=0.05",
         "ppl.batch_size=4", "ppl.seq_len=16", "ppl.vocab_chunk=64", "steering.prompts_per_language=2",
-        "steering.max_new_tokens=3", "lss.items=2", "lss.factors=[2.0]", "lss.bases=null", "lss.batch_size=4",
+        "steering.max_new_tokens=3", "lss.items=2", "lss.factors=[2.0]", "lss.alphas=[1.0]", "lss.bases=null", "lss.batch_size=4",
         "lens.max_texts=2", "lens.k=3",
     ]  # fmt: skip
     assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets), [])]) == 0
@@ -385,7 +385,8 @@ def test_reproduction_end_to_end_on_tiny_model(tiny_dirs, tmp_path):
     for needle in ("Deactivation perplexity", "Does the diagonal dominate?", "Language steering", "Identifier accuracy",
                    "Language Steering Score", "Logit lens"):
         assert needle in text
-    assert {p.name for p in out.iterdir()} >= {"ppl.json", "ppl.png", "steering.json", "lss.json", "lens.json", "report.md"}
+    assert {p.name for p in out.iterdir()} >= {"ppl.json", "ppl.png", "steering.json", "lss_scale.json", "lss_additive.json",
+                                               "lens.json", "report.md"}
     # a second run reuses every result (no model work beyond loading) and rewrites the same report
     assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets + ["reuse_results=true"]), [])]) == 0
     section = lambda t: t.split("## Deactivation perplexity")[1].split("## Wall time")[0]  # noqa: E731

@@ -25,9 +25,12 @@ length difference between `m_b` and `m_t` biases `D` itself but cancels in the
 difference of differences. Items where `m_b == m_t` are skipped. The template
 is a parameter (`template`, with `{text}`).
 
-Amplification: `a *= factor` on t's neurons at every position
-(`operation_target "*c"`); a sweep over several factors gives one LSS matrix
-per factor. With factor 1 the score is exactly 0 (strict `>`).
+Interventions on t's neurons at every position, one LSS matrix per strength:
+`intervention="scale"`: `a *= factor` (`operation_target "*c"`; factor 1 gives
+exactly 0, strict `>`), or `"additive"`: `a += alpha * mu_t` (Language
+Arithmetics' additive steering, `mu_t` the mean activation of t from
+`ActivationStats`; close in spirit to the paper's patched `p_max` replacement,
+which sets the neurons to a typical high value of t).
 """
 
 from __future__ import annotations
@@ -159,13 +162,17 @@ class LSSResult:
                    lss=arr(d["lss"]), mean_shift=arr(d["mean_shift"]), d_none=arr(d["d_none"]),
                    items=np.asarray(d["items"], np.int64), meta=dict(d.get("meta", {})))
 
+    def strength_label(self, f: float) -> str:
+        """`"x2"` (scale) or `"+2·mu"` (additive)."""
+        return f"+{f:g}·mu" if self.meta.get("intervention_kind") == "additive" else f"x{f:g}"
+
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` and `{prefix}.png` (one LSS heat map per factor, and mean LSS against the factor)."""
+        """`{prefix}.json` and `{prefix}.png` (one LSS heat map per strength, and mean LSS against the strength)."""
         prefix = Path(path_prefix)
         out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         panels = [
             dict(matrix=self.lss[i], rows=self.bases, cols=self.targets, vmin=0.0, vmax=1.0,
-                 title=f"LSS, amplify target x{f:g}", cbar_label="LSS", fmt="{:.2f}",
+                 title=f"LSS, target's neurons {self.strength_label(f)}", cbar_label="LSS", fmt="{:.2f}",
                  xlabel="target (amplified) language", ylabel="prompt language")
             for i, f in enumerate(self.factors)
         ]  # fmt: skip
@@ -174,7 +181,7 @@ class LSSResult:
         fig = new_figure(4.5, 3.2)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(self.factors, self.mean_lss(), marker="o")
-        ax.set_xlabel("amplification factor")
+        ax.set_xlabel("alpha (a += alpha·mu_t)" if self.meta.get("intervention_kind") == "additive" else "factor (a *= factor)")
         ax.set_ylabel("mean LSS over pairs")
         ax.set_ylim(0, 1)
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
@@ -188,6 +195,8 @@ def lss(
     items: Sequence[ClozeItem],
     *,
     factors: Sequence[float] = (2.0, 5.0, 10.0),
+    intervention: str = "scale",
+    stats=None,
     batch_size: int = 16,
     vocab_chunk: int = DEFAULT_CHUNK,
     score_fn: Callable[[TokenRows, Any], np.ndarray] | None = None,
@@ -198,9 +207,10 @@ def lss(
 
     Args:
       items: cloze items (`cloze_items`) of any pairs.
-      factors: amplification factors of the target's neurons.
+      factors: strengths: `a *= factor` (intervention "scale") or `a += factor * mu_t` ("additive", needs
+        `stats`, the `ActivationStats` whose mean activations give `mu_t`).
       score_fn: `(rows, edits) -> float [N]` summed object log-probs (default: the model's `Scorer`);
-        `edit_fn`: `(target, factor) -> edits` (default: `amplify(masks, target, factor)`). Both are
+        `edit_fn`: `(target, factor) -> edits` (default: from `intervention`). Both are
         seams for tests and for other interventions.
     """
     from jlang.evals import interventions as iv
@@ -208,9 +218,16 @@ def lss(
     if score_fn is None:
         scorer = Scorer(model, vocab_chunk=vocab_chunk)
         score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)  # noqa: E731
+    if intervention not in ("scale", "additive"):
+        raise ValueError(f"intervention must be 'scale' or 'additive', got {intervention!r}")
     if edit_fn is None:
         masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
-        edit_fn = lambda target, factor: iv.amplify(masks, target, factor)  # noqa: E731
+        if intervention == "scale":
+            edit_fn = lambda target, factor: iv.amplify(masks, target, factor)  # noqa: E731
+        else:
+            if stats is None:
+                raise ValueError("intervention='additive' needs stats= (ActivationStats with mean activations)")
+            edit_fn = lambda target, alpha: iv.add(masks, target, stats, alpha)  # noqa: E731
     bases = list(dict.fromkeys(it.base for it in items))
     targets = list(dict.fromkeys(it.target for it in items))
     for t in targets:
@@ -260,7 +277,9 @@ def lss(
         items=counts,
         meta={
             "model": getattr(model, "name", None), "example_prompt": items[0].prompt if items else None,
-            "intervention": "a *= factor on the target's neurons, every layer and position",
+            "intervention_kind": intervention,
+            "intervention": ("a *= factor" if intervention == "scale" else "a += factor * mu_t")
+            + " on the target's neurons, every layer and position",
             "seconds": time.perf_counter() - t0,
             "reference": "tauimbz/lang-task-neuron intervention_dod.py (Rahmanisa et al. 2025)",
         },

@@ -328,6 +328,22 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have spent busy so far (`/proc/stat`), or None."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished (waited-for) child processes."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def loadavg() -> float:
     return os.getloadavg()[0]
 

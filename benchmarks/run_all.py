@@ -310,22 +310,41 @@ def worker_peak(_name, s) -> dict:
 WORKERS = {"jlang": worker_jlang, "torch": worker_torch, "peak": worker_peak}
 
 
-def run_worker(kind: str, name: str, settings: dict, quiet: float | None, max_wait: float) -> dict:
-    if quiet is not None:
-        load = C.wait_for_quiet(quiet, max_wait)
-        log(f"[load average {load:.2f}]")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", name,
-               "--settings", json.dumps(settings), "--result", str(out)]  # fmt: skip
-        log(f"$ {' '.join(cmd[1:6])} ...")
-        start, load0 = time.perf_counter(), C.loadavg()
-        proc = subprocess.run(cmd, stdout=sys.stderr)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0 or not out.exists():
-            return {"framework": kind, "model": name, "error": f"worker exited with {proc.returncode}", "wall_s": elapsed}
-        result = json.loads(out.read_text())
-    result.update(wall_s=elapsed, loadavg_start=load0, loadavg_end=C.loadavg())
+def run_worker(kind: str, name: str, settings: dict, args) -> dict:
+    """Run one worker subprocess; retry it (`--retries`) if other processes used the CPU meanwhile.
+
+    Other processes' CPU share = (the machine's busy CPU seconds - the worker's own)
+    / (wall seconds x cores), from `/proc/stat` and `getrusage(RUSAGE_CHILDREN)`.
+    """
+    attempts = []
+    for attempt in range(args.retries + 1):
+        if args.wait_quiet is not None:
+            load = C.wait_for_quiet(args.wait_quiet, args.max_wait)
+            log(f"[load average {load:.2f}]")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", name,
+                   "--settings", json.dumps(settings), "--result", str(out)]  # fmt: skip
+            log(f"$ {' '.join(cmd[1:6])} ...")
+            start, load0 = time.perf_counter(), C.loadavg()
+            busy0, own0 = C.cpu_busy_seconds(), C.children_cpu_seconds()
+            proc = subprocess.run(cmd, stdout=sys.stderr)
+            elapsed = time.perf_counter() - start
+            busy1, own1 = C.cpu_busy_seconds(), C.children_cpu_seconds()
+            foreign = None
+            if busy0 is not None and busy1 is not None:
+                foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / (elapsed * (os.cpu_count() or 1))
+            if proc.returncode != 0 or not out.exists():
+                result = {"framework": kind, "model": name, "error": f"worker exited with {proc.returncode}"}
+            else:
+                result = json.loads(out.read_text())
+        result.update(wall_s=elapsed, loadavg_start=load0, loadavg_end=C.loadavg(), foreign_cpu_share=foreign)
+        attempts.append({k: result.get(k) for k in ("wall_s", "loadavg_start", "loadavg_end", "foreign_cpu_share", "error")})
+        log(f"[{kind} {name}: {elapsed:.0f} s; other processes used {0 if foreign is None else foreign:.0%} of the CPU meanwhile]")
+        if "error" in result or foreign is None or foreign <= args.max_foreign or attempt == args.retries:
+            break
+        log(f"[retrying: other processes used more than {args.max_foreign:.0%} of the CPU]")
+    result["attempts"] = attempts
     return result
 
 
@@ -338,6 +357,10 @@ def _fmt_tps(x):
 
 def _fmt_pct(x):
     return "-" if x is None else f"{x:.0%}" if x >= 0.1 else f"{x:.1%}"
+
+
+def _pct(x):
+    return "?" if x is None else f"{x:.0%}"
 
 
 def _gib(x):
@@ -427,8 +450,8 @@ def print_report(result: dict) -> None:
         print(
             f"(loaded model RSS: jlang {_gib(j.get('rss_loaded_bytes'))} GiB, torch {_gib(t.get('rss_loaded_bytes'))} GiB; "
             f"process peak: jlang {_gib(j.get('max_rss_bytes'))} GiB, torch {_gib(t.get('max_rss_bytes'))} GiB; "
-            f"load average during workers: jlang {j.get('loadavg_start', 0):.2f}->{j.get('loadavg_end', 0):.2f}, "
-            f"torch {t.get('loadavg_start', 0):.2f}->{t.get('loadavg_end', 0):.2f})"
+            f"other processes' CPU share during the workers: jlang {_pct(j.get('foreign_cpu_share'))}, "
+            f"torch {_pct(t.get('foreign_cpu_share'))})"
         )
         first = j.get("rows", {}).get("stats", {}).get("first_batch_s")
         if first is not None:
@@ -450,6 +473,9 @@ def main(argv=None) -> dict | None:
     p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
                    help="before each worker, wait until the 1-min load average is below LOAD")  # fmt: skip
     p.add_argument("--max-wait", type=float, default=900.0, help="longest wait for --wait-quiet (s)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="re-run a worker (up to this many times) if other processes used > --max-foreign of the CPU")  # fmt: skip
+    p.add_argument("--max-foreign", type=float, default=0.10, help="see --retries (a fraction of all cores)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--settings", help=argparse.SUPPRESS)
@@ -468,7 +494,7 @@ def main(argv=None) -> dict | None:
         p.error(f"unknown models {sorted(unknown)}; known: {', '.join(SETTINGS)}")
     start = time.time()
     machine = C.machine_info()
-    run = lambda kind, name="-", settings=None: run_worker(kind, name, settings or {}, args.wait_quiet, args.max_wait)  # noqa: E731
+    run = lambda kind, name="-", settings=None: run_worker(kind, name, settings or {}, args)  # noqa: E731
     peaks = [run("peak")]
     per_model = {}
     for name in models:

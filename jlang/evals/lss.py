@@ -228,8 +228,10 @@ def lss(
             if stats is None:
                 raise ValueError("intervention='additive' needs stats= (ActivationStats with mean activations)")
             edit_fn = lambda target, alpha: iv.add(masks, target, stats, alpha)  # noqa: E731
-    bases = list(dict.fromkeys(it.base for it in items))
-    targets = list(dict.fromkeys(it.target for it in items))
+    order = {l: i for i, l in enumerate(masks.languages)}
+    by_mask_order = lambda langs: sorted(dict.fromkeys(langs), key=lambda l: order.get(l, len(order)))  # noqa: E731
+    bases = by_mask_order(it.base for it in items)
+    targets = by_mask_order(it.target for it in items)
     for t in targets:
         masks.index(t)
     t0 = time.perf_counter()

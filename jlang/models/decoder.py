@@ -12,10 +12,16 @@ Everything a study needs from a forward is an argument or an output of
   the neuron hook point `mlp.act` (the activated gate, before `* up`);
 * `edit_where`: bool `[batch, seq]`, which tokens the edits apply to (all by
   default), so an edit can be scoped to the prompt or to generated tokens;
-* `probe`: a function of the named hook points of one layer
-  (`mlp.act`, `mlp.hidden`, `mlp.out`, `resid.post`) and the validity mask,
-  whose (small, reduced) result is returned stacked over layers. XLA drops
-  every hook point that the probe does not read.
+* `edits.attn` (optional `AttnEdits`): per-layer scales of the attention
+  projections' output dimensions (q, k, v) and of the concatenated head
+  outputs before `o` (PLND's attention neurons); 0 deactivates a dimension;
+* `probe`: a function of the named hook points of one layer (`HOOK_POINTS`)
+  and the validity mask, whose (small, reduced) result is returned stacked
+  over layers. XLA drops every hook point that the probe does not read;
+* `splice`: `splice(point, value, layer, splice_args) -> value` replaces the
+  value at `mlp.out` or `resid.post` (an SAE's reconstruction, a steering
+  vector); `layer` is the traced layer index and `splice_args` a pytree of
+  arrays (e.g. SAE weights), so new weights or another layer reuse the compiled program.
 
 `forward_cached` is the same forward over a `KVCache`: prefill (a whole
 prompt) and decoding (one token) are two shapes of one call.
@@ -39,6 +45,25 @@ from jlang.models.families import ModelConfig, RoPE
 Array = jax.Array
 # probe(hook_points, valid[batch, seq]) -> any pytree of per-layer reductions.
 Probe = Callable[[Mapping[str, Array], Array], Any]
+# splice(point, value, layer, splice_args) -> value of the same shape, at SPLICE_POINTS.
+Splice = Callable[[str, Array, Array, Any], Array]
+
+# What a probe sees for one layer (shapes for batch b, seq t, heads H, kv heads G, head_dim D):
+#   attn.q      [b, t, H, D]  queries after q-norm and RoPE (what the scores use)
+#   attn.k      [b, t, G, D]  this call's keys after k-norm and RoPE (before GQA repetition)
+#   attn.v      [b, t, G, D]  this call's values
+#   attn.allowed bool [b, t, t] which keys each query may attend to (causal, window, valid)
+#   attn.z      [b, t, H*D]   concatenated head outputs, the input of `o` (PLND's V/O dimensions)
+#   attn.out    [b, t, d_model] the attention block's output added to the residual
+#   mlp.in      [b, t, d_model] the normed input of the MLP
+#   mlp.up      [b, t, F]     W_up x (PLND code mode's FFN score)
+#   mlp.act     [b, t, F]     the neurons: act(W_gate x), after edits
+#   mlp.hidden  [b, t, F]     act * up, the input of `down`
+#   mlp.out     [b, t, d_model] the MLP's output (HF `layers.N.mlp`; before Gemma's post-norm)
+#   resid.post  [b, t, d_model] the residual stream after the layer
+HOOK_POINTS = ("attn.q", "attn.k", "attn.v", "attn.allowed", "attn.z", "attn.out",
+               "mlp.in", "mlp.up", "mlp.act", "mlp.hidden", "mlp.out", "resid.post")  # fmt: skip
+SPLICE_POINTS = ("mlp.out", "resid.post")
 
 
 # Logical axes of every parameter, mapped to mesh axes by `jlang.parallel.AXIS_RULES`.
@@ -97,16 +122,44 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
+class AttnEdits:
+    """Per-layer scales of attention dimensions; 1 keeps a dimension, 0 deactivates it.
+
+    `q` `[L, H*D]`, `k` and `v` `[L, G*D]` scale the projections' outputs
+    before bias and RoPE (= scaling rows of HF `q_proj/k_proj/v_proj.weight`);
+    `o` `[L, H*D]` scales the concatenated head outputs (= columns of `o_proj.weight`).
+    """
+
+    q: Array
+    k: Array
+    v: Array
+    o: Array
+
+    @classmethod
+    def ones(cls, num_layers: int, num_heads: int, num_kv_heads: int, head_dim: int) -> AttnEdits:
+        qd, kd = num_heads * head_dim, num_kv_heads * head_dim
+        return cls(
+            q=jnp.ones((num_layers, qd), jnp.float32),
+            k=jnp.ones((num_layers, kd), jnp.float32),
+            v=jnp.ones((num_layers, kd), jnp.float32),
+            o=jnp.ones((num_layers, qd), jnp.float32),
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
 class Edits:
     """Per-layer, per-neuron edit at `mlp.act`: `a' = where(mask, a * scale + shift, a)`.
 
     Arrays are `[layers, neurons]`. They are data, not code: changing their
-    values reuses the compiled forward.
+    values reuses the compiled forward. `attn` optionally scales attention
+    dimensions too (PLND); None leaves attention alone.
     """
 
     mask: Array  # bool [L, F]
     scale: Array  # float [L, F]
     shift: Array  # float [L, F]
+    attn: AttnEdits | None = None
 
     @classmethod
     def identity(cls, num_layers: int, num_neurons: int) -> Edits:
@@ -261,6 +314,9 @@ def block(
     cfg: ModelConfig,
     probe: Probe | None,
     past_kv: tuple[Array, Array] | None = None,
+    splice: Splice | None = None,
+    layer: Array | None = None,
+    splice_args: Any = None,
 ) -> tuple[Array, Any, tuple[Array, Array]]:
     """One decoder layer -> (x, probe output, this call's (k, v) `[batch, seq, kv_heads, head_dim]`).
 
@@ -273,6 +329,9 @@ def block(
 
     h = rms_norm(x, p["attn_norm"], cfg)
     q, k, v = h @ p["q"], h @ p["k"], h @ p["v"]
+    attn_edit = None if edit is None else edit.attn
+    if attn_edit is not None:
+        q, k, v = (y * s.astype(y.dtype) for y, s in ((q, attn_edit.q), (k, attn_edit.k), (v, attn_edit.v)))
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     q = q.reshape(b, t, cfg.num_heads, hd)
@@ -287,26 +346,37 @@ def block(
     kv_blocks = [(k, v, allowed[-1])]
     if past_kv is not None:
         kv_blocks.insert(0, (*past_kv, allowed[0]))
-    h = blockwise_attention(q, kv_blocks, cfg) @ p["o"]
+    z = blockwise_attention(q, kv_blocks, cfg)  # attn.z [b, t, H*D]
+    if attn_edit is not None:
+        z = z * attn_edit.o.astype(z.dtype)
+    h = z @ p["o"]
     if cfg.o_bias:
         h = h + p["o_bias"]
     if cfg.sandwich_norms:
         h = rms_norm(h, p["attn_post_norm"], cfg)
     x = x + h
+    attn_out = h
 
-    h = rms_norm(x, p["mlp_norm"], cfg)
-    act = activation(h @ p["gate"], cfg.activation)  # mlp.act: the neurons [b, t, F]
+    m = rms_norm(x, p["mlp_norm"], cfg)
+    act = activation(m @ p["gate"], cfg.activation)  # mlp.act: the neurons [b, t, F]
     if edit is not None:
         act = apply_edit(act, edit, ctx.get("edit_where"))
-    hidden = act * (h @ p["up"])  # mlp.hidden
+    up = m @ p["up"]
+    hidden = act * up  # mlp.hidden
     out = hidden @ p["down"]  # mlp.out
-    if cfg.sandwich_norms:
-        out = rms_norm(out, p["mlp_post_norm"], cfg)
-    x = x + out
+    if splice is not None:
+        out = splice("mlp.out", out, layer, splice_args)
+    x = x + (rms_norm(out, p["mlp_post_norm"], cfg) if cfg.sandwich_norms else out)
+    if splice is not None:
+        x = splice("resid.post", x, layer, splice_args)
 
     reduced = None
     if probe is not None:
-        reduced = probe({"mlp.act": act, "mlp.hidden": hidden, "mlp.out": out, "resid.post": x}, ctx["valid"])
+        points = {
+            "attn.q": q, "attn.k": k, "attn.v": v, "attn.allowed": allowed[-1], "attn.z": z, "attn.out": attn_out,
+            "mlp.in": m, "mlp.up": up, "mlp.act": act, "mlp.hidden": hidden, "mlp.out": out, "resid.post": x,
+        }  # fmt: skip
+        reduced = probe(points, ctx["valid"])
     return x, reduced, (k, v)
 
 
@@ -330,6 +400,8 @@ def forward(
     edits: Edits | None = None,
     edit_where: Array | None = None,
     probe: Probe | None = None,
+    splice: Splice | None = None,
+    splice_args: Any = None,
     output: str = "logits",
 ) -> tuple[Array | None, Any]:
     """The forward pass: ids `[batch, seq]` -> (logits `[batch, seq, vocab]` float32, probes).
@@ -341,11 +413,13 @@ def forward(
         and are passed to `probe` so reductions can skip them.
       edits: `Edits` with `[L, F]` arrays, applied at `mlp.act` in every layer.
       edit_where: bool `[batch, seq]`, the tokens `edits` apply to (None: all).
-      probe: per-layer reduction; its outputs come back stacked `[L, ...]`.
+      probe: per-layer reduction of the hook points (`HOOK_POINTS`); its outputs come back stacked `[L, ...]`.
+      splice: `splice(point, value, layer, splice_args) -> value` at `SPLICE_POINTS`
+        (static: pass arrays through `splice_args`, not a closure, to reuse the compilation).
       output: "logits", "hidden" (final-normed residual `[batch, seq, d_model]`)
         or "none" (skip the unembedding: statistics passes need no logits).
     """
-    out, probes, _ = _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, None)
+    out, probes, _ = _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, None, splice, splice_args)
     return out, probes
 
 
@@ -360,6 +434,8 @@ def forward_cached(
     edits: Edits | None = None,
     edit_where: Array | None = None,
     probe: Probe | None = None,
+    splice: Splice | None = None,
+    splice_args: Any = None,
     output: str = "logits",
 ) -> tuple[Array | None, Any, KVCache]:
     """`forward` for tokens that continue what `cache` holds -> (output, probes, updated cache).
@@ -373,7 +449,7 @@ def forward_cached(
     """
     if positions is None:
         raise ValueError("forward_cached needs positions (the slots this call writes)")
-    return _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, cache)
+    return _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, cache, splice, splice_args)
 
 
 def _run(
@@ -387,6 +463,8 @@ def _run(
     probe: Probe | None,
     output: str,
     cache: KVCache | None,
+    splice: Splice | None = None,
+    splice_args: Any = None,
 ) -> tuple[Array | None, Any, KVCache | None]:
     """The body shared by `forward` and `forward_cached` (the cache is scanned per layer as xs)."""
     b, t = ids.shape
@@ -420,11 +498,12 @@ def _run(
     past = None if cache is None else (cache.k, cache.v)
 
     def body(x, xs):
-        p, local, edit, past_kv = xs
-        x, reduced, kv = block(x, p, local, edit, ctx, cfg, probe, past_kv)
+        p, local, edit, past_kv, layer = xs
+        x, reduced, kv = block(x, p, local, edit, ctx, cfg, probe, past_kv, splice, layer, splice_args)
         return x, (reduced, kv if cache is not None else None)
 
-    x, (probes, new_kv) = jax.lax.scan(body, x, (layer_params, is_local, edits, past))
+    layer_index = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    x, (probes, new_kv) = jax.lax.scan(body, x, (layer_params, is_local, edits, past, layer_index))
     if cache is not None:
         cache = KVCache(
             k=cache.k.at[:, rows, slots].set(new_kv[0].astype(cache.k.dtype), mode="drop"),

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from jlang import parallel
 from jlang.models import convert
-from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, forward, param_shapes
+from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, Splice, forward, param_shapes
 from jlang.models.families import ModelConfig, model_config_from_hf
 from jlang.models.sources import CheckpointError, SafetensorsSource
 
@@ -55,7 +55,7 @@ class Model:
         self.source = source
         self.mesh = mesh
         self.hf_config = hf_config or {}
-        self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "output"))
+        self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "splice", "output"))
 
     # -- facts
     @property
@@ -127,14 +127,17 @@ class Model:
         edits: Edits | None = None,
         edit_where: jax.Array | None = None,
         probe: Probe | None = None,
+        splice: Splice | None = None,
+        splice_args: Any = None,
         output: str = "logits",
     ):
         """The jitted `jlang.models.decoder.forward` on this model's parameters (device arrays in, out).
 
-        `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only)."""
+        `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only);
+        `splice(point, value, layer, splice_args)` replaces `mlp.out` or `resid.post` (decoder docs)."""
         return self._jitted(
             self.params, ids, positions=positions, valid=valid, edits=edits, edit_where=edit_where, probe=probe,
-            output=output,
+            splice=splice, splice_args=splice_args, output=output,
         )  # fmt: skip
 
     def logits(self, ids: Any, *, edits: Edits | None = None) -> np.ndarray:

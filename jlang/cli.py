@@ -7,6 +7,7 @@ in `_COMMANDS`; `jlang SUBCOMMAND --help` documents its options.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -206,7 +207,13 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-_COMMANDS: list[Callable] = [_info_parser, _generate_parser, _corpus_parser, _stats_parser, _identify_parser, _export_parser, _show_parser, _run_parser, *EVAL_COMMANDS]
+_COMMANDS: list[Callable] = [
+    _info_parser, _generate_parser, _corpus_parser, _stats_parser, _identify_parser, _export_parser, _show_parser,
+    _run_parser, *EVAL_COMMANDS,
+]  # fmt: skip
+# The method and study modules' sub-commands: each `jlang/<name>_cli.py` exports COMMANDS (parser builders).
+_COMMAND_MODULES: list[str] = [
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jlang {jlang.__version__}")
     distributed.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _COMMANDS:
+    for register in _COMMANDS + [r for m in _COMMAND_MODULES for r in importlib.import_module(m).COMMANDS]:
         register(sub)
     return parser
 

@@ -25,7 +25,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
     p.add_argument(
         "--mesh", default=None, metavar="DATA,MODEL",
-        help="device mesh sizes, e.g. 2,4 (default: one device)",
+        help="device mesh sizes, e.g. 2,4 (default: one device; all devices on data with several processes)",
     )  # fmt: skip
 
 
@@ -129,9 +129,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
         activation_bar_ratio=args.activation_bar_ratio, lam=lam,
     )  # fmt: skip
     masks = identify(stats, section, prompt_stats)
-    masks.save(args.out)
-    print(masks.summary_table())
-    print(f"wrote {args.out}")
+    masks.save(args.out)  # written by process 0 only (jlang.io)
+    if distributed.is_primary():
+        print(masks.summary_table())
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -146,6 +147,7 @@ def _identify_parser(sub) -> None:
     p.add_argument("--prompt-stats", default=None, help="ternary: prompt-only statistics to subtract")
     p.add_argument("--model", default=None, help="check that the statistics come from this model")
     p.add_argument("--out", required=True, help="masks .npz to write")
+    distributed.add_arguments(p, suppress_defaults=True)
     p.set_defaults(func=cmd_identify)
 
 
@@ -194,7 +196,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from jlang.runs import run_lape
 
     cfg = load_config(args.config, RunConfig, args.set or [])
-    result = run_lape(cfg)
+    result = run_lape(cfg, progress=distributed.is_primary())
+    if not distributed.is_primary():
+        return 0
     print(Path(result["summary"]).read_text())
     print("wrote " + ", ".join(result[k] for k in ("stats", "masks", "heatmap", "summary")))
     return 0
@@ -213,6 +217,13 @@ _COMMANDS: list[Callable] = [
 ]  # fmt: skip
 # The method and study modules' sub-commands: each `jlang/<name>_cli.py` exports COMMANDS (parser builders).
 _COMMAND_MODULES: list[str] = [
+    "jlang.finetune_cli",
+    "jlang.compare_cli",
+    "jlang.studies_cli",
+    "jlang.analysis_cli",
+    "jlang.plnd_cli",
+    "jlang.code_cli",
+    "jlang.sae_cli",
 ]
 
 

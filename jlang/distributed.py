@@ -2,11 +2,20 @@
 
 Every `jlang` entry point runs unchanged on N processes: each process calls
 `initialize_from_args(args)` first, the mesh spans every process's devices
-(`default_mesh`), the grain pipeline gives each process its own rows
-(`make_batches(process_index=..., process_count=...)` with `data_shard(mesh)`:
-processes that share a model-parallel slice feed the same rows), the jitted
-step reduces over the global batch, so every process ends with the same
-totals, and only process 0 writes results (`is_primary`).
+(`default_mesh`), and every process ends with the same result, which only
+process 0 writes (`is_primary`). Batches reach the devices in one of two ways:
+
+* **sharded rows** (corpus passes: `stats`, `ppl`): the grain pipeline gives
+  each process its own rows (`make_batches(process_index=..., process_count=...)`
+  with `data_shard(mesh)`: processes that share a model-parallel slice feed the
+  same rows); `Model.place_batch` assembles them into one global batch, the
+  jitted step reduces over it (or `local_rows` takes back this process's rows of
+  its output), and host-side partial results are combined with `sum_over_shards`
+  / `gather_shards`;
+* **whole batches** (prompt lists built on the host: `generate`, `steer`, `lss`,
+  `lens`): every process holds the same rows, `place_whole_batch` splits each
+  batch over the devices, and `jlang.parallel.to_host` gathers the output, so the
+  batches are exactly those of a single-process run.
 
 Where the process layout comes from, first match wins:
 
@@ -40,10 +49,15 @@ __all__ = [
     "data_shard",
     "default_mesh",
     "for_processes",
+    "gather_shards",
     "initialize",
     "initialize_from_args",
     "is_primary",
+    "local_batch_rows",
+    "local_rows",
+    "place_whole_batch",
     "spec_from",
+    "sum_over_shards",
 ]
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -279,3 +293,109 @@ def for_processes(model):
 
     placed.place_batch = place_batch
     return placed
+
+
+# ----------------------------------------------------------------------------- batches and their results
+
+
+def place_whole_batch(model, x):
+    """Put a `[batch, ...]` host array that every process holds in full (the same rows) on the devices.
+
+    Rows are split over `data` as `Model.place_batch` splits them on one process; on several
+    processes each device takes its rows of the whole batch (`Model.place_batch` would instead
+    read `x` as this process's share and stack the shares). The output of a step on such a batch
+    comes back whole with `jlang.parallel.to_host`.
+    """
+    import jax
+
+    if jax.process_count() == 1 or model.mesh is None:
+        return model.place_batch(x)
+    from jlang.parallel import batch_sharding
+
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(batch_sharding(model.mesh, x.ndim), x, x.shape)
+
+
+def local_batch_rows(n: int, mesh) -> int:
+    """The smallest row count >= n that this process can feed as its share of a global batch.
+
+    Each shard spreads its rows over its `data` slices (`mesh.shape["data"] / shards` of them),
+    so the count must divide by that; on one process this is `jlang.parallel.pad_batch_to`.
+    """
+    if mesh is None:
+        return n
+    _, shards = data_shard(mesh)
+    slices = mesh.shape["data"] // shards
+    return -(-n // slices) * slices
+
+
+def _local_row_index(mesh, global_rows: int) -> np.ndarray:
+    """Global row of each row this process fed to `Model.place_batch`, in the order it fed them.
+
+    `jax.make_array_from_process_local_data` maps a process's rows onto the row blocks its devices
+    hold, in increasing order of the blocks: that order is read back from the sharding here.
+    """
+    from jlang.parallel import batch_sharding
+
+    blocks = batch_sharding(mesh, 1).addressable_devices_indices_map((global_rows,)).values()
+    spans = sorted({(b[0].start or 0, global_rows if b[0].stop is None else b[0].stop) for b in blocks})
+    return np.concatenate([np.arange(start, stop) for start, stop in spans])
+
+
+def local_rows(x, mesh) -> np.ndarray:
+    """This process's rows (as it fed them to `Model.place_batch`) of a batch-major step output, on the host."""
+    import jax
+
+    from jlang.parallel import to_host
+
+    full = to_host(x)
+    if jax.process_count() == 1 or mesh is None:
+        return full
+    return full[_local_row_index(mesh, full.shape[0])]
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+    """`[processes, ...]`: `x` (the same shape on every process) from every process, bit for bit.
+
+    The bytes are gathered, not the values: JAX without x64 would narrow int64 and float64 to 32 bits.
+    """
+    from jax.experimental import multihost_utils
+
+    x = np.ascontiguousarray(x)
+    raw = np.asarray(multihost_utils.process_allgather(x.reshape(-1).view(np.uint8)))
+    return raw.view(x.dtype).reshape(len(raw), *x.shape)
+
+
+def gather_shards(x, mesh) -> list[np.ndarray]:
+    """Every data shard's host array `x`, on every process, in shard order (`data_shard(mesh)`).
+
+    `x` may have a different length (axis 0) on each shard; its dtype and trailing shape must be
+    the same everywhere. Processes of one shard hold the same `x`; one of them speaks for it.
+    A collective: every process must call it. On one process (or one shard): `[x]`.
+    """
+    import jax
+
+    x = np.asarray(x)
+    shard, shards = data_shard(mesh)
+    if shards == 1 or jax.process_count() == 1:
+        return [x]
+    head = _allgather(np.array([shard, x.shape[0]], np.int64))  # [P, 2]
+    size = max(int(head[:, 1].max()), 1)
+    padded = np.zeros((size, *x.shape[1:]), x.dtype)
+    padded[: len(x)] = x
+    every = _allgather(padded)  # [P, size, ...]
+    speaker = [int(np.flatnonzero(head[:, 0] == s)[0]) for s in range(shards)]
+    return [every[p, : int(head[p, 1])] for p in speaker]
+
+
+def sum_over_shards(x, mesh) -> np.ndarray:
+    """`x` (a host array of partial results for this shard's rows) summed over the data shards.
+
+    Exact for integers; floats are added in shard order, so every process gets the same bits.
+    A collective: every process must call it.
+    """
+    parts = gather_shards(np.asarray(x)[None], mesh)
+    total = parts[0][0].copy()
+    for part in parts[1:]:
+        total += part[0]
+    return total

@@ -3,6 +3,11 @@
 Each is `_xxx_parser(sub)` + `cmd_xxx(args)`, as in `jlang.cli`; `EVAL_COMMANDS`
 lists the parser builders for `jlang.cli` to register. Every command writes
 `{out}/{name}.json` and `{out}/{name}.png` and prints a short table.
+
+Every command runs unchanged on several processes (`--coordinator/--num-processes/
+--process-id` or `--distributed`, see `jlang.distributed`): the mesh spans every
+process's devices, every process computes the same result, and process 0 alone
+prints it and writes the files.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Callable
+
+from jlang import distributed
 
 DEFAULT_MASKS = "runs/lape_default/masks.npz"
 DEFAULT_STATS = "runs/lape_default/stats.npz"
@@ -27,15 +34,23 @@ def _common(p: argparse.ArgumentParser, *, masks_required: bool = True) -> None:
     p.add_argument("--vocab-chunk", type=int, default=16384, help="vocabulary chunk of the chunked unembedding")
     p.add_argument("--no-progress", action="store_true")
     _add_model_args(p)
+    distributed.add_arguments(p, suppress_defaults=True)
+
+
+def _progress(args) -> bool:
+    """Progress bars: unless --no-progress, and only on process 0."""
+    return not args.no_progress and distributed.is_primary()
 
 
 def _load(args):
     import jlang
-    from jlang.cli import _mesh
     from jlang.masks import NeuronMasks
+    from jlang.stats_cli import parse_mesh
 
+    distributed.initialize_from_args(args)  # a no-op when jlang.cli.main already did it
     masks = NeuronMasks.load(args.masks) if args.masks else None
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh), progress=not args.no_progress)
+    mesh = distributed.default_mesh(*parse_mesh(args.mesh))  # several processes: a mesh over all their devices
+    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=_progress(args))
     return model, masks
 
 
@@ -66,8 +81,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     result = ppl_matrix(
         model, masks, _corpus(args, languages), languages=languages, batch_size=args.batch_size, seq_len=args.seq_len,
         mode=args.mode, edit_value=args.edit_value, vocab_chunk=args.vocab_chunk, max_tokens=args.max_tokens,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )  # fmt: skip
+    if not distributed.is_primary():  # every process holds the same matrix; process 0 reports it
+        return 0
     paths = result.save(Path(args.out) / "ppl")
     print(result.table("ppl"))
     print()
@@ -83,7 +100,7 @@ def _ppl_parser(sub) -> None:
     p = sub.add_parser("ppl", help="perplexity matrix with each language's neurons deactivated (LAPE)")
     _common(p)
     p.add_argument("--mode", default="pad", choices=["pad", "pack"], help="pad: one sentence per row; pack: LAPE windows")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="rows per batch (per data shard on several processes)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--edit-value", type=float, default=0.0, help="value of deactivated neurons (LAPE: 0)")
     p.add_argument("--max-tokens", type=int, default=None, help="per-language token cap")
@@ -119,9 +136,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
     result = run_steering(
         masks, steering_prompts({l: texts[l] for l in languages}, args.prompts_per_language, args.template),
         generate=generate, identify=identify, targets=targets, deactivate_value=_deactivate_value(args.deactivate_value),
-        activation=Activation(args.activation, args.strength), stats=stats, progress=not args.no_progress,
+        activation=Activation(args.activation, args.strength), stats=stats, progress=_progress(args),
         meta={"model": model.name, "generator": how, "identifier": identify.name, "max_new_tokens": args.max_new_tokens},
     )  # fmt: skip
+    if not distributed.is_primary():  # every process generated the same texts; process 0 reports them
+        return 0
     if not args.no_identifier_accuracy:
         result.identifier_accuracy = identifier_accuracy(identify, texts)
     paths = result.save(Path(args.out) / "steering")
@@ -173,7 +192,9 @@ def cmd_lss(args: argparse.Namespace) -> int:
 
         stats = ActivationStats.load(args.stats)
     result = lss(model, masks, items, factors=args.factors, intervention=args.intervention, stats=stats,
-                 batch_size=args.batch_size, vocab_chunk=args.vocab_chunk, progress=not args.no_progress)
+                 batch_size=args.batch_size, vocab_chunk=args.vocab_chunk, progress=_progress(args))
+    if not distributed.is_primary():  # every process holds the same scores; process 0 reports them
+        return 0
     paths = result.save(Path(args.out) / "lss")
     for f, m in zip(result.factors, result.mean_lss()):
         print(f"{result.strength_label(f)}: mean LSS {m:.3f}")
@@ -221,7 +242,9 @@ def cmd_lens(args: argparse.Namespace) -> int:
     edits = iv.deactivate(masks, args.deactivate) if args.deactivate else None
     result = logit_lens(model, _corpus(args, languages), languages=languages, tagger=tagger, k=args.k,
                         max_texts=args.max_texts, where=args.where, batch_size=args.batch_size, seq_len=args.seq_len,
-                        vocab_chunk=args.vocab_chunk, edits=edits, progress=not args.no_progress)
+                        vocab_chunk=args.vocab_chunk, edits=edits, progress=_progress(args))
+    if not distributed.is_primary():  # every process holds the same shares; process 0 reports them
+        return 0
     paths = result.save(Path(args.out) / "lens")
     own = result.own_share("final_norm")
     print("share of the prompt's language in the top-k (final norm), layer x language:")

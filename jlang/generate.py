@@ -18,6 +18,11 @@ reuses the compiled programs. What is static: the shapes (batch, prompt width
 rounded up to `WIDTH_MULTIPLE`, `max_new_tokens`), greedy vs sampling, `top_k`,
 and whether `top_p` is used.
 
+On several processes (`jlang.distributed`, the model on a mesh over every
+process's devices) every process passes the same prompts: each batch is split
+over all devices (`place_whole_batch`) and the generated tokens are gathered
+back, so every process returns the continuations of a single-process run.
+
 `greedy_reference` is the old full-recomputation greedy decoder, kept as the
 reference the cached decoder is tested against.
 """
@@ -32,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang import parallel
+from jlang import distributed, parallel
 from jlang.models.decoder import (
     CACHE_AXES,
     Edits,
@@ -258,9 +263,10 @@ def _run_batch(
         shape = (model.num_layers, batch, width + max_new_tokens, model.config.num_kv_heads, model.config.head_dim)
         cache_sharding = parallel.named_sharding(shape, CACHE_AXES, model.mesh)
     params, cfg = model.params, model.config
+    place = functools.partial(distributed.place_whole_batch, model)  # the same prompts on every process
     is_eos = jnp.zeros(cfg.vocab_size, bool).at[eos].set(True, mode="drop")  # [V]: any count of EOS ids, one shape
     state = _prefill(
-        params, model.place_batch(ids), model.place_batch(valid), model.place_batch(row_done), is_eos, key, knobs,
+        params, place(ids), place(valid), place(row_done), is_eos, key, knobs,
         edits, jnp.asarray(scope != "generated"), cfg=cfg, sampler=sampler, max_new_tokens=max_new_tokens,
         cache_sharding=cache_sharding,
     )  # fmt: skip
@@ -269,13 +275,13 @@ def _run_batch(
     chunk = chunk or max_new_tokens
     edit_generated = jnp.asarray(scope != "prompt")
     while True:
-        step, done = int(state.step), np.array(state.done)
+        step, done = int(parallel.to_host(state.step)), np.array(parallel.to_host(state.done))
         if stop:  # mark rows whose text already holds a stop string as done
-            out = np.asarray(state.out)
+            out = parallel.to_host(state.out)
             for i in np.flatnonzero(~done[: len(rows)]):
                 if _first_stop(model.tokenizer.decode(_cut(out[i], eos), skip_special_tokens=True), stop) is not None:
                     done[i] = True
-            state = dataclasses.replace(state, done=model.place_batch(done))
+            state = dataclasses.replace(state, done=place(done))
         if step >= max_new_tokens or done.all():
             break
         limit = jnp.asarray(min(step + chunk, max_new_tokens), jnp.int32)

@@ -3,6 +3,11 @@
 `_generate_parser(sub)` + `cmd_generate(args)`, as in `jlang.cli`. The papers'
 setting (LAPE `generation.py`, language arithmetics) is
 `--repetition-penalty 1.1 --stop '\\nQ:' --stop '\\nA:'` with greedy decoding.
+
+On several processes (`--coordinator/--num-processes/--process-id` or
+`--distributed`, see `jlang.distributed`) every process reads the same prompts,
+each batch is split over every process's devices, and process 0 alone prints
+the continuations (and writes `--out`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+
+from jlang import distributed
 
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
 
@@ -55,13 +63,26 @@ def _edits(args: argparse.Namespace, model):
     return edits.deactivate(masks, langs if len(langs) > 1 else langs[0], value=args.value, model=model)
 
 
+def write_jsonl(path: str | Path, prompts: list[str], texts: list[str]) -> Path:
+    """`{"prompt", "continuation"}` per line, atomically."""
+    from jlang.io.atomic import atomic_file
+
+    lines = [json.dumps({"prompt": p, "continuation": t}, ensure_ascii=False) + "\n" for p, t in zip(prompts, texts)]
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(lines), encoding="utf-8")
+    return Path(path)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import jlang
-    from jlang.cli import _mesh
     from jlang.generate import generate
+    from jlang.stats_cli import parse_mesh
 
+    distributed.initialize_from_args(args)  # a no-op when jlang.cli.main already did it
     prompts = _prompts(args)  # fail before loading the model
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh))
+    mesh = distributed.default_mesh(*parse_mesh(args.mesh))  # several processes: a mesh over all their devices
+    primary = distributed.is_primary()
+    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=primary)
     start = time.perf_counter()
     texts = generate(
         model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -69,11 +90,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         edits=_edits(args, model), edit_scope=args.edit_scope, seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    if not primary:  # every process holds the same continuations; process 0 reports them
+        return 0
     for prompt, text in zip(prompts, texts):
         if args.json:
             print(json.dumps({"prompt": prompt, "continuation": text}, ensure_ascii=False))
         else:
             print(f"> {prompt}\n{prompt}{text}\n")
+    if args.out:
+        print(f"wrote {write_jsonl(args.out, prompts, texts)}", file=sys.stderr)
     print(f"{len(prompts)} prompt(s), {seconds:.1f} s (compilation included)", file=sys.stderr)
     return 0
 
@@ -99,4 +124,6 @@ def _generate_parser(sub) -> None:
     p.add_argument("--value", type=float, default=0.0, help="the value deactivated neurons are set to")
     p.add_argument("--edit-scope", default="all", choices=["all", "prompt", "generated"], help="tokens the edit applies to")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    p.add_argument("--out", default=None, help='also write the continuations to this JSONL file (prompt, continuation)')
+    distributed.add_arguments(p, suppress_defaults=True)
     p.set_defaults(func=cmd_generate)

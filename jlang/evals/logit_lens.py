@@ -14,6 +14,10 @@ The ids are tagged with a language by `jlang.evals.token_lang.TokenTagger`; the
 result is the share of each label among the top-k tokens, per prompt language,
 layer and variant. At the last layer with the final norm, the lens is the
 model's own next-token top-k.
+
+On several processes (`jlang.distributed`) every process builds the same rows;
+each batch is split over all devices and gathered back, so every process counts
+the same ids as a single-process run.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang import parallel
+from jlang import distributed, parallel
 from jlang.evals.report import save_heatmaps, write_json
 from jlang.evals.scoring import plan_batches, rows_from_token_lists
 from jlang.evals.token_lang import TokenTagger
@@ -79,7 +83,8 @@ def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, *, k: int = 10, where:
         ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
         valid = np.concatenate([valid, np.zeros((rows - b, t), bool)])
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
-    out = cache[key](model.params, model.place_batch(ids), model.place_batch(positions), model.place_batch(valid), edits)
+    place = functools.partial(distributed.place_whole_batch, model)  # the same rows on every process
+    out = cache[key](model.params, place(ids), place(positions), place(valid), edits)
     return {v: parallel.to_host(out[v])[:, :b] for v in VARIANTS}
 
 

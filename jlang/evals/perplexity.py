@@ -22,6 +22,12 @@ is reported too; it equals `nll` in pack mode, where every row has
 
 One jitted program serves the whole matrix: each condition is an `Edits` value
 of the same shape (see `jlang.evals.scoring`).
+
+On several processes (`jlang.distributed`) the rows are sharded by process
+through grain, as in `jlang stats` (`batch_size` is rows per shard); each
+process sums NLL and counts over its own rows per column (`nll_partials`), and
+the partial sums are added over the shards before the division
+(`nll_from_partials`), so every process holds the whole matrix.
 """
 
 from __future__ import annotations
@@ -38,9 +44,40 @@ from jlang.evals.scoring import Scorer, TokenRows, rows_from_batches
 from jlang.evals.vocab import DEFAULT_CHUNK
 from jlang.masks import NeuronMasks
 
-__all__ = ["PPLResult", "aggregate_nll", "ppl_matrix"]
+__all__ = ["PPLResult", "aggregate_nll", "nll_from_partials", "nll_partials", "ppl_matrix"]
 
 NONE = "none"
+
+
+def nll_partials(logp_sum: np.ndarray, count: np.ndarray, group: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:
+    """Per group, the additive parts of `aggregate_nll`: sums that add up over any split of the rows.
+
+    Args:
+      logp_sum: float `[N]` summed log-probabilities of each row's scored tokens.
+      count: int `[N]` scored tokens per row (rows with 0 are left out).
+      group: int `[N]` group (column) of each row.
+    Returns:
+      row_nll float64 `[G]` (sum of the rows' mean NLL), nll float64 `[G]` (total NLL), tokens int64 `[G]`,
+      rows int64 `[G]`.
+    """
+    logp_sum = np.asarray(logp_sum, np.float64)
+    count = np.asarray(count, np.int64)
+    keep = count > 0
+    g = np.asarray(group)[keep]
+    return {
+        "row_nll": np.bincount(g, weights=-logp_sum[keep] / count[keep], minlength=num_groups),
+        "nll": -np.bincount(g, weights=logp_sum[keep], minlength=num_groups),
+        "tokens": np.bincount(g, weights=count[keep], minlength=num_groups).astype(np.int64),
+        "rows": np.bincount(g, minlength=num_groups).astype(np.int64),
+    }
+
+
+def nll_from_partials(parts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`aggregate_nll`'s result from (summed) `nll_partials`."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nll = parts["row_nll"] / parts["rows"]
+        nll_token = parts["nll"] / parts["tokens"]
+    return {"nll": nll, "nll_token": nll_token, "tokens": parts["tokens"], "rows": parts["rows"]}
 
 
 def aggregate_nll(logp_sum: np.ndarray, count: np.ndarray, group: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:
@@ -54,17 +91,7 @@ def aggregate_nll(logp_sum: np.ndarray, count: np.ndarray, group: np.ndarray, nu
       nll float64 `[G]` (LAPE / NJUNLP convention), nll_token `[G]`, tokens int64 `[G]`, rows int64 `[G]`
       (NaN where a group has no scored token).
     """
-    logp_sum = np.asarray(logp_sum, np.float64)
-    count = np.asarray(count, np.int64)
-    keep = count > 0
-    g = np.asarray(group)[keep]
-    row_nll = -logp_sum[keep] / count[keep]
-    rows = np.bincount(g, minlength=num_groups).astype(np.int64)
-    tokens = np.bincount(g, weights=count[keep], minlength=num_groups).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        nll = np.bincount(g, weights=row_nll, minlength=num_groups) / rows
-        nll_token = -np.bincount(g, weights=logp_sum[keep], minlength=num_groups) / tokens
-    return {"nll": nll, "nll_token": nll_token, "tokens": tokens, "rows": rows}
+    return nll_from_partials(nll_partials(logp_sum, count, group, num_groups))
 
 
 @dataclass
@@ -251,13 +278,16 @@ def ppl_matrix(
       corpus: a `Corpus` (e.g. `Corpus.default(split="heldout")`) or mapping language -> source of plain text.
       languages: evaluated languages (columns); default: the masks' languages found in the corpus.
       deactivate: deactivated languages (rows after "none"); default: the masks' languages among `languages`.
-      batch_size, seq_len: rows per forward and the longest row (longer texts are truncated in pad mode;
-        pack mode cuts windows of `seq_len`).
+      batch_size, seq_len: rows per forward (per data shard on several processes, as in `jlang stats`) and the
+        longest row (longer texts are truncated in pad mode; pack mode cuts windows of `seq_len`).
       mode: "pad" (one sentence per row: NJUNLP's prompts) or "pack" (LAPE's concatenated windows).
       edit_value: the value deactivated neurons are set to (LAPE: 0).
       vocab_chunk: vocabulary chunk of the log-softmax.
       max_tokens: per-language token cap (see `make_batches`).
     """
+    import jax
+
+    from jlang import distributed
     from jlang.data.pipeline import make_batches, tokenize_corpus
     from jlang.data.sources import Corpus
     from jlang.evals import interventions
@@ -271,11 +301,13 @@ def ppl_matrix(
     paired = [l for l in columns if tok.has_pairs.get(l)]
     if paired:
         raise ValueError(f"languages {paired} hold (prompt, response) pairs; ppl_matrix scores plain text (one text per line)")
+    mesh = model.mesh
+    shard, shards = distributed.data_shard(mesh)  # several processes: each scores its grain shard of the rows
     batches = make_batches(tok, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens,
-                           process_index=0, process_count=1)
+                           process_index=shard, process_count=shards)  # fmt: skip
     rows: TokenRows = rows_from_batches(batches)
     counts = rows.scored_counts()
-    per_column = np.bincount(rows.group, weights=counts, minlength=len(columns))
+    per_column = distributed.sum_over_shards(np.bincount(rows.group, weights=counts, minlength=len(columns)), mesh)
     empty = [l for l, n in zip(columns, per_column) if n == 0]
     if empty:
         raise ValueError(f"languages {empty} have no token to score (every text tokenizes to at most one token); "
@@ -284,31 +316,33 @@ def ppl_matrix(
 
     scorer = Scorer(model, vocab_chunk=vocab_chunk)
     conditions = [NONE] + deact
-    nll = np.zeros((len(conditions), len(columns)))
-    nll_token = np.zeros_like(nll)
+    plan = scorer.plan(rows, batch_size, sharded=True)  # a collective: every process, before `if progress`
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(conditions) * scorer.num_batches(rows, batch_size), desc="ppl matrix", unit="batch")
+        bar = tqdm(total=len(conditions) * len(plan), desc="ppl matrix", unit="batch")
     t1 = time.perf_counter()
-    agg = None
-    for i, cond in enumerate(conditions):
+    parts = []  # this shard's nll_partials per condition, summed over the shards at the end
+    for cond in conditions:
         edits = None if cond == NONE else interventions.deactivate(masks, cond, edit_value)
-        sums = scorer.row_sums(rows, edits, batch_size=batch_size, progress=bar)
-        agg = aggregate_nll(sums, counts, rows.group, len(columns))
-        nll[i], nll_token[i] = agg["nll"], agg["nll_token"]
+        sums = scorer.row_sums(rows, edits, batch_size=batch_size, progress=bar, sharded=True, plan=plan)
+        parts.append(nll_partials(sums, counts, rows.group, len(columns)))
         if bar is not None:
             bar.set_postfix(row=cond)
     if bar is not None:
         bar.close()
+    total = {k: distributed.sum_over_shards(np.stack([p[k] for p in parts]), mesh) for k in parts[0]}  # [R, C]
+    agg = nll_from_partials(total)
+    nll, nll_token = agg["nll"], agg["nll_token"]
     return PPLResult(
-        rows=conditions, columns=columns, nll=nll, nll_token=nll_token, tokens=agg["tokens"], sequences=agg["rows"],
+        rows=conditions, columns=columns, nll=nll, nll_token=nll_token, tokens=agg["tokens"][0], sequences=agg["rows"][0],
         meta={
             "model": model.name, "masks": masks.meta.get("method"), "mask_languages": masks.languages,
             "neurons_per_language": {l: int(masks[l].sum()) for l in deact},
             "mode": mode, "seq_len": seq_len, "batch_size": batch_size, "edit_value": edit_value,
             "vocab_chunk": vocab_chunk, "max_tokens": max_tokens, "add_bos": tok.add_bos,
+            "processes": jax.process_count(), "batch_shards": shards,
             "corpus": {l: corpus[l].describe() for l in columns},
             "seconds": {"tokenize": prep_s, "score": time.perf_counter() - t1},
             "reference": "LAPE ppl.py (Tang et al. 2024); NJUNLP ppl.py (Zhang et al. 2025)",

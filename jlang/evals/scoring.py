@@ -13,6 +13,14 @@ each next token over vocabulary chunks (`jlang.evals.vocab.target_logprob`), so
 batches of `batch_size` rows whose width is the batch's longest row rounded up
 to a power of two (>= 16): a handful of compiled shapes, little padding. Edits
 are arguments (data), so every edit condition reuses the same programs.
+
+Several processes (`jlang.distributed`): by default every process passes the
+same rows, and each batch is split over all devices (the batches of a
+single-process run). With `sharded=True` each process passes its own rows (its
+grain shard, as `ppl` does); the processes then agree on one plan (as many
+batches as the longest shard needs, each as wide as its widest shard's rows),
+feed their rows as their share of each global batch, and get back the sums of
+their own rows.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from jlang import parallel
+from jlang import distributed, parallel
 from jlang.evals.vocab import DEFAULT_CHUNK, target_logprob
 from jlang.models.decoder import Edits, forward
 from jlang.models.families import ModelConfig
@@ -120,6 +128,44 @@ def plan_batches(lengths: np.ndarray, batch_size: int, cap: int) -> list[tuple[n
     return out
 
 
+def plan_shard_batches(lengths: np.ndarray, batch_size: int, cap: int, mesh) -> list[tuple[np.ndarray, int]]:
+    """`plan_batches` agreed by every data shard: this shard's row indices and the common width, per batch.
+
+    A collective (`jlang.distributed.gather_shards`, see `merge_plans`); on one shard, `plan_batches`.
+    """
+    every = distributed.gather_shards(np.append(np.asarray(lengths, np.int64), cap), mesh)  # each shard's cap last
+    if len(every) == 1:
+        return plan_batches(lengths, batch_size, cap)
+    cap = int(max(e[-1] for e in every))
+    shard, _ = distributed.data_shard(mesh)
+    return merge_plans([plan_batches(e[:-1], batch_size, cap) for e in every], shard)
+
+
+def merge_plans(plans: Sequence[list[tuple[np.ndarray, int]]], shard: int) -> list[tuple[np.ndarray, int]]:
+    """Shard `shard`'s part of one plan for all shards (each shard's `plan_batches`, in shard order).
+
+    Every process must run each global batch, with one shape: the plan has as many batches as the
+    longest shard's plan (a shard out of rows feeds none) and batch i is as wide as the widest
+    shard's batch i.
+    """
+    empty = np.zeros(0, np.int64)
+    out = []
+    for i in range(max(len(p) for p in plans)):
+        width = max(p[i][1] for p in plans if i < len(p))
+        out.append((plans[shard][i][0] if i < len(plans[shard]) else empty, width))
+    return out
+
+
+def _batch(rows: TokenRows, idx: np.ndarray, width: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """ids, attend `[batch, width]` of rows `idx`, padded with empty rows (and columns past the rows' width)."""
+    ids = np.zeros((batch, width), np.int32)
+    attend = np.zeros((batch, width), bool)
+    w = min(width, rows.ids.shape[1])
+    ids[: len(idx), :w] = rows.ids[idx, :w]
+    attend[: len(idx), :w] = rows.attend[idx, :w]
+    return ids, attend
+
+
 def _token_logprobs(params, ids, positions, attend, edits, *, cfg: ModelConfig, chunk: int):
     """log p(ids[:, j] | ids[:, :j]) for j >= 1: float32 `[batch, seq - 1]`."""
     hidden, _ = forward(params, ids, cfg, positions=positions, valid=attend, edits=edits, output="hidden")
@@ -150,52 +196,61 @@ class Scorer:
         return edits
 
     def token_logprobs(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None = None) -> np.ndarray:
-        """float32 `[batch, seq - 1]` log-probabilities of tokens 1.. of one batch (no bucketing)."""
+        """float32 `[batch, seq - 1]` log-probabilities of tokens 1.. of one batch (no bucketing; the same rows
+        on every process)."""
         b = len(ids)
-        return parallel.to_host(self._dispatch(np.asarray(ids), np.asarray(attend, bool), edits))[:b]
+        return parallel.to_host(self._dispatch(np.asarray(ids), np.asarray(attend, bool), edits, sharded=False))[:b]
 
-    def row_sums(self, rows: TokenRows, edits: Edits | None = None, *, batch_size: int = 8, progress=None) -> np.ndarray:
-        """float64 `[N]`: the sum of scored log-probabilities of each row (`effective_score` positions)."""
-        lengths = rows.lengths
-        cap = rows.ids.shape[1]
+    def plan(self, rows: TokenRows, batch_size: int, *, sharded: bool = False) -> list[tuple[np.ndarray, int]]:
+        """(row indices, width) per batch; with `sharded`, agreed by every shard (a collective)."""
+        if sharded:
+            return plan_shard_batches(rows.lengths, batch_size, rows.ids.shape[1], self.model.mesh)
+        return plan_batches(rows.lengths, batch_size, rows.ids.shape[1])
+
+    def row_sums(
+        self, rows: TokenRows, edits: Edits | None = None, *, batch_size: int = 8, progress=None, sharded: bool = False,
+        plan: list[tuple[np.ndarray, int]] | None = None,
+    ) -> np.ndarray:  # fmt: skip
+        """float64 `[N]`: the sum of scored log-probabilities of each row (`effective_score` positions).
+
+        `sharded`: `rows` are this process's share (they differ between data shards) and `batch_size`
+        counts this process's rows per batch; every process must call this the same number of times.
+        Default: every process passes the same rows; `batch_size` counts the rows of a whole batch.
+        `plan`: `self.plan(rows, batch_size, sharded=sharded)`, computed once for several calls on the same rows.
+        """
         total = np.zeros(len(rows), np.float64)
         score = effective_score(rows.attend, rows.score)
         pending = None
-        for idx, width in plan_batches(lengths, batch_size, cap):
-            ids = rows.ids[idx, :width]
-            attend = rows.attend[idx, :width]
-            if len(idx) < batch_size:  # keep the compiled batch shape
-                pad = batch_size - len(idx)
-                ids = np.concatenate([ids, np.zeros((pad, width), np.int32)])
-                attend = np.concatenate([attend, np.zeros((pad, width), bool)])
-            out = self._dispatch(ids, attend, edits)
-            if pending is not None:
-                self._fold(total, score, *pending)
+        for idx, width in plan if plan is not None else self.plan(rows, batch_size, sharded=sharded):
+            ids, attend = _batch(rows, idx, width, batch_size)  # keep the compiled batch shape
+            out = self._dispatch(ids, attend, edits, sharded=sharded)
+            if pending is not None:  # fold the previous batch while this one runs
+                self._fold(total, score, *pending, sharded=sharded)
             pending = (idx, width, out)
             if progress is not None:
                 progress.update(1)
         if pending is not None:
-            self._fold(total, score, *pending)
+            self._fold(total, score, *pending, sharded=sharded)
         return total
 
-    def _dispatch(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None):
+    def _dispatch(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None, *, sharded: bool):
         model = self.model
         ids = model.check_ids(ids)
         b, t = ids.shape
-        rows = parallel.pad_batch_to(b, model.mesh)
+        rows = distributed.local_batch_rows(b, model.mesh) if sharded else parallel.pad_batch_to(b, model.mesh)
         if rows != b:
             ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
             attend = np.concatenate([attend, np.zeros((rows - b, t), bool)])
         positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
-        return self._step(
-            model.params, model.place_batch(ids), model.place_batch(positions), model.place_batch(attend), self._edits(edits)
-        )
+        place = model.place_batch if sharded else functools.partial(distributed.place_whole_batch, model)
+        return self._step(model.params, place(ids), place(positions), place(attend), self._edits(edits))
 
-    @staticmethod
-    def _fold(total: np.ndarray, score: np.ndarray, idx: np.ndarray, width: int, out) -> None:
-        logp = parallel.to_host(out)[: len(idx)].astype(np.float64)  # [b, width - 1]
+    def _fold(self, total: np.ndarray, score: np.ndarray, idx: np.ndarray, width: int, out, *, sharded: bool) -> None:
+        host = distributed.local_rows(out, self.model.mesh) if sharded else parallel.to_host(out)
+        logp = host[: len(idx)].astype(np.float64)  # [b, width - 1]
         mask = score[idx, 1:width]
         total[idx] = np.where(mask, logp, 0.0).sum(axis=1)
 
-    def num_batches(self, rows: TokenRows, batch_size: int) -> int:
-        return -(-len(rows) // batch_size)
+    def num_batches(self, rows: TokenRows, batch_size: int, *, sharded: bool = False) -> int:
+        """Batches `row_sums` runs (with `sharded`, a collective)."""
+        return len(self.plan(rows, batch_size, sharded=sharded))

@@ -11,9 +11,24 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def writes_results() -> bool:
+    """False on the processes other than process 0 of a multi-process JAX run (`jax.distributed`).
+
+    Every process of such a run holds the same results, and the result writers (`write_npz`,
+    `torchfile.save`) write them once, on process 0: N processes writing one shared path would
+    race, and N copies on N local disks are not what anyone asked for. JAX is not imported here:
+    a program that has not imported it is a single process.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return True
+    return jax.process_index() == 0
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -8,7 +8,8 @@ Layout used by jlang's containers (`ActivationStats`, `NeuronMasks`)::
     <arrays>   plain numeric / bool arrays
 
 Writes are atomic (temporary file + `os.replace`), so a killed run never leaves
-a truncated file behind that would load.
+a truncated file behind that would load. On several JAX processes only process 0
+writes (`jlang.io.atomic.writes_results`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jlang.io.atomic import atomic_file
+from jlang.io.atomic import atomic_file, writes_results
 
 
 def jsonable(obj: Any) -> Any:
@@ -60,13 +61,15 @@ def write_npz(
     meta: Mapping[str, Any],
     compressed: bool = False,
 ) -> None:
-    """Write the jlang `.npz` layout atomically (see module docstring)."""
+    """Write the jlang `.npz` layout atomically (see module docstring); on process 0 only of a multi-process run."""
     payload = {
         "format": np.array(format),
         "meta": np.array(json.dumps(jsonable(dict(meta)), sort_keys=True)),
         "languages": np.array([str(x) for x in languages], dtype=str),
         **{k: np.asarray(v) for k, v in arrays.items()},
     }
+    if not writes_results():  # bad metadata still fails on every process, above
+        return
     writer = np.savez_compressed if compressed else np.savez
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: NumPy does not append ".npz" to the name

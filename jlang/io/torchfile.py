@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jlang.io.atomic import atomic_file
+from jlang.io.atomic import atomic_file, writes_results
 
 __all__ = ["TorchFileError", "load", "save", "save_tensor_lists"]
 
@@ -590,9 +590,12 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     bool, None and `np.ndarray` (float16/32/64, int8/16/32/64, uint8, bool);
     arrays become CPU tensors of the matching dtype. The result loads with
     `torch.load(path, weights_only=True)` and with `jlang.io.torchfile.load`.
+    On several JAX processes only process 0 writes (`jlang.io.atomic.writes_results`).
     """
     writer = _PickleWriter()
     pickled = writer.finish(obj)
+    if not writes_results():  # unwritable objects still fail on every process, above
+        return
     target = Path(path)
     archive = "".join(c if (c.isalnum() or c in "._-") else "_" for c in target.stem) or "archive"
     records: list[tuple[str, bytes]] = [("data.pkl", pickled), ("byteorder", b"little")]

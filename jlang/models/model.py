@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jlang import parallel
+from jlang import distributed, parallel
 from jlang.models import convert
 from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, Splice, forward, param_shapes
 from jlang.models.families import ModelConfig, model_config_from_hf
@@ -163,12 +162,17 @@ class Model:
         if path.exists():
             raise FileExistsError(f"{path} exists; choose a new path or remove it first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        # One temporary name on every process: orbax's multi-process save writes one directory together.
+        tmp = path.parent / f".{path.name}.saving"
+        primary = jax.process_index() == 0
+        if primary and tmp.exists():
+            shutil.rmtree(tmp)  # left by a killed save
+        distributed.barrier("jlang-model-save")
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save(tmp / "params", self.params)
                 ckptr.wait_until_finished()
-            if jax.process_index() == 0:
+            if primary:
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
                 meta = {
                     "format": "jlang-checkpoint",
@@ -181,8 +185,10 @@ class Model:
                 }
                 (tmp / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=1, default=str))
                 os.replace(tmp, path)
+            distributed.barrier("jlang-model-saved")
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if primary:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path
 

@@ -27,6 +27,13 @@ _EXPORTS = {
     "NeuronMasks": "jlang.masks",
     "lape": "jlang.methods",
     "ternary": "jlang.methods",
+    "Comparison": "jlang.compare",
+    "run_compare": "jlang.compare_runner",
+    "plnd": "jlang.methods.plnd",
+    "PLNDResult": "jlang.methods.plnd",
+    "SAE": "jlang.sae.model",
+    "train_sae": "jlang.sae.train",
+    "finetune": "jlang.train.finetune",
 }
 
 __all__ = ["__version__", *_EXPORTS]

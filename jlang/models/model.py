@@ -226,6 +226,7 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
 
 def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
     """Restore a directory written by `Model.save`, optionally casting and sharding."""
+    path = Path(path).absolute()  # orbax restores absolute paths only
     import orbax.checkpoint as ocp
     from transformers import AutoTokenizer
 

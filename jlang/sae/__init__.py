@@ -1,0 +1,44 @@
+"""Sparse autoencoders on a model's activations, and SAE-LAPE (Andrylie et al. 2025): language-specific SAE features.
+
+    jlang.sae.model     SAEConfig, SAE, TopK / ReLU+L1 as pure functions over a params pytree
+    jlang.sae.train     ActivationStream (activations streamed from the model), train_sae (optax, orbax
+                        checkpoints, exact resume), evaluate (MSE, explained variance, L0, ΔNLL spliced in)
+    jlang.sae.lape      FeatureStats, feature_stats, identify (SAE-LAPE), SAELapeFeatures
+    jlang.sae.steer     steering_vector, generate_steered, steering_success (h += m·maxact·W_dec[f])
+    jlang.sae.classify  classify: language ID from feature counts (sae-count, sae-min-max) vs py3langid
+
+Names are imported lazily (the submodules import JAX).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SAE": "jlang.sae.model",
+    "SAEConfig": "jlang.sae.model",
+    "SAEError": "jlang.sae.model",
+    "ActivationStream": "jlang.sae.train",
+    "ArrayStream": "jlang.sae.train",
+    "TrainConfig": "jlang.sae.train",
+    "train_sae": "jlang.sae.train",
+    "evaluate": "jlang.sae.train",
+    "FeatureStats": "jlang.sae.lape",
+    "SAELapeFeatures": "jlang.sae.lape",
+    "feature_stats": "jlang.sae.lape",
+    "identify": "jlang.sae.lape",
+    "steering_vector": "jlang.sae.steer",
+    "generate_steered": "jlang.sae.steer",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jlang.sae' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

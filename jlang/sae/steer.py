@@ -1,0 +1,213 @@
+"""Feature steering (SAE-LAPE `intervention.py`; methods.md §7.4): `h += sum_f m * maxact_f * W_dec[f]` at the SAE's hook.
+
+For a target language t and the SAE of layer l, the steering vector is
+
+    v_t = sum_{f in F_t,l} (m * maxact_f) * W_dec[f]                    [d_model]
+
+with `maxact_f` the feature's largest activation in the statistics
+(`final_indice_global_max_active`) and `m` the multiplier (positive to steer
+towards t, negative to suppress it). It is added to the SAE's hook point
+(`mlp.out` of layer l, before Gemma's post-norm) at every token, prompt and
+generated (`intervention.py`'s `sae_features_intervene_all_token`), or only at
+the last position of the prompt (`..._last_token`, `where="last"`).
+
+The addition is a decoder `splice`: the vectors are data (`splice_args`), so
+every target, multiplier and prompt batch reuses one compiled program, and each
+row of a batch can be steered differently. `generate_steered` is a small greedy
+decoder over the KV cache (`forward_cached`, which takes the same splice),
+with transformers' repetition penalty.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jlang import parallel
+from jlang.models.decoder import SPLICE_POINTS, KVCache, forward_cached, unembed
+from jlang.sae.lape import SAELapeFeatures
+from jlang.sae.model import SAE, SAEError
+
+Array = jax.Array
+WHERE = ("all", "last")
+
+
+def steering_vector(sae: SAE, features: SAELapeFeatures, language: str, multiplier: float) -> np.ndarray:
+    """float32 `[d_in]`: `sum_f (multiplier * maxact_f) * W_dec[f]` over `language`'s features in this SAE's layer."""
+    if sae.config.layer not in features.layers:
+        raise SAEError(f"{sae} reads layer {sae.config.layer}; the features are of layers {features.layers}")
+    k, i = features.index(language), features.layers.index(sae.config.layer)
+    ids, maxact = features.features[k][i], features.max_active[k][i]
+    w = np.asarray(sae.params["W_dec"], np.float32)
+    if len(ids) and max(ids) >= w.shape[0]:
+        raise SAEError(f"feature ids up to {max(ids)} but the SAE has {w.shape[0]} features: another SAE's features")
+    return (float(multiplier) * maxact.astype(np.float32)) @ w[ids] if len(ids) else np.zeros(w.shape[1], np.float32)
+
+
+def vector_table(vectors: np.ndarray, layer: int, num_layers: int) -> np.ndarray:
+    """`[rows, L, d]` with each row's vector at `layer` and zeros elsewhere (the splice's argument)."""
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    table = np.zeros((vectors.shape[0], num_layers, vectors.shape[1]), np.float32)
+    table[:, layer] = vectors
+    return table
+
+
+@functools.cache
+def steer_splice(hook_point: str) -> Callable:
+    """The splice adding `args["vectors"][row, layer] [b, L, d]` at `hook_point`, where `args["where"] [b, t]` is True."""
+    if hook_point not in SPLICE_POINTS:
+        raise SAEError(f"hook point must be one of {SPLICE_POINTS}, got {hook_point!r}")
+
+    def splice(point, value, layer, args):
+        if point != hook_point:
+            return value
+        add = args["vectors"][:, layer][:, None, :].astype(value.dtype)  # [b, 1, d]
+        return value + jnp.where(args["where"][..., None], add, jnp.zeros_like(add))
+
+    return splice
+
+
+def _left_pad(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        valid[i, width - len(r) :] = True
+    return ids, valid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "splice", "max_new_tokens"))
+def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, splice, max_new_tokens: int):
+    """Left-padded prompts `[B, T]` -> greedy new tokens int32 `[B, max_new_tokens]` (-1 after EOS)."""
+    from jlang.generate import repetition_penalty
+
+    b, t = ids.shape
+    cache = KVCache.empty(cfg, b, t + max_new_tokens, params["embed"].dtype)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+    where = jnp.where(last_only, jnp.zeros_like(valid).at[:, -1].set(True), valid)
+    hidden, _, cache = forward_cached(params, ids, cfg, cache, positions=positions, valid=valid, splice=splice,
+                                      splice_args={"vectors": vectors, "where": where}, output="hidden")  # fmt: skip
+    logits = unembed(params, hidden[:, -1], cfg)
+    rows = jnp.arange(b)
+    seen = (
+        jnp.zeros((b, cfg.vocab_size), bool)
+        .at[rows[:, None], jnp.where(valid, ids, cfg.vocab_size)]
+        .set(True, mode="drop")
+    )
+    step_where = jnp.broadcast_to(~last_only, (b, 1))  # generated tokens are steered unless "last"
+
+    def body(carry, _):
+        logits, pos, cache, seen, done = carry
+        token = jnp.argmax(repetition_penalty(logits, seen, penalty), axis=-1).astype(jnp.int32)
+        out = jnp.where(done, -1, token)
+        done = done | is_eos[token]
+        seen = seen.at[rows, token].set(True)
+        hidden, _, cache = forward_cached(params, token[:, None], cfg, cache, positions=(pos + 1)[:, None],
+                                          splice=splice, splice_args={"vectors": vectors, "where": step_where},
+                                          output="hidden")  # fmt: skip
+        return (unembed(params, hidden[:, 0], cfg), pos + 1, cache, seen, done), out
+
+    init = (logits, positions[:, -1], cache, seen, jnp.zeros((b,), bool))
+    _, out = jax.lax.scan(body, init, None, length=max_new_tokens)
+    return out.T
+
+
+def generate_steered(
+    model,
+    prompts: Sequence[str],
+    vectors: np.ndarray,
+    *,
+    hook_point: str = "mlp.out",
+    where: str = "all",
+    max_new_tokens: int = 32,
+    repetition_penalty: float = 1.1,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy continuations of `prompts`, row i steered by `vectors[i] [L, d_model]` (zeros: no steering).
+
+    Args:
+      vectors: `[len(prompts), L, d_model]` added at `hook_point` of each layer (`vector_table`).
+      where: "all" (every prompt and generated token) or "last" (the prompt's last token only).
+    """
+    if where not in WHERE:
+        raise SAEError(f"where must be one of {WHERE}, got {where!r}")
+    cfg = model.config
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.shape != (len(prompts), cfg.num_layers, cfg.d_model):
+        raise SAEError(f"vectors must be [{len(prompts)}, {cfg.num_layers}, {cfg.d_model}], got {vectors.shape}")
+    from jlang.generate import eos_ids
+
+    tok = model.tokenizer
+    encoded = [np.asarray(tok(p)["input_ids"], np.int32) for p in prompts]
+    if any(len(e) == 0 for e in encoded):
+        raise SAEError("a prompt tokenizes to no tokens")
+    is_eos = jnp.zeros(cfg.vocab_size, bool).at[eos_ids(model)].set(True)
+    splice = steer_splice(hook_point)
+    out: list[str] = [""] * len(prompts)
+    size = parallel.pad_batch_to(batch_size, model.mesh)
+    width = -(-max(len(e) for e in encoded) // 8) * 8  # one prompt width for every batch: one compilation
+    for start in range(0, len(prompts), size):
+        part = list(range(start, min(start + size, len(prompts))))
+        rows = [encoded[i] for i in part] + [encoded[part[0]]] * (size - len(part))
+        ids, valid = _left_pad(rows, width, tok.pad_token_id or 0)
+        vec = np.concatenate([vectors[part], np.zeros((size - len(part), *vectors.shape[1:]), np.float32)])
+        new = _greedy(model.params, model.place_batch(ids), model.place_batch(valid), model.place_batch(vec),
+                      jnp.asarray(where == "last"), is_eos, jnp.float32(repetition_penalty), cfg=cfg, splice=splice,
+                      max_new_tokens=max_new_tokens)  # fmt: skip
+        new = parallel.to_host(new)
+        for j, i in enumerate(part):
+            toks = new[j]
+            end = np.flatnonzero(toks < 0)
+            out[i] = tok.decode(toks[: end[0]] if end.size else toks, skip_special_tokens=True)
+    return out
+
+
+def steering_success(
+    model,
+    sae: SAE,
+    features: SAELapeFeatures,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    multipliers: Sequence[float],
+    *,
+    identifier=None,
+    max_new_tokens: int = 24,
+    repetition_penalty: float = 1.1,
+    where: str = "all",
+    batch_size: int = 16,
+) -> dict:
+    """Steer every prompt towards every target at every multiplier; identify the continuations' language.
+
+    Returns {"rows": [{prompt, target, multiplier, text, language}], "success": {target: {m: share identified
+    as target}}, "baseline": {target: share of unsteered continuations already in target}}.
+    """
+    from jlang.evals.langid import Py3LangID
+
+    identify = identifier or Py3LangID(features.languages)
+    L = model.config.num_layers
+    jobs = [(p, None, 0.0) for p in prompts]
+    jobs += [(p, t, float(m)) for t in targets for m in multipliers for p in prompts]
+    table = np.zeros((len(jobs), L, model.config.d_model), np.float32)
+    for j, (_, t, m) in enumerate(jobs):
+        if t is not None:
+            table[j] = vector_table(steering_vector(sae, features, t, m), sae.config.layer, L)[0]
+    texts = generate_steered(model, [p for p, _, _ in jobs], table, hook_point=sae.config.hook_point, where=where,
+                             max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                             batch_size=batch_size)  # fmt: skip
+    langs = identify(texts)
+    rows = [{"prompt": p, "target": t, "multiplier": m, "text": x, "language": g}
+            for (p, t, m), x, g in zip(jobs, texts, langs)]  # fmt: skip
+    base = langs[: len(prompts)]
+    success = {t: {m: float(np.mean([r["language"] == t for r in rows if r["target"] == t and r["multiplier"] == m]))
+                   for m in map(float, multipliers)} for t in targets}  # fmt: skip
+    baseline = {t: float(np.mean([g == t for g in base])) for t in targets}
+    return {
+        "rows": rows,
+        "success": success,
+        "baseline": baseline,
+        "identifier": getattr(identify, "name", "identifier"),
+    }

@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jlang.compare_runner import run_compare
 
-    # `jlang.train.finetune` is both a module and (lazily) its function; importing from the module is unambiguous
-    from jlang.train.finetune import finetune, load_finetune_config
+    from jlang.train.sft import finetune, load_finetune_config
 
     log = lambda msg: print(f"[alignment_compare] {msg}", flush=True)
     ft_cfg = load_finetune_config(

@@ -33,7 +33,7 @@ _EXPORTS = {
     "PLNDResult": "jlang.methods.plnd",
     "SAE": "jlang.sae.model",
     "train_sae": "jlang.sae.train",
-    "finetune": "jlang.train.finetune",
+    "finetune": "jlang.train.sft",
 }
 
 __all__ = ["__version__", *_EXPORTS]

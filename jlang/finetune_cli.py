@@ -24,7 +24,7 @@ from jlang import distributed
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from jlang.resumable import RunInterrupted
-    from jlang.train.finetune import finetune, load_finetune_config
+    from jlang.train.sft import finetune, load_finetune_config
 
     distributed.initialize_from_args(args)  # a no-op when jlang.cli.main already did it
     cfg = load_finetune_config(args.config, args.set or [])

@@ -30,7 +30,7 @@ from jlang.train.data import (
     pair_rows,
     translation_pairs,
 )
-from jlang.train.finetune import (
+from jlang.train.sft import (
     DataSection,
     FinetuneConfig,
     TrainSection,
@@ -140,7 +140,7 @@ def test_chunked_loss_equals_full_logits(tiny_dirs):
     equal the plain log-softmax of the full logits (gemma2: tied embedding and final soft-cap)."""
     import jax
 
-    from jlang.train.finetune import response_nll
+    from jlang.train.sft import response_nll
 
     model = jlang.load_model(tiny_dirs["gemma2"][0], progress=False)
     rng = np.random.default_rng(0)

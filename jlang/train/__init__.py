@@ -1,7 +1,7 @@
 """Alignment fine-tuning (`jlang finetune`): supervised training on multilingual pairs, all weights or
 only chosen languages' neurons, resumable, with a Hugging Face export.
 
-    finetune, FinetuneConfig, load_finetune_config   the run (jlang.train.finetune)
+    finetune, FinetuneConfig, load_finetune_config   the run (jlang.train.sft)
     save_hf                                           jlang model -> HF directory (jlang.train.export_hf)
     pair_rows, translation_pairs                      the data (jlang.train.data)
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "finetune": "jlang.train.finetune",
-    "FinetuneConfig": "jlang.train.finetune",
-    "DataSection": "jlang.train.finetune",
-    "TrainSection": "jlang.train.finetune",
-    "load_finetune_config": "jlang.train.finetune",
-    "validate_config": "jlang.train.finetune",
-    "neuron_update_masks": "jlang.train.finetune",
+    "finetune": "jlang.train.sft",
+    "FinetuneConfig": "jlang.train.sft",
+    "DataSection": "jlang.train.sft",
+    "TrainSection": "jlang.train.sft",
+    "load_finetune_config": "jlang.train.sft",
+    "validate_config": "jlang.train.sft",
+    "neuron_update_masks": "jlang.train.sft",
     "save_hf": "jlang.train.export_hf",
     "hf_config_dict": "jlang.train.export_hf",
     "ExportError": "jlang.train.export_hf",

@@ -253,12 +253,25 @@ def fallback_section(cfg, fb, name: str) -> list[str]:
     return lines + [""]
 
 
-def report(cfg, model, masks, how, fbs, sweeps, signs, mc, timings) -> str:
+def model_description(cfg, masks, model=None) -> dict:
+    """name, family, layers and neurons of the model: from the model when it was loaded, else from the masks."""
+    if model is not None:
+        return {
+            "name": model.name,
+            "family": model.family,
+            "layers": model.num_layers,
+            "neurons": model.num_neurons,
+        }
+    return {"name": masks.meta.get("model", cfg.lape.model.source), "family": masks.meta.get("family", "?"),
+            "layers": masks.num_layers, "neurons": masks.num_neurons}  # fmt: skip
+
+
+def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str:
     lines = [
-        f"# Language arithmetic and amplification studies on `{model.name}`",
+        f"# Language arithmetic and amplification studies on `{model['name']}`",
         "",
         (
-            f"Model `{model.name}` ({model.family}, {model.num_layers} layers x {model.num_neurons} neurons). LAPE neurons: "
+            f"Model `{model['name']}` ({model['family']}, {model['layers']} layers x {model['neurons']} neurons). LAPE neurons: "
             f"{masks.unique_count()} unique ({', '.join(f'{l} {int(masks[l].sum())}' for l in masks.languages)}); {how}."
         ),
         "",
@@ -377,10 +390,18 @@ def report(cfg, model, masks, how, fbs, sweeps, signs, mc, timings) -> str:
         if none is not None:
             lp = mc.logprob
             ans = mc.answers
-            gold = lp[:, np.arange(len(ans)), ans]  # [C, N]
-            lines += ["Mean log-prob of the correct option relative to no edit (nats; sum over its tokens):", "",
-                      "| condition | Δ mean log P(correct) |", "|---|---:|",
-                      *[f"| {c} | {np.mean(gold[i] - gold[none]):+.2f} |" for i, c in enumerate(mc.conditions)], ""]  # fmt: skip
+            right = np.arange(lp.shape[-1])[None, :] == ans[:, None]  # [N, O]
+            gold = lp[:, right]  # [C, N]
+            wrong = lp[:, ~right].reshape(len(lp), len(ans), -1).mean(axis=-1)  # [C, N]
+            flips = {norm: mc.flips(norm) for norm in ("sum", "token")}
+            lines += [("Paired view against no edit: the change of the mean summed log-prob of the correct option and of "
+                      "the wrong ones (nats), and the items each condition gets wrong that no edit got right "
+                      "(lost) and the reverse (gained):"), "",
+                      "| condition | Δ log P(correct) | Δ log P(wrong) | sum: lost / gained | per token: lost / gained |",
+                      "|---|---:|---:|---:|---:|",
+                      *[f"| {c} | {np.mean(gold[i] - gold[none]):+.2f} | {np.mean(wrong[i] - wrong[none]):+.2f} | "
+                        f"{flips['sum'][c][0]} / {flips['sum'][c][1]} | {flips['token'][c][0]} / {flips['token'][c][1]} |"
+                        for i, c in enumerate(mc.conditions)], ""]  # fmt: skip
     lines += [
         "## Wall time",
         "",
@@ -446,17 +467,23 @@ def main(argv: list[str] | None = None) -> int:
     timings["LAPE neurons"] = time.perf_counter() - t
     languages = list(masks.languages)
 
-    t = time.perf_counter()
-    mesh = (
-        make_mesh(cfg.lape.mesh.data, cfg.lape.mesh.model)
-        if (cfg.lape.mesh.data or cfg.lape.mesh.model)
-        else None
-    )
-    model = jlang.load_model(
-        cfg.lape.model.source, dtype=cfg.lape.model.dtype, mesh=mesh
-    )
-    masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
-    timings["load model"] = time.perf_counter() - t
+    loaded: dict = {}
+
+    def get_model():
+        """The model, loaded on first use (a run whose every step is reused never loads it)."""
+        if "model" not in loaded:
+            t = time.perf_counter()
+            mesh = None
+            if cfg.lape.mesh.data or cfg.lape.mesh.model:
+                mesh = make_mesh(cfg.lape.mesh.data, cfg.lape.mesh.model)
+            m = jlang.load_model(
+                cfg.lape.model.source, dtype=cfg.lape.model.dtype, mesh=mesh
+            )
+            masks.check_fits(m.num_layers, m.num_neurons, model=m.name)
+            timings["load model"] = time.perf_counter() - t
+            loaded["model"] = m
+        return loaded["model"]
+
     parallel_path = (
         None
         if cfg.lape.corpus.source == "default"
@@ -473,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal scorer
         from jlang.evals.scoring import Scorer
 
-        scorer = scorer or Scorer(model, vocab_chunk=cfg.vocab_chunk)
+        scorer = scorer or Scorer(get_model(), vocab_chunk=cfg.vocab_chunk)
         return lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
 
     fbs: dict = {}
@@ -491,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         from jlang.runs import resolve_corpus
 
         t = time.perf_counter()
+        model = get_model()
         c = cfg.fallback
         corpus = resolve_corpus(cfg.lape.corpus.source, c.prompt_languages, c.split)
         texts = {
@@ -535,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 items = [it for b in c.bases for tl in targets if b != tl
                          for it in cloze_items(rows, b, tl, n=c.items, template=c.template)]  # fmt: skip
                 res = lss(
-                    model,
+                    get_model(),
                     masks,
                     items,
                     factors=strengths,
@@ -576,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ]
         mc = run_multiple_choice(
-            model,
+            get_model(),
             masks,
             items,
             conditions=c.conditions,
@@ -589,7 +617,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"multiple choice in {timings['multiple choice']:.0f} s\n{mc.table('sum')}")
 
     (out / "report.md").write_text(
-        report(cfg, model, masks, how, fbs, sweeps, signs, mc, timings),
+        report(
+            cfg,
+            model_description(cfg, masks, loaded.get("model")),
+            masks,
+            how,
+            fbs,
+            sweeps,
+            signs,
+            mc,
+            timings,
+        ),
         encoding="utf-8",
     )
     log(f"wrote {out / 'report.md'}")

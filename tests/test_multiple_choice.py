@@ -153,6 +153,12 @@ def test_run_multiple_choice_planted_scores(tmp_path):
     )
     np.testing.assert_array_equal(res.accuracy("token"), res.accuracy("sum"))
     np.testing.assert_allclose(res.mean_accuracy("sum"), [1.0, 5 / 15, 10 / 15])
+    assert res.flips("sum") == {
+        "none": (0, 0),
+        "deactivate=0": (10, 0),
+        "source:deactivate=0": (5, 0),
+    }
+    assert res.flips("sum", reference="deactivate=0")["none"] == (0, 10)
     assert (
         res.chance() == 0.25
         and res.logprob.shape == (3, 15, 4)
@@ -387,6 +393,9 @@ def test_arithmetic_end_to_end_on_tiny_model(tiny_llama, tmp_path):
     assert mod.main(argv + ["--set", "reuse_results=true"]) == 0
     section = lambda t: t.split("## Headlines")[1].split("## Wall time")[0]
     assert section((out / "report.md").read_text()) == section(text)
+    assert (
+        "load model" in text and "load model" not in (out / "report.md").read_text()
+    )  # nothing to compute: no model
 
 
 @pytest.mark.slow

@@ -28,8 +28,10 @@ switched off first and the rest follow the order (the original's prompts are
 English and its order starts with `en`, so this is its design for other
 prompt languages). The identifier is py3langid restricted to
 `IDENTIFY_LANGUAGES` (the original's fastText `lid.176.bin` is unrestricted):
-a model whose French is switched off may answer in Portuguese, which a set
-restricted to the masks' languages would call Spanish.
+with French and English switched off, the default model's French prompts get
+text that reads as Portuguese or Italian, which a set restricted to the masks'
+languages would call Spanish. Beside the labels, `distinct_ratio` says whether
+an output is text at all or a degenerate loop.
 """
 
 from __future__ import annotations

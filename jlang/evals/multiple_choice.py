@@ -352,6 +352,22 @@ class MCResult:
         """float64 `[C]`: accuracy over all items."""
         return self.correct(norm).mean(axis=1)
 
+    def flips(
+        self, norm: str = "sum", reference: str = "none"
+    ) -> dict[str, tuple[int, int]]:
+        """Per condition: (items right under `reference` but wrong under it, items wrong under `reference` but
+        right under it): the paired changes behind an accuracy difference (McNemar's discordant pairs)."""
+        if reference not in self.conditions:
+            raise ValueError(
+                f"reference {reference!r} is not a condition of this result: {self.conditions}"
+            )
+        ok = self.correct(norm)
+        ref = ok[self.conditions.index(reference)]
+        return {
+            c: (int((ref & ~ok[i]).sum()), int((~ref & ok[i]).sum()))
+            for i, c in enumerate(self.conditions)
+        }
+
     def counts(self) -> np.ndarray:
         """int64 `[P]`: items per pair."""
         return np.bincount(self.pair_index(), minlength=len(self.pairs))

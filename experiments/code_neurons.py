@@ -105,6 +105,8 @@ class CodeNeuronsConfig:
 
     out: str = "runs/code_neurons"
     seed: int = 0
+    # load {out}/ppl.json and lens.json when they exist instead of recomputing them (to redraw the report)
+    reuse_results: bool = False
     model: config_lib.ModelSection = config_lib.ModelSection()
     corpus: CorpusPart = CorpusPart()
     stats: StatsPart = StatsPart()
@@ -175,6 +177,62 @@ def statistics(cfg: CodeNeuronsConfig, model, corpus, languages, fingerprint: st
     stats.meta["code_corpus"] = fingerprint
     stats.save(path)
     return stats, "collected"
+
+
+def deactivation_ppl(cfg: CodeNeuronsConfig, model, neurons, root: Path, languages):
+    """The held-out PPL matrix with each language's neurons set to `ppl.edit_value`; saved as ppl.json|png."""
+    from jlang.data.code_corpus import code_corpus, excerpt
+    from jlang.data.sources import read_documents
+    from jlang.evals.perplexity import ppl_matrix
+
+    p = cfg.ppl
+    heldout = code_corpus("heldout", languages, path=root)
+    if p.texts_per_language is not None:  # middle excerpts of many files, one row each
+        heldout = {l: [excerpt(d, p.chars_per_text) for d in read_documents(heldout[l])[: p.texts_per_language]]
+                   for l in languages}  # fmt: skip
+    mode = "pad" if p.texts_per_language is not None else p.mode
+    ppl = ppl_matrix(model, getattr(neurons, p.masks), heldout, languages=languages, batch_size=p.batch_size,
+                     seq_len=p.seq_len, mode=mode, edit_value=p.edit_value, vocab_chunk=p.vocab_chunk,
+                     max_tokens=p.max_tokens_per_language)  # fmt: skip
+    ppl.save(Path(cfg.out) / "ppl")
+    return ppl
+
+
+def code_lens(cfg: CodeNeuronsConfig, model, root: Path, languages):
+    """The keyword logit lens on the first held-out files of each language; saved as lens.json|png."""
+    from jlang.analysis.code_lens import keyword_lens
+    from jlang.data.code_corpus import code_corpus
+    from jlang.data.sources import read_documents
+
+    c = cfg.lens
+    heldout = code_corpus("heldout", languages, path=root)
+    texts = {l: [d for d in read_documents(heldout[l]) if isinstance(d, str)][: c.texts_per_language]
+             for l in languages}  # fmt: skip
+    lens = keyword_lens(
+        model,
+        texts,
+        k=c.k,
+        seq_len=c.seq_len,
+        batch_size=c.batch_size,
+        vocab_chunk=c.vocab_chunk,
+    )
+    lens.save(Path(cfg.out) / "lens")
+    return lens
+
+
+def reused(cfg: CodeNeuronsConfig, name: str, log):
+    """`{out}/{name}.json` loaded (figures redrawn) when `reuse_results` and it exists, else None."""
+    path = Path(cfg.out) / f"{name}.json"
+    if not (cfg.reuse_results and path.is_file()):
+        return None
+    if name == "ppl":
+        from jlang.evals.perplexity import PPLResult as cls
+    else:
+        from jlang.analysis.code_lens import KeywordLensResult as cls
+    log(f"reusing {path}")
+    result = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    result.save(Path(cfg.out) / name)
+    return result
 
 
 def fmt(x, f="{:.3f}") -> str:
@@ -347,6 +405,47 @@ def shown(token: str) -> str:
     return token.replace(" ", "␣").replace("\n", "⏎").replace("`", "'")
 
 
+def english_text(lens) -> str:
+    """Do English words surface among the top-k tokens before the code's own keywords do (Kargaran et al.)?"""
+    L, k = lens.shares.shape[1], lens.meta["k"]
+    e = lens.keyword_languages.index("english")
+    code = [
+        p
+        for p, l in enumerate(lens.languages)
+        if l != "english" and l in lens.keyword_languages
+    ]
+    # the upper middle: after the lens starts to decode words, before the last two layers
+    start = min(L // 2 + 1, L - 1)
+    upper = slice(start, max(L - 2, start + 1))
+    eng = [float(np.mean(lens.shares[p, upper, e])) for p in code]
+    own = [
+        float(
+            np.mean(
+                lens.shares[p, upper, lens.keyword_languages.index(lens.languages[p])]
+            )
+        )
+        for p in code
+    ]
+    ahead = [lens.languages[p] for p, a, b in zip(code, eng, own) if a > b]
+    last_eng = float(np.mean(lens.shares[code, L - 1, e]))
+    last_own = float(
+        np.mean(
+            [
+                lens.shares[p, L - 1, lens.keyword_languages.index(lens.languages[p])]
+                for p in code
+            ]
+        )
+    )
+    return (
+        f"English words among the top-{k} tokens while reading code, layers {upper.start}–{upper.stop - 1} (mean "
+        f"over the {len(code)} code languages): **{np.mean(eng):.3f}**, against **{np.mean(own):.3f}** for the code's "
+        f"own keywords; English is ahead for {len(ahead)}/{len(code)} languages ({', '.join(ahead) or 'none'}). In "
+        f"the last layer: English {last_eng:.3f}, own keywords {last_own:.3f}; English words in the code itself: "
+        f"{float(np.mean(lens.text_shares[code, e])):.3f}. (The English table shares `and`, `in`, `is`, `if`, `for` "
+        "with Python; the exclusive columns above leave such words out.)"
+    )
+
+
 def lens_section(lens) -> list[str]:
     L = lens.shares.shape[1]
     show = sorted({0, L // 4, L // 2, 3 * L // 4, L - 2, L - 1})
@@ -376,26 +475,19 @@ def lens_section(lens) -> list[str]:
     lines += ["", "Layer where the exclusive own-keyword share peaks: "
               + ", ".join(f"{l} {p}" for l, p in peaks.items()) + "."]  # fmt: skip
     if "english" in lens.keyword_languages:
-        e = lens.keyword_languages.index("english")
-        code = [p for p, l in enumerate(lens.languages) if l != "english"]
-        mid = slice(L // 4, 3 * L // 4 + 1)
-        lines += [
-            "",
-            (
-                f"English words among the top-{lens.meta['k']} tokens while reading code (mean over the code "
-                f"languages): layers {L // 4}–{3 * L // 4} {np.mean(lens.shares[code, mid, e]):.3f}, last layer "
-                f"{np.mean(lens.shares[code, L - 1, e]):.3f}, in the code itself {np.mean(lens.text_shares[code, e]):.3f}."
-            ),
-        ]
+        lines += ["", english_text(lens)]
     lines += [
         "",
-        "Most frequent keyword tokens in the top-k, middle and last layer:",
+        f"Most frequent keyword tokens in the top-k, in layer {max(0, L - 5)} (upper middle) and the last layer:",
         "",
     ]
     for lang in lens.languages:
-        mid, last = lens.top_keywords[lang][L // 2], lens.top_keywords[lang][L - 1]
+        mid, last = (
+            lens.top_keywords[lang][max(0, L - 5)],
+            lens.top_keywords[lang][L - 1],
+        )
         lines.append(
-            f"- {lang}: layer {L // 2}: "
+            f"- {lang}: layer {max(0, L - 5)}: "
             + ", ".join(f"`{shown(t)}` {n}" for t, n in mid[:4])
             + f"; layer {L - 1}: "
             + ", ".join(f"`{shown(t)}` {n}" for t, n in last[:4])
@@ -409,8 +501,55 @@ def lens_section(lens) -> list[str]:
     ]
 
 
+def findings(neurons, ppl, lens) -> list[str]:
+    """Three sentences with the run's main numbers, for the top of the report."""
+    masks = neurons.fixed_count
+    langs = list(masks.languages)
+    jac = masks.jaccard()
+    code = [i for i, l in enumerate(langs) if l != "english"]
+    pairs = [jac[i, j] for i in code for j in code if i < j]
+    lines = ["## Findings", ""]
+    if "english" in langs and pairs:
+        e = langs.index("english")
+        lines.append(
+            f"- **Neurons.** English's {int(masks['english'].sum())} fixed-count neurons hardly meet the code "
+            f"languages' (Jaccard ≤ {np.nanmax(jac[e, code]):.2f}); the code languages share many among themselves "
+            f"(mean Jaccard {np.nanmean(pairs):.2f}, up to {np.nanmax(pairs):.2f})."
+        )
+    if ppl is not None:
+        dom = ppl.diagonal_dominance("delta_nll")
+        per = dom["per_language"]
+        best = sorted(per, key=lambda k: -per[k]["ratio_mean"])[:2]
+        lines.append(
+            f"- **Deactivation.** Switching off language k's neurons hurts k more than any other language for "
+            f"{dom['row_dominant']}/{dom['languages']} languages; median ΔNLL[k,k] / mean ΔNLL[k,j≠k] = "
+            f"{dom['median_ratio_mean']:.1f} (most specific: "
+            + ", ".join(
+                f"{k} {per[k]['own']:.3f} nats, {per[k]['ratio_mean']:.1f}×"
+                for k in best
+            )
+            + ")."
+        )
+    if lens is not None and "english" in lens.keyword_languages:
+        lines.append(
+            "- **Logit lens.** " + english_text(lens).split(" (The English table")[0]
+        )
+    return lines + [""]
+
+
 def report(
-    cfg, model, manifest, languages, missing, stats, how, neurons, ppl, lens, timings
+    cfg,
+    model,
+    manifest,
+    languages,
+    missing,
+    stats,
+    how,
+    neurons,
+    ppl,
+    lens,
+    timings,
+    earlier,
 ) -> str:
     counts = manifest["counts"]
     lines = [
@@ -440,13 +579,18 @@ def report(
             + ".",
             "",
         ]
+    lines += findings(neurons, ppl, lens)
     lines += masks_section(cfg, stats, neurons, languages)
     if ppl is not None:
         lines += ppl_section(cfg, ppl)
     if lens is not None:
         lines += lens_section(lens)
-    lines += ["## Wall time", "", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-              + f"; total {sum(timings.values()):.0f} s.", ""]  # fmt: skip
+    lines += ["## Wall time", "", "This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+              + f"; total {sum(timings.values()):.0f} s."]  # fmt: skip
+    if earlier:
+        lines += ["", "Reused results, from their own run: " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items())
+                  + "."]  # fmt: skip
+    lines += [""]
     return "\n".join(lines)
 
 
@@ -462,7 +606,7 @@ def headline(ppl, neurons) -> dict:
         dom = ppl.diagonal_dominance("delta_nll")
         out.update(
             row_dominant=dom["row_dominant"],
-            languages=dom["languages"],
+            deactivated_languages=dom["languages"],
             median_own_over_mean_other=dom["median_ratio_mean"],
             own_delta_nll={k: v["own"] for k, v in dom["per_language"].items()},
         )
@@ -539,60 +683,48 @@ def main(argv: list[str] | None = None) -> int:
     timings["identify"] = time.perf_counter() - t
     log(neurons.fixed_count.summary_table())
 
+    previous = (
+        json.loads((out / "summary.json").read_text()).get("timings", {})
+        if (out / "summary.json").is_file()
+        else {}
+    )
+    earlier = (
+        {"statistics": previous["statistics"]}
+        if how.startswith("reused") and "statistics" in previous
+        else {}
+    )
     ppl = lens = None
     if cfg.ppl.enabled:
-        from jlang.data.code_corpus import excerpt
-        from jlang.data.sources import read_documents
-        from jlang.evals.perplexity import ppl_matrix
-
-        t = time.perf_counter()
-        p = cfg.ppl
-        heldout = code_corpus("heldout", languages, path=root)
-        if (
-            p.texts_per_language is not None
-        ):  # middle excerpts of many files, one row each
-            heldout = {l: [excerpt(d, p.chars_per_text) for d in read_documents(heldout[l])[: p.texts_per_language]]
-                       for l in languages}  # fmt: skip
-        mode = "pad" if p.texts_per_language is not None else p.mode
-        ppl = ppl_matrix(model, getattr(neurons, p.masks), heldout, languages=languages, batch_size=p.batch_size,
-                         seq_len=p.seq_len, mode=mode, edit_value=p.edit_value, vocab_chunk=p.vocab_chunk,
-                         max_tokens=p.max_tokens_per_language)  # fmt: skip
-        ppl.save(out / "ppl")
-        timings["PPL matrix"] = time.perf_counter() - t
-        log(
-            f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_nll', '{:.3f}')}\n{verdict(ppl)[0]}"
-        )
-
+        ppl = reused(cfg, "ppl", log)
+        if ppl is None:
+            t = time.perf_counter()
+            ppl = deactivation_ppl(cfg, model, neurons, root, languages)
+            timings["PPL matrix"] = time.perf_counter() - t
+            log(
+                f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_nll', '{:.3f}')}\n{verdict(ppl)[0]}"
+            )
+        elif "PPL matrix" in previous:
+            earlier["PPL matrix"] = previous["PPL matrix"]
     if cfg.lens.enabled:
-        from jlang.analysis.code_lens import keyword_lens
-        from jlang.data.sources import read_documents
-
-        t = time.perf_counter()
-        heldout = code_corpus("heldout", languages, path=root)
-        texts = {l: [d for d in read_documents(heldout[l]) if isinstance(d, str)][: cfg.lens.texts_per_language]
-                 for l in languages}  # fmt: skip
-        lens = keyword_lens(
-            model,
-            texts,
-            k=cfg.lens.k,
-            seq_len=cfg.lens.seq_len,
-            batch_size=cfg.lens.batch_size,
-            vocab_chunk=cfg.lens.vocab_chunk,
-        )
-        lens.save(out / "lens")
-        timings["keyword lens"] = time.perf_counter() - t
+        lens = reused(cfg, "lens", log)
+        if lens is None:
+            t = time.perf_counter()
+            lens = code_lens(cfg, model, root, languages)
+            timings["keyword lens"] = time.perf_counter() - t
+        elif "keyword lens" in previous:
+            earlier["keyword lens"] = previous["keyword lens"]
 
     summary = headline(ppl, neurons)
     summary.update(
         model=model.name,
         languages=languages,
         left_out=list(missing),
-        timings=timings,
+        timings={**timings, **earlier},
         tokens={l: int(n) for l, n in zip(stats.languages, stats.tokens)},
     )
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(cfg, model, manifest, languages, missing, stats, how, neurons, ppl, lens,
-                                          timings), encoding="utf-8")  # fmt: skip
+                                          timings, earlier), encoding="utf-8")  # fmt: skip
     log(f"wrote {out / 'report.md'}")
     return 0
 

@@ -398,11 +398,40 @@ def test_experiment_end_to_end_on_tiny_model(tiny_code_model, tmp_path):
         "javascript": 3,
         "english": 3,
     }
-    # a second run reuses the statistics
+    # a second run reuses the statistics; with reuse_results also the PPL matrix and the lens, same numbers
     assert mod.main(argv) == 0
     assert "reused" in (out / "report.md").read_text()
+    assert mod.main(argv + ["--set", "reuse_results=true"]) == 0
+    again = (out / "report.md").read_text()
+    section = lambda t: t.split("## Deactivation perplexity")[1].split("## Wall time")[
+        0
+    ]
+    assert section(again) == section(text)
+    assert (
+        "Reused results, from their own run: statistics" in again
+        and "keyword lens" in again
+    )
     with pytest.raises(SystemExit, match="rust"):
         mod.main(argv + ["--set", "corpus.require_all=true"])
+    # the keyword lens from the command line, with a language's neurons deactivated
+    from jlang.cli import main
+
+    lens_argv = ["code-lens", "--model", str(path), "--corpus", str(corpus_dir), "--out", str(tmp_path / "cli"),
+                 "--k", "3", "--texts", "2", "--seq-len", "12", "--vocab-chunk", "64", "--no-progress"]  # fmt: skip
+    assert (
+        main(
+            lens_argv
+            + ["--masks", str(out / "masks_fixed.npz"), "--deactivate", "python"]
+        )
+        == 0
+    )
+    saved = json.loads((tmp_path / "cli" / "code_lens.json").read_text())
+    assert (
+        saved["languages"] == ["python", "javascript", "english"]
+        and saved["meta"]["edited"]
+    )
+    with pytest.raises(SystemExit, match="needs --masks"):
+        main(lens_argv + ["--deactivate", "python"])
 
 
 @pytest.mark.slow
@@ -421,7 +450,7 @@ def test_experiment_on_default_model(tmp_path):
     spec.loader.exec_module(sys.modules[spec.name])
     mod = sys.modules[spec.name]
     out = tmp_path / "run"
-    sets = [f"out={out}", "stats.max_tokens_per_language=2048", "ppl.max_tokens_per_language=256",
+    sets = [f"out={out}", "stats.max_tokens_per_language=2048", "ppl.texts_per_language=2",
             "lens.texts_per_language=2", "lens.seq_len=24"]  # fmt: skip
     assert (
         mod.main(

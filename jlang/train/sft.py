@@ -46,7 +46,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import resource
 import shutil
 import signal
@@ -760,9 +759,35 @@ def _train_loop(run: _Run, state, store: _Checkpoints, iterator, start: int, his
                     store.save(step, trainable, opt_state, iterator, record)
                 if stop and step < total:
                     raise RunInterrupted(flag.signum or signal.SIGTERM, step, total, str(store.directory))
+                release_freed_memory()  # the step's temporaries (and a save's host copies) are free now
         finally:
             bar.close()
     return trainable
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library has none (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand heap memory freed since the last call back to the OS (glibc `malloc_trim(0)`).
+
+    Every step, XLA's CPU runtime allocates and frees the step's temporaries (gradients, activations,
+    vocabulary chunks). glibc keeps freed chunks below its mmap threshold in per-thread arenas, where
+    they fragment, so without trimming the resident memory of a run creeps up step after step while
+    the live memory stays flat (docs/finetune.md has the measurements). A no-op without glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _count_trained(trainable: Mapping[str, Any], update_masks: Mapping[str, np.ndarray]) -> int:
@@ -788,7 +813,7 @@ def _write_outputs(run: _Run, params: dict, history: list, evals: dict | None, t
     if final.exists() and distributed.is_primary():  # a resumed run that had saved it already: write it again
         shutil.rmtree(final)
     distributed.barrier("jlang-finetune-final-cleared")
-    save_model(tuned, final)
+    tuned.save(final)  # collective on several processes
     if cfg.export_hf:
         from jlang.train.export_hf import save_hf
 
@@ -823,40 +848,6 @@ def _write_outputs(run: _Run, params: dict, history: list, evals: dict | None, t
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
     return final
-
-
-def save_model(model, path: Path) -> Path:
-    """`Model.save(path)` on one process; the same layout, written collectively, on several.
-
-    `Model.save` writes into a temporary directory named by `tempfile.mkdtemp`, a different name on
-    each process, so orbax's collective save of the parameters would wait forever for the other
-    processes; here they share one temporary name (cleared by process 0 first), and process 0 adds
-    the tokenizer and `jlang.json` (the fields `Model.save` writes) and renames it into place.
-    """
-    import jax
-    import orbax.checkpoint as ocp
-
-    from jlang.models.model import CHECKPOINT_MARKER
-
-    if jax.process_count() == 1:
-        return model.save(path)
-    path = Path(path).absolute()
-    tmp = path.parent / f".{path.name}.saving"
-    if distributed.is_primary():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    distributed.barrier("jlang-save-model-start")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "params", model.params)
-        ckptr.wait_until_finished()
-    if distributed.is_primary():
-        model.tokenizer.save_pretrained(tmp / "tokenizer")
-        meta = {"format": "jlang-checkpoint", "version": 1, "name": model.name, "source": model.source,
-                "dtype": model.dtype, "model_config": model.config.to_dict(), "hf_config": model.hf_config}  # fmt: skip
-        (tmp / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, path)
-    distributed.barrier("jlang-save-model-done")
-    return path
 
 
 def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False) -> Path:

@@ -165,6 +165,18 @@ def test_chunked_loss_equals_full_logits(tiny_dirs):
         np.testing.assert_allclose(np.asarray(chunked[1][k]), np.asarray(g), atol=1e-5, rtol=1e-4, err_msg=k)
 
 
+def test_learning_rate_schedules():
+    from jlang.train.sft import make_optimizer
+
+    def lrs(**kw):
+        _, schedule = make_optimizer(TrainSection(learning_rate=1.0, **kw))
+        return [round(float(schedule(c)), 4) for c in range(kw["steps"])]
+
+    assert lrs(steps=5, warmup=2) == [0.5, 1.0, 1.0, 1.0, 1.0]  # no step at 0
+    assert lrs(steps=6, warmup=2, schedule="linear") == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]  # the last step learns
+    assert lrs(steps=3, schedule="cosine") == [1.0, 0.75, 0.25]
+
+
 # ----------------------------------------------------------------------------- training
 
 REFERENCE_STEPS = 12
@@ -523,14 +535,28 @@ def test_cli_reports_errors(tiny_dirs, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_short_run_on_the_default_model_reduces_loss(tmp_path):
-    """`configs/align_default.yaml` for a few steps: held-out and training loss both fall."""
+    """`configs/align_default.yaml` for a few steps: held-out and training loss both fall, and the
+    Hugging Face export of the fine-tuned GGUF-sourced Gemma 3 gives jlang's logits in transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
     cfg = load_finetune_config(REPO / "configs" / "align_default.yaml", [
-        f"out={tmp_path / 'run'}", f"train.steps={SLOW_DEFAULT_STEPS}", "export_hf=false", "train.checkpoint_every=0",
-        "data.eval_pairs_per_language=4",
+        f"out={out}", f"train.steps={SLOW_DEFAULT_STEPS}", "train.checkpoint_every=0", "data.eval_pairs_per_language=4",
     ])  # fmt: skip
     finetune(cfg, progress=False)
-    result = json.loads((tmp_path / "run" / "loss.json").read_text())
+    result = json.loads((out / "loss.json").read_text())
     losses = [h["loss"] for h in result["history"]]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     assert result["eval"]["after"] < result["eval"]["before"], result["eval"]
-    assert os.path.isdir(tmp_path / "run" / "checkpoint")
+    assert result["peak_rss_gb"] < 5.0, result["peak_rss_gb"]
+
+    tuned = jlang.load_model(out / "checkpoint", progress=False)
+    ids = np.asarray(tuned.tokenizer(["Translate into French: Save changes\n"])["input_ids"])
+    ours = tuned.logits(ids)
+    del tuned
+    hf = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids)).logits.numpy()
+    assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()  # README: 4.4e-6 x max|logit| for the source
+    assert theirs[0, -1].argmax() == ours[0, -1].argmax()

@@ -276,19 +276,26 @@ def neuron_update_masks(masks, languages, num_layers: int, num_neurons: int, *, 
 
 
 def make_optimizer(t: TrainSection):
-    """The optax transformation of `t`: optional global-norm clipping, then the optimizer on the schedule."""
+    """(optax transformation, schedule) of `t`: optional global-norm clipping, then the optimizer.
+
+    The learning rate of step k (1-based) is `peak * k / warmup` during the warm-up (no step is
+    wasted at 0), then follows `schedule` from the peak over the remaining steps (a decay ends
+    one step short of 0, so the last step still learns).
+    """
+    import jax.numpy as jnp
     import optax
 
-    peak = t.learning_rate
-    decay_steps = max(t.steps - t.warmup, 1)
+    peak, warmup = t.learning_rate, t.warmup
+    decay_steps = max(t.steps - warmup, 1)
     after = {
         "constant": optax.constant_schedule(peak),
         "cosine": optax.cosine_decay_schedule(peak, decay_steps),
         "linear": optax.linear_schedule(peak, 0.0, decay_steps),
     }[t.schedule]
-    schedule = (
-        optax.join_schedules([optax.linear_schedule(0.0, peak, t.warmup), after], [t.warmup]) if t.warmup else after
-    )
+
+    def schedule(count):  # optax counts updates from 0
+        return jnp.where(count < warmup, peak * (count + 1) / max(warmup, 1), after(jnp.maximum(count - warmup, 0)))
+
     if t.optimizer == "adamw":
         opt = optax.adamw(schedule, weight_decay=t.weight_decay)
     elif t.optimizer == "adam":

@@ -155,6 +155,11 @@ def test_logit_lens_last_layer_with_final_norm_is_model_top_k(tiny):
     assert not np.array_equal(out["raw"][-1], out["final_norm"][-1])
     last = lens_top_k(model, ids, valid, k=5, where="last", vocab_chunk=40)
     np.testing.assert_array_equal(last["final_norm"][:, 1, 0], out["final_norm"][:, 1, 6])
+    only = lens_top_k(model, ids, valid, k=5, vocab_chunk=40, variants=("final_norm",))
+    assert list(only) == ["final_norm"]
+    np.testing.assert_array_equal(only["final_norm"], out["final_norm"])
+    with pytest.raises(ValueError, match="variants"):
+        lens_top_k(model, ids, valid, variants=("logits",))
 
 
 def test_logit_lens_shares(tiny, tmp_path):

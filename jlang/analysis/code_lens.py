@@ -20,10 +20,9 @@ English) and layer, over the decoded positions of held-out files:
 * `text_shares[p, k]`: the same share among the tokens of the text itself, the
   level the last layer should approach if it predicts the text well.
 
-The lens is composed from jlang's pieces (`jlang.models.decoder.forward` with a
-probe on `resid.post`, the final norm, `jlang.evals.vocab.top_k` in vocabulary
-chunks), like `jlang.evals.logit_lens`, but decodes only the final-norm variant
-(code-logitlens's) to halve the cost of the 18 unembeddings per position.
+The top-k tokens come from `jlang.evals.logit_lens.lens_top_k`, asked for the
+final-norm variant only (code-logitlens's), which halves the cost of the 18
+unembeddings per position.
 
 Snippets: each text is tokenized, and a window of `seq_len - 1` tokens from its
 middle (past imports and headers) follows a BOS; the BOS position is not decoded.
@@ -32,21 +31,19 @@ middle (past imports and headers) follows a BOS; the BOS position is not decoded
 from __future__ import annotations
 
 import collections
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jlang import parallel
 from jlang.analysis.code_keywords import CASE_INSENSITIVE, KEYWORDS
+from jlang.evals.logit_lens import lens_top_k
 from jlang.evals.report import new_figure, save_figure, save_heatmaps, write_json
-from jlang.evals.vocab import DEFAULT_CHUNK, top_k
-from jlang.models.decoder import Edits, forward, rms_norm
+from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.models.decoder import Edits
 
 __all__ = [
     "KeywordLensResult",
@@ -179,71 +176,6 @@ def middle_window(ids: Sequence[int], length: int) -> list[int]:
     ids = list(ids)
     start = max(0, (len(ids) - length) // 2)
     return ids[start : start + length]
-
-
-def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int):
-    """int32 `[L, batch, seq, k]`: top-k ids of `unembed(final_norm(resid.post))` of every layer."""
-
-    def probe(points, valid_):
-        _, ids_ = top_k(
-            params,
-            rms_norm(points["resid.post"], params["final_norm"], cfg),
-            cfg,
-            k,
-            chunk,
-        )
-        return ids_
-
-    _, out = forward(
-        params,
-        ids,
-        cfg,
-        positions=positions,
-        valid=valid,
-        edits=edits,
-        probe=probe,
-        output="none",
-    )
-    return out
-
-
-def lens_top_k_final(
-    model,
-    ids: np.ndarray,
-    valid: np.ndarray,
-    *,
-    k: int = 10,
-    vocab_chunk: int = DEFAULT_CHUNK,
-    edits: Edits | None = None,
-    _cache: dict | None = None,
-) -> np.ndarray:
-    """Top-k ids (final norm) of every layer for one batch: int32 `[L, batch, seq, k]`."""
-    cache = _cache if _cache is not None else {}
-    key = (k, vocab_chunk)
-    if key not in cache:
-        cache[key] = jax.jit(
-            functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk)
-        )
-    if edits is None:
-        from jlang.evals.interventions import no_edit
-
-        edits = no_edit(model.num_layers, model.num_neurons)
-    ids = model.check_ids(ids)
-    b, t = ids.shape
-    rows = parallel.pad_batch_to(b, model.mesh)
-    valid = np.asarray(valid, bool)
-    if rows != b:
-        ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
-        valid = np.concatenate([valid, np.zeros((rows - b, t), bool)])
-    positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
-    out = cache[key](
-        model.params,
-        model.place_batch(ids),
-        model.place_batch(positions),
-        model.place_batch(valid),
-        edits,
-    )
-    return parallel.to_host(out)[:, :b]
 
 
 @dataclass
@@ -433,9 +365,10 @@ def keyword_lens(
         for r, i in enumerate(idx):
             ids[r, : len(windows[i])] = windows[i]
             valid[r, : len(windows[i])] = True
-        top = lens_top_k_final(
-            model, ids, valid, k=k, vocab_chunk=vocab_chunk, edits=edits, _cache=cache
-        )
+        top = lens_top_k(
+            model, ids, valid, k=k, vocab_chunk=vocab_chunk, edits=edits,
+            variants=("final_norm",), _cache=cache,
+        )["final_norm"]  # fmt: skip
         for r, i in enumerate(idx):
             p = group[i]
             decoded = valid[r].copy()

@@ -45,8 +45,8 @@ __all__ = ["LensResult", "VARIANTS", "lens_top_k", "logit_lens"]
 VARIANTS = ("final_norm", "raw")
 
 
-def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int, where: str):
-    """Top-k ids per layer: {"final_norm", "raw"} -> int32 `[L, batch, seq or 1, k]`."""
+def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int, where: str, variants: tuple[str, ...]):
+    """Top-k ids per layer: variant ("final_norm", "raw") -> int32 `[L, batch, seq or 1, k]`."""
 
     def probe(points, valid_):
         x = points["resid.post"]
@@ -54,23 +54,29 @@ def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int,
             t = x.shape[1]
             last = jnp.max(jnp.where(valid_, jnp.arange(t), 0), axis=1)
             x = jnp.take_along_axis(x, last[:, None, None], axis=1)
-        _, with_norm = top_k(params, rms_norm(x, params["final_norm"], cfg), cfg, k, chunk)
-        _, raw = top_k(params, x, cfg, k, chunk)
-        return {"final_norm": with_norm, "raw": raw}
+        decoded = {"final_norm": lambda: rms_norm(x, params["final_norm"], cfg), "raw": lambda: x}
+        return {v: top_k(params, decoded[v](), cfg, k, chunk)[1] for v in variants}
 
     _, out = forward(params, ids, cfg, positions=positions, valid=valid, edits=edits, probe=probe, output="none")
     return out
 
 
 def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, *, k: int = 10, where: str = "all",
-               vocab_chunk: int = DEFAULT_CHUNK, edits: Edits | None = None, _cache: dict | None = None) -> dict[str, np.ndarray]:
-    """Top-k token ids of every layer's residual stream for one batch: variant -> int32 `[L, batch, seq|1, k]`."""
+               vocab_chunk: int = DEFAULT_CHUNK, edits: Edits | None = None, variants: Sequence[str] = VARIANTS,
+               _cache: dict | None = None) -> dict[str, np.ndarray]:
+    """Top-k token ids of every layer's residual stream for one batch: variant -> int32 `[L, batch, seq|1, k]`.
+
+    `variants` picks the decodings ("final_norm", "raw"); each costs one unembedding per layer."""
     if where not in ("all", "last"):
         raise ValueError(f"where must be 'all' or 'last', got {where!r}")
-    key = (k, where, vocab_chunk)
+    variants = tuple(variants)
+    if not variants or set(variants) - set(VARIANTS):
+        raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
+    key = (k, where, vocab_chunk, variants)
     cache = _cache if _cache is not None else {}
     if key not in cache:
-        cache[key] = jax.jit(functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk, where=where))
+        cache[key] = jax.jit(functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk, where=where,
+                                               variants=variants))  # fmt: skip
     if edits is None:
         from jlang.evals.interventions import no_edit
 
@@ -85,7 +91,7 @@ def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, *, k: int = 10, where:
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
     place = functools.partial(distributed.place_whole_batch, model)  # the same rows on every process
     out = cache[key](model.params, place(ids), place(positions), place(valid), edits)
-    return {v: parallel.to_host(out[v])[:, :b] for v in VARIANTS}
+    return {v: parallel.to_host(out[v])[:, :b] for v in variants}
 
 
 @dataclass

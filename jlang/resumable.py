@@ -45,6 +45,7 @@ from jlang import distributed
 
 __all__ = [
     "CheckpointStore",
+    "OrbaxRun",
     "ResumeError",
     "RunInterrupted",
     "StopFlag",
@@ -155,11 +156,13 @@ def _epath(directory: str | os.PathLike):
     return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
-class CheckpointStore:
-    """The orbax `CheckpointManager` of one statistics run (created lazily: nothing is written before a save).
+class OrbaxRun:
+    """The orbax `CheckpointManager` of one resumable run (created lazily: nothing is written before a save).
 
-    Every process must make the same calls (orbax saves collectively); the directory must be
-    shared by all processes (a network file system or `gs://`).
+    What every resumable loop shares (statistics, fine-tuning, SAE training): the newest committed
+    step, a JSON run record read on its own (to refuse another run's checkpoint cheaply), named
+    items saved and restored together, and errors that say which checkpoint to delete. Every process
+    must make the same calls (orbax saves collectively); the directory must be shared by all processes.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
@@ -168,7 +171,7 @@ class CheckpointStore:
         self._manager = None
 
     def __repr__(self) -> str:
-        return f"CheckpointStore({str(self.directory)!r})"
+        return f"{type(self).__name__}({str(self.directory)!r})"
 
     def _mgr(self):
         import orbax.checkpoint as ocp
@@ -179,25 +182,20 @@ class CheckpointStore:
         return self._manager
 
     def latest_step(self) -> int | None:
-        """Batches folded in the newest committed checkpoint, or None if there is none."""
+        """The newest committed checkpoint's step, or None if there is none."""
         if not self.directory.exists():
             return None
         return self._mgr().latest_step()
 
-    def save(self, step: int, accumulators: Mapping[str, np.ndarray], iterator_state: dict, record: Mapping) -> None:
-        """Checkpoint `step` batches: copies of the accumulators, this process's iterator state, the record."""
+    def save_items(self, step: int, record: Mapping, **items) -> None:
+        """Checkpoint `step`: orbax `args` per name (e.g. `StandardSave(params)`) and the JSON `record`."""
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(
-            accumulators=ocp.args.StandardSave({k: np.array(v, copy=True) for k, v in accumulators.items()}),
-            iterator=grain.checkpoint.CheckpointSave(_Snapshot(iterator_state)),
-            run=ocp.args.JsonSave({**record, "batches_done": int(step)}),
-        )  # fmt: skip
-        self._mgr().save(step, args=args, force=True)
+        self._mgr().save(step, args=ocp.args.Composite(**items, run=ocp.args.JsonSave(dict(record))), force=True)
         self._mgr().wait_until_finished()
 
     def read_record(self, step: int) -> dict:
-        """The run record of checkpoint `step` (read first, to refuse another run's checkpoint cheaply)."""
+        """The run record of checkpoint `step`."""
         import orbax.checkpoint as ocp
 
         try:
@@ -208,27 +206,17 @@ class CheckpointStore:
                 f"{self.directory} to start over"
             ) from None
 
-    def restore(self, step: int, template: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
-        """(accumulators shaped like `template`, this process's iterator state) of checkpoint `step`."""
+    def restore_items(self, step: int, **items) -> dict:
+        """The named items of checkpoint `step` (orbax restore `args` per name)."""
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(
-            accumulators=ocp.args.StandardRestore(dict(template)),
-            iterator=grain.checkpoint.CheckpointRestore(_Snapshot()),
-        )  # fmt: skip
         try:
-            got = self._mgr().restore(step, args=args)
+            return dict(self._mgr().restore(step, args=ocp.args.Composite(**items)))
         except Exception as e:  # noqa: BLE001
             raise ResumeError(
                 f"checkpoint {self.directory}/{step} cannot be restored ({type(e).__name__}: {e}); delete "
                 f"{self.directory} to start over"
             ) from None
-        state = {k: np.asarray(v) for k, v in dict(got["accumulators"]).items()}
-        for k, v in template.items():
-            if state[k].shape != np.shape(v) or state[k].dtype != np.asarray(v).dtype:
-                raise ResumeError(f"checkpoint {self.directory}/{step}: {k} is {state[k].dtype}{state[k].shape}, "
-                                  f"expected {np.asarray(v).dtype}{np.shape(v)}")  # fmt: skip
-        return state, got["iterator"].get_state()
 
     def close(self) -> None:
         if self._manager is not None:
@@ -242,6 +230,40 @@ class CheckpointStore:
         if distributed.is_primary() and self.directory.exists():
             self.directory.rmtree()
         distributed.barrier("jlang-checkpoint-removed")
+
+
+class CheckpointStore(OrbaxRun):
+    """The orbax `CheckpointManager` of one statistics run (created lazily: nothing is written before a save).
+
+    Every process must make the same calls (orbax saves collectively); the directory must be
+    shared by all processes (a network file system or `gs://`).
+    """
+
+    def save(self, step: int, accumulators: Mapping[str, np.ndarray], iterator_state: dict, record: Mapping) -> None:
+        """Checkpoint `step` batches: copies of the accumulators, this process's iterator state, the record."""
+        import orbax.checkpoint as ocp
+
+        self.save_items(
+            step, {**record, "batches_done": int(step)},
+            accumulators=ocp.args.StandardSave({k: np.array(v, copy=True) for k, v in accumulators.items()}),
+            iterator=grain.checkpoint.CheckpointSave(_Snapshot(iterator_state)),
+        )  # fmt: skip
+
+    def restore(self, step: int, template: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+        """(accumulators shaped like `template`, this process's iterator state) of checkpoint `step`."""
+        import orbax.checkpoint as ocp
+
+        got = self.restore_items(
+            step,
+            accumulators=ocp.args.StandardRestore(dict(template)),
+            iterator=grain.checkpoint.CheckpointRestore(_Snapshot()),
+        )  # fmt: skip
+        state = {k: np.asarray(v) for k, v in dict(got["accumulators"]).items()}
+        for k, v in template.items():
+            if state[k].shape != np.shape(v) or state[k].dtype != np.asarray(v).dtype:
+                raise ResumeError(f"checkpoint {self.directory}/{step}: {k} is {state[k].dtype}{state[k].shape}, "
+                                  f"expected {np.asarray(v).dtype}{np.shape(v)}")  # fmt: skip
+        return state, got["iterator"].get_state()
 
 
 # ----------------------------------------------------------------------------- fingerprints

@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jlang import distributed, parallel
 from jlang.models.decoder import SPLICE_POINTS, forward
 from jlang.models.families import ModelConfig
+from jlang.resumable import OrbaxRun
 from jlang.sae.model import (
     SAE,
     Params,
@@ -420,65 +421,20 @@ def _leaves(state: Any) -> dict[str, Any]:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(state))}
 
 
-class TrainCheckpoints:
-    """orbax `CheckpointManager` of one SAE run: the train state (`StandardSave`) and a JSON record."""
-
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
-        from jlang.resumable import _epath
-
-        self.directory = _epath(directory)
-        self.max_to_keep = max_to_keep
-        self._manager = None
-
-    def _mgr(self):
-        import orbax.checkpoint as ocp
-
-        if self._manager is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, enable_async_checkpointing=False)
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        return self._manager
-
-    def latest_step(self) -> int | None:
-        if not self.directory.exists():
-            return None
-        return self._mgr().latest_step()
+class TrainCheckpoints(OrbaxRun):
+    """orbax checkpoints of one SAE run: the train state (`StandardSave`) and a JSON record."""
 
     def save(self, step: int, state: TrainState, record: Mapping) -> None:
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_leaves(state)), record=ocp.args.JsonSave(dict(record)))
-        self._mgr().save(step, args=args, force=True)
-        self._mgr().wait_until_finished()
-
-    def read_record(self, step: int) -> dict:
-        import orbax.checkpoint as ocp
-
-        from jlang.resumable import ResumeError
-
-        try:
-            return dict(self._mgr().restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"])
-        except Exception as e:  # noqa: BLE001 - any failure makes the checkpoint unusable; say which
-            raise ResumeError(f"checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e}); "
-                              f"delete {self.directory} to start over") from None  # fmt: skip
+        self.save_items(step, record, state=ocp.args.StandardSave(_leaves(state)))
 
     def restore_state(self, step: int, template: TrainState) -> TrainState:
         """The state of checkpoint `step`, with the shapes, dtypes and shardings of `template`."""
         import orbax.checkpoint as ocp
 
-        from jlang.resumable import ResumeError
-
-        abstract = _leaves(template)
-        try:
-            got = self._mgr().restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        except Exception as e:  # noqa: BLE001
-            raise ResumeError(f"checkpoint {self.directory}/{step} cannot be restored ({type(e).__name__}: {e}); "
-                              f"delete {self.directory} to start over") from None  # fmt: skip
+        got = self.restore_items(step, state=ocp.args.StandardRestore(_leaves(template)))["state"]
         return jax.tree.unflatten(jax.tree.structure(template), [got[k] for k in sorted(got)])
-
-    def close(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
 
 
 # ----------------------------------------------------------------------------- the loop

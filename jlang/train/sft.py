@@ -60,6 +60,7 @@ import numpy as np
 from jlang import config as config_lib
 from jlang import distributed
 from jlang.config import ConfigError, MeshSection, ModelSection
+from jlang.resumable import OrbaxRun
 from jlang.train.data import DEFAULT_TEMPLATE
 
 __all__ = [
@@ -389,49 +390,19 @@ def train_step(trainable, opt_state, frozen, batch, update_masks, *, cfg, optimi
 # ----------------------------------------------------------------------------- checkpoints
 
 
-class _Checkpoints:
-    """The orbax `CheckpointManager` of one fine-tuning run (every process makes the same calls)."""
-
-    def __init__(self, directory: Path):
-        from jlang.resumable import _epath
-
-        self.directory = _epath(directory)
-        self._manager = None
-
-    def _mgr(self):
-        import orbax.checkpoint as ocp
-
-        if self._manager is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
-        return self._manager
-
-    def latest_step(self) -> int | None:
-        return self._mgr().latest_step() if self.directory.exists() else None
+class _Checkpoints(OrbaxRun):
+    """The orbax checkpoints of one fine-tuning run: params, optimizer state, this process's iterator, the record."""
 
     def save(self, step: int, params, opt_state, iterator, record: Mapping) -> None:
         import grain
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(
+        self.save_items(
+            step, record,
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             iterator=grain.checkpoint.CheckpointSave(iterator),
-            run=ocp.args.JsonSave(dict(record)),
         )  # fmt: skip
-        self._mgr().save(step, args=args, force=True)
-        self._mgr().wait_until_finished()
-
-    def read_record(self, step: int) -> dict:
-        import orbax.checkpoint as ocp
-
-        from jlang.resumable import ResumeError
-
-        try:
-            return dict(self._mgr().restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"])
-        except Exception as e:  # noqa: BLE001 - any failure means the checkpoint is unusable; say which
-            raise ResumeError(f"checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e}); "
-                              f"delete {self.directory} to start over") from None  # fmt: skip
 
     def restore(self, step: int, params, opt_state, iterator):
         """(params, opt_state) of checkpoint `step`, shaped and sharded like the abstract templates
@@ -439,31 +410,13 @@ class _Checkpoints:
         import grain
         import orbax.checkpoint as ocp
 
-        from jlang.resumable import ResumeError
-
-        args = ocp.args.Composite(
+        got = self.restore_items(
+            step,
             params=ocp.args.StandardRestore(params),
             opt_state=ocp.args.StandardRestore(opt_state),
             iterator=grain.checkpoint.CheckpointRestore(iterator),
         )  # fmt: skip
-        try:
-            got = self._mgr().restore(step, args=args)
-        except Exception as e:  # noqa: BLE001
-            raise ResumeError(f"checkpoint {self.directory}/{step} cannot be restored ({type(e).__name__}: {e}); "
-                              f"delete {self.directory} to start over") from None  # fmt: skip
         return got["params"], got["opt_state"]
-
-    def close(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
-
-    def remove(self) -> None:
-        self.close()
-        distributed.barrier("jlang-finetune-checkpoint-remove")
-        if distributed.is_primary() and self.directory.exists():
-            self.directory.rmtree()
-        distributed.barrier("jlang-finetune-checkpoint-removed")
 
 
 def run_fingerprint(cfg: FinetuneConfig, model, rows_digest: str, masks_digest: str | None, shards: int) -> dict:

@@ -73,15 +73,21 @@ sys.exit(max(main(c) for c in commands + [current]))
 """
 
 
-def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, timeout: float = 200) -> list[str]:
-    """Run the `jlang stats` COMMANDS in turn on 2 processes with `devices` CPU devices each; return their logs."""
+def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, timeout: float = 200,
+                      *, layout_first: bool = False) -> list[str]:
+    """Run the `jlang` COMMANDS in turn on 2 processes with `devices` CPU devices each; return their logs.
+
+    The process layout goes after each sub-command's name, or with `layout_first` before it
+    (as `jlang`'s global flags, which every sub-command accepts).
+    """
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    layout = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
     procs = []
     for i, log in enumerate(logs):
-        argv = [a for c in commands for a in (*c[:1], *layout, "--process-id", str(i), *c[1:], "--then")][:-1]
+        layout = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+        split = 0 if layout_first else 1
+        argv = [a for c in commands for a in (*c[:split], *layout, *c[split:], "--then")][:-1]
         with open(log, "wb") as f:  # files, not pipes: a full pipe would stall one process, and both with it
             procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *argv], cwd=REPO, env=env, stdout=f,
                                           stderr=subprocess.STDOUT))  # fmt: skip
@@ -93,7 +99,7 @@ def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, t
             if p.poll() is None:
                 p.kill()
     text = [log.read_text(errors="replace") for log in logs]
-    assert codes == [0, 0], "\n\n".join(t[-3000:] for t in text)
+    assert codes == [0, 0], "\n\n".join(t[-4000:] for t in text)
     return text
 
 

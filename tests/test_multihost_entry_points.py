@@ -23,15 +23,12 @@ What "equal" means, measured on this tiny Llama (float32, XLA CPU):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_multihost import _WORKER, REPO, _free_port
+from test_multihost import run_two_processes
 
 import jlang
 from jlang.cli import main
@@ -64,31 +61,8 @@ def write_parallel(path: Path, corpus: Path) -> Path:
 
 
 def run_processes(tmp_path: Path, commands: list[list[str]], timeout: float = 240) -> list[str]:
-    """Run the `jlang` COMMANDS in turn on 2 processes with 1 CPU device each; return their logs.
-
-    As `test_multihost.run_two_processes`, with the process layout given as `jlang`'s global
-    flags (before the sub-command), which every sub-command accepts, `identify` included.
-    """
-    port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    logs = [tmp_path / f"process{i}.log" for i in range(2)]
-    procs = []
-    for i, log in enumerate(logs):
-        layout = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
-        argv = [a for c in commands for a in (*layout, *c, "--then")][:-1]
-        with open(log, "wb") as f:  # files, not pipes: a full pipe would stall one process, and both with it
-            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *argv], cwd=REPO, env=env, stdout=f,
-                                          stderr=subprocess.STDOUT))  # fmt: skip
-    deadline = time.monotonic() + timeout
-    try:
-        codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    text = [log.read_text(errors="replace") for log in logs]
-    assert codes == [0, 0], "\n\n".join(t[-4000:] for t in text)
-    return text
+    """Run the `jlang` COMMANDS in turn on 2 processes with 1 CPU device each, the layout as global flags."""
+    return run_two_processes(tmp_path, commands, devices=1, timeout=timeout, layout_first=True)
 
 
 def _load(path: Path) -> dict:

@@ -30,40 +30,43 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- models
 
-MODELS = ("default", "synthetic-1b")
+MODELS = ("default", "synthetic-1b")  # what `run_all.py` runs by default
+SYNTHETIC_MODELS = ("synthetic-1b", "synthetic-tiny")
 
-# The mid-size synthetic model: Gemma 3 family, random weights, built in memory.
-# Same switches as the default model (Gemma 3 270M: sandwich norms, q/k norm,
-# GeGLU, 5 local : 1 global layers, window 512, head_dim 256, tied embeddings,
-# vocabulary 262144), wider and deeper: 0.94 B non-embedding parameters,
-# 1.34 B with the (tied) embedding.
-SYNTHETIC_1B = dict(
-    vocab_size=262144,
-    hidden_size=1536,
-    intermediate_size=6144,
-    num_hidden_layers=26,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=256,
-)
+# Synthetic models: Gemma 3 family, random weights, built in memory, with the
+# default model's switches (sandwich norms, q/k norm, GeGLU, 5 local : 1 global
+# layers, head_dim 256, tied embeddings, vocabulary 262144).
+# synthetic-1b is wider and deeper: 0.94 B non-embedding parameters, 1.34 B with
+# the (tied) embedding. synthetic-tiny exists to smoke-test the benchmarks
+# themselves in seconds (tests/test_benchmarks.py), not to be measured.
+SYNTHETIC = {
+    "synthetic-1b": dict(
+        vocab_size=262144, hidden_size=1536, intermediate_size=6144, num_hidden_layers=26,
+        num_attention_heads=8, num_key_value_heads=2, head_dim=256, sliding_window=512,
+    ),
+    "synthetic-tiny": dict(
+        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+    ),
+}  # fmt: skip
 
 
 def synthetic_hf_config(name: str = "synthetic-1b"):
     """The `transformers` `Gemma3TextConfig` of a synthetic model (jlang reads the same config)."""
     from transformers import Gemma3TextConfig
 
-    if name != "synthetic-1b":
-        raise ValueError(f"unknown synthetic model {name!r}; known: synthetic-1b")
-    L = SYNTHETIC_1B["num_hidden_layers"]
+    if name not in SYNTHETIC:
+        raise ValueError(f"unknown synthetic model {name!r}; known: {', '.join(SYNTHETIC)}")
+    shape = SYNTHETIC[name]
+    L = shape["num_hidden_layers"]
     return Gemma3TextConfig(
         architectures=["Gemma3ForCausalLM"],
-        **SYNTHETIC_1B,
+        **shape,
         hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=32768,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
-        query_pre_attn_scalar=256,
-        sliding_window=512,
+        query_pre_attn_scalar=shape["head_dim"],
         layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(L)],
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
@@ -194,6 +197,51 @@ def generation_flops(cfg, batch: int, prompt: int, new_tokens: int) -> float:
     prefill = prompt * L * (proj + _attention_flops(cfg, prompt)) + unembed_flops_per_token(cfg)
     decode = sum(L * (proj + _attention_flops(cfg, prompt + i)) + unembed_flops_per_token(cfg) for i in range(1, new_tokens))
     return batch * (prefill + decode)
+
+
+def matmuls_alone(cfg):
+    """A jittable `(params, x [batch, seq, d_model]) -> x`: the forward's counted matmuls and nothing else.
+
+    Every layer's q, k, v, o, gate, up, down and attention's two batched
+    matmuls over the full sequence, on the model's own stacked weights in the
+    same `lax.scan` (so the same per-layer weight slices), with only the adds
+    and the multiply that chain them, and one scaling per sub-block that keeps
+    the values finite (inf and NaN would make the timing meaningless): no norm
+    weights, RoPE, mask, softmax, activation or statistics. Its time is the floor
+    of any forward of this model with XLA's matmuls on this machine; `run_all.py`
+    reports it beside the real rows.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    H, G, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    names = ("q", "k", "v", "o", "gate", "up", "down")
+    batch_dims = ((0,), (0,))
+
+    def unit(h):  # [tokens, d] rows scaled to unit RMS
+        return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + 1e-6)
+
+    def layer(x, p):
+        B, T, D = x.shape
+        h = x.reshape(B * T, D)
+        u = unit(h)
+
+        def heads(y, n):  # [B*T, G*n*Dh] -> [B*G, T*n, Dh], as jlang's attention lays them out
+            return y.reshape(B, T, G, n, Dh).transpose(0, 2, 1, 3, 4).reshape(B * G, T * n, Dh)
+
+        q, k, v = heads(u @ p["q"], H // G), heads(u @ p["k"], 1), heads(u @ p["v"], 1)
+        scores = jax.lax.dot_general(q, k, (((2,), (2,)), batch_dims))  # [B*G, T*H/G, T]
+        z = jax.lax.dot_general(scores / T, v, (((2,), (1,)), batch_dims))  # [B*G, T*H/G, Dh]
+        z = z.reshape(B, G, T, H // G, Dh).transpose(0, 2, 1, 3, 4).reshape(B * T, H * Dh)
+        h = h + z @ p["o"]
+        u = unit(h)
+        h = h + ((u @ p["gate"]) * (u @ p["up"])) @ p["down"]
+        return h.reshape(B, T, D), None
+
+    def run(params, x):
+        return jax.lax.scan(layer, x, {n: params["layers." + n] for n in names})[0]
+
+    return run
 
 
 # ----------------------------------------------------------------------------- timing

@@ -12,6 +12,7 @@ waits for the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Iterable, Mapping
 
@@ -84,25 +85,25 @@ class Accumulator:
             setattr(self, k, np.array(v, dtype=getattr(self, k).dtype))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "num_languages"))
+def _stats_step(params, ids, positions, valid, lang, *, cfg, num_languages: int):
+    from jlang.models.decoder import forward
+
+    def probe(points, v):
+        return language_reductions(points[HOOK_POINT], v, lang, num_languages)
+
+    _, reduced = forward(params, ids, cfg, positions=positions, valid=valid, output="none", probe=probe)
+    return reduced
+
+
 def stats_step(model: Model, num_languages: int):
-    """The jitted per-batch step: device batch -> per-layer, per-language reductions."""
+    """The jitted per-batch step: device batch -> per-layer, per-language reductions.
 
-    def probe(points, valid, lang):
-        return language_reductions(points[HOOK_POINT], valid, lang, num_languages)
-
-    cfg = model.config
-
-    @jax.jit
-    def step(params, ids, positions, valid, lang):
-        from jlang.models.decoder import forward
-
-        _, reduced = forward(
-            params, ids, cfg, positions=positions, valid=valid, output="none",
-            probe=lambda points, v: probe(points, v, lang),
-        )  # fmt: skip
-        return reduced
-
-    return step
+    One jitted function keyed by the (hashable) model config and the number of
+    languages, so every `run_stats` call on the same model and shapes reuses
+    the compiled program (a 1B model's step takes seconds to compile).
+    """
+    return functools.partial(_stats_step, cfg=model.config, num_languages=num_languages)
 
 
 def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> Mapping[str, np.ndarray]:

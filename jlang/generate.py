@@ -274,6 +274,7 @@ def _run_batch(
         chunk = STOP_CHECK_EVERY
     chunk = chunk or max_new_tokens
     edit_generated = jnp.asarray(scope != "prompt")
+    decode_params = model.decode_params()  # one CPU device: per-layer views, no weight copy per decoding step
     while True:
         step, done = int(parallel.to_host(state.step)), np.array(parallel.to_host(state.done))
         if stop:  # mark rows whose text already holds a stop string as done
@@ -285,7 +286,7 @@ def _run_batch(
         if step >= max_new_tokens or done.all():
             break
         limit = jnp.asarray(min(step + chunk, max_new_tokens), jnp.int32)
-        state = _decode(params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler)
+        state = _decode(decode_params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler)
     out = parallel.to_host(state.out)
     return [_cut(out[i], eos) for i in range(len(rows))]
 

@@ -143,3 +143,18 @@ def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):
     np.testing.assert_array_equal(packed.tokens, padded.tokens)
     np.testing.assert_array_equal(packed.over_zero, padded.over_zero)
     np.testing.assert_allclose(packed.sum, padded.sum, rtol=1e-6)
+
+
+def test_repeated_passes_reuse_the_compiled_step(tiny_dirs):
+    from jlang.collect import _stats_step
+
+    path, _ = tiny_dirs["llama2"]
+    model = jlang.load_model(path, progress=False)
+    batches = _batches(model.config.vocab_size, K=3, n=2)
+    first = run_stats(model, batches, 3, progress=False)
+    compiled = _stats_step._cache_size()
+    again = run_stats(model, batches, 3, progress=False)
+    assert _stats_step._cache_size() == compiled  # no new compilation for the same model and shapes
+    assert np.array_equal(first.over_zero, again.over_zero)
+    run_stats(model, batches, 4, progress=False)  # another language count is another program
+    assert _stats_step._cache_size() == compiled + 1

@@ -63,9 +63,10 @@ _cached = jax.jit(forward_cached, static_argnames=("cfg", "probe", "output"))
 _full = jax.jit(forward, static_argnames=("cfg", "probe", "output"))
 
 
-def _prefill_and_step(model, ids, n_prompt, edits, where_prompt, where_new):
+def _prefill_and_step(model, ids, n_prompt, edits, where_prompt, where_new, params=None):
     """Cached prefill of `ids[:, :n_prompt]` (left-padded by 3) then one decode step of
     `ids[:, n_prompt]` -> (logits, acts) of both calls."""
+    params = model.params if params is None else params
     b = ids.shape[0]
     pad = 3
     prompt = jnp.concatenate([jnp.zeros((b, pad), jnp.int32), ids[:, :n_prompt]], axis=1)
@@ -74,11 +75,11 @@ def _prefill_and_step(model, ids, n_prompt, edits, where_prompt, where_new):
     cache = KVCache.empty(model.config, b, n_prompt + 4)
     kw = dict(cfg=model.config, probe=_act_probe, edits=edits)
     logits1, acts1, cache = _cached(
-        model.params, prompt, cache=cache, positions=positions, valid=valid, edit_where=valid & where_prompt, **kw
+        params, prompt, cache=cache, positions=positions, valid=valid, edit_where=valid & where_prompt, **kw
     )
     step_pos = jnp.full((b, 1), n_prompt)
     logits2, acts2, cache = _cached(
-        model.params, ids[:, n_prompt : n_prompt + 1], cache=cache, positions=step_pos,
+        params, ids[:, n_prompt : n_prompt + 1], cache=cache, positions=step_pos,
         edit_where=jnp.full((b, 1), where_new), **kw,
     )  # fmt: skip
     return (logits1[:, pad:], logits2[:, 0]), (acts1[:, :, pad:], acts2[:, :, 0])
@@ -126,6 +127,36 @@ def test_identity_edits_reproduce_unedited_logits_exactly(load):
     (pre, step), _ = _prefill_and_step(model, ids, 9, None, True, True)
     np.testing.assert_array_equal(np.asarray(pre_e), np.asarray(pre))
     np.testing.assert_array_equal(np.asarray(step_e), np.asarray(step))
+
+
+@pytest.mark.parametrize("name", ["llama2", "gemma3"])
+def test_per_layer_views_equal_the_stacked_parameters(load, name):
+    """`layer_views` (what generation runs on one CPU device) alias the stacked weights and give
+    the scanned forward's logits, probes and cache, with edits, left padding and a decode step."""
+    from jlang.models.model import layer_views
+
+    model = load(name)
+    views = layer_views(model.params)
+    assert views is not None, "one CPU device: the views must be zero-copy aliases"
+    stacked = np.asarray(model.params["layers.gate"])
+    assert [v.unsafe_buffer_pointer() for v in views["layers.gate"]] == [stacked[i].ctypes.data for i in range(len(stacked))]
+    assert model.decode_params() is model.decode_params()  # cached
+    ids = jnp.asarray(np.random.default_rng(3).integers(4, model.config.vocab_size, (2, 10)), jnp.int32)
+    edit = _random_edit(model)
+    (pre, step), (act_pre, act_step) = _prefill_and_step(model, ids, 9, edit, True, True)
+    (pre_v, step_v), (act_pre_v, act_step_v) = _prefill_and_step(model, ids, 9, edit, True, True, params=views)
+    for a, b in [(pre, pre_v), (step, step_v), (act_pre, act_pre_v), (act_step, act_step_v)]:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_no_views_on_a_mesh(tiny_dirs):
+    from jlang.models.model import layer_views
+
+    if jax.device_count() < 2:
+        pytest.skip("needs several (fake) devices")
+    mesh = jlang.parallel.make_mesh(data=1, model=jax.device_count())
+    model = jlang.load_model(tiny_dirs["llama2"][0], mesh=mesh, progress=False)
+    assert layer_views(model.params) is None and model.decode_params() is not None
 
 
 def test_changing_edits_scope_and_penalty_does_not_recompile(load):

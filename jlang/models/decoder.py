@@ -518,7 +518,19 @@ def _run(
         return x, (reduced, kv if cache is not None else None)
 
     layer_index = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    x, (probes, new_kv) = jax.lax.scan(body, x, (layer_params, is_local, edits, past, layer_index))
+    if isinstance(next(iter(layer_params.values())), (list, tuple)):
+        # Per-layer arrays (`jlang.models.model.layer_views`): each layer reads its own weight
+        # buffers in place, where a scan would copy its slice out of the stacked arrays first
+        # (on CPU that copy doubles a memory-bound decoding step's traffic).
+        outs = []
+        for layer in range(cfg.num_layers):
+            p = {k: v[layer] for k, v in layer_params.items()}
+            edit, past_kv = jax.tree.map(lambda a: a[layer], (edits, past))
+            x, out = body(x, (p, cfg.local_layers[layer], edit, past_kv, layer_index[layer]))
+            outs.append(out)
+        probes, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    else:
+        x, (probes, new_kv) = jax.lax.scan(body, x, (layer_params, is_local, edits, past, layer_index))
     if cache is not None:
         cache = KVCache(
             k=cache.k.at[:, rows, slots].set(new_kv[0].astype(cache.k.dtype), mode="drop"),

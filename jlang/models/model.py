@@ -55,6 +55,7 @@ class Model:
         self.mesh = mesh
         self.hf_config = hf_config or {}
         self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "splice", "output"))
+        self._views: tuple[tuple[int, ...], dict[str, Any]] | None = None  # (ids of the arrays, decode_params)
 
     # -- facts
     @property
@@ -98,6 +99,16 @@ class Model:
             _decoder_from_params(self.config, params), self.tokenizer, name=self.name, source=self.source, mesh=mesh,
             hf_config=self.hf_config,
         )  # fmt: skip
+
+    def decode_params(self) -> dict[str, Any]:
+        """`params` for memory-bound calls (generation): per-layer views where `layer_views` can make them.
+
+        Cached for as long as the parameters are the same arrays."""
+        params = self.params
+        key = tuple(id(v) for v in params.values())
+        if self._views is None or self._views[0] != key:
+            self._views = (key, layer_views(params) or params)
+        return self._views[1]
 
     # -- forwards
     def check_ids(self, ids: Any) -> np.ndarray:
@@ -194,6 +205,36 @@ class Model:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def layer_views(params: dict[str, jax.Array]) -> dict[str, Any] | None:
+    """`params` with each stacked `layers.*` array `[L, ...]` as a tuple of L arrays sharing its memory.
+
+    The decoder runs such per-layer arrays as an unrolled loop that reads every
+    layer's weights in place; with stacked arrays its scan copies each layer's
+    slice out first, which doubles the memory traffic of a decoding step
+    (greedy decoding of a 1.3B model at batch 1 on 2 CPU cores: 4.4 vs 2.0
+    tokens/s; `benchmarks/README.md`). The unrolled loop compiles more slowly.
+    Only on one CPU device, where `np.asarray` of a device array and
+    `jax.device_put` of an aligned host view are both zero-copy, so the views
+    add no memory; returns None elsewhere (accelerators, meshes) and whenever a
+    view would be a copy, and callers keep the stacked arrays.
+    """
+    out: dict[str, Any] = dict(params)
+    for name, stacked in params.items():
+        if not name.startswith("layers."):
+            continue
+        devices = list(stacked.devices())
+        if len(devices) != 1 or devices[0].platform != "cpu":
+            return None
+        host = np.asarray(stacked)
+        if host.ctypes.data != stacked.unsafe_buffer_pointer():
+            return None
+        views = tuple(jax.device_put(host[i], devices[0]) for i in range(host.shape[0]))
+        if any(view.unsafe_buffer_pointer() != host[i].ctypes.data for i, view in enumerate(views)):
+            return None
+        out[name] = views
+    return out
 
 
 def _decoder_from_params(cfg: ModelConfig, params: dict[str, jax.Array]) -> Decoder:

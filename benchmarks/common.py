@@ -204,7 +204,8 @@ def matmuls_alone(cfg):
 
     Every layer's q, k, v, o, gate, up, down and attention's two batched
     matmuls over the full sequence, on the model's own stacked weights in the
-    same `lax.scan` (so the same per-layer weight slices), with only the adds
+    same layer loop as jlang's (a `lax.scan` over stacked weights, or an
+    unrolled loop over `Model.unstacked_params` views), with only the adds
     and the multiply that chain them, and one scaling per sub-block that keeps
     the values finite (inf and NaN would make the timing meaningless): no norm
     weights, RoPE, mask, softmax, activation or statistics. Its time is the floor
@@ -239,7 +240,12 @@ def matmuls_alone(cfg):
         return h.reshape(B, T, D), None
 
     def run(params, x):
-        return jax.lax.scan(layer, x, {n: params["layers." + n] for n in names})[0]
+        layers = {n: params["layers." + n] for n in names}
+        if not isinstance(layers["q"], (list, tuple)):
+            return jax.lax.scan(layer, x, layers)[0]
+        for i in range(cfg.num_layers):  # per-layer views (jlang.models.model.layer_views)
+            x, _ = layer(x, {n: v[i] for n, v in layers.items()})
+        return x
 
     return run
 

@@ -138,7 +138,7 @@ def profile(model_name: str, batch: int, seq: int, steps: int, num_languages: in
     from jlang.models.decoder import forward
 
     model = C.load_jlang(model_name)
-    cfg, params = model.config, model.params
+    cfg, params = model.config, model.unstacked_params()  # what run_stats runs on
     ids = jnp.asarray(C.token_batches(cfg.vocab_size, 1, batch, seq)[0])
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     valid = jnp.ones((batch, seq), bool)
@@ -147,7 +147,7 @@ def profile(model_name: str, batch: int, seq: int, steps: int, num_languages: in
     hidden = jax.jit(lambda p, i: forward(p, i, cfg, output="hidden")[0])
     embedded = jnp.take(params["embed"], ids, axis=0)
     runs = {
-        "stats": (stats_step(model, num_languages), (params, ids, positions, valid, lang)),
+        "stats": (jax.jit(stats_step(model, num_languages)), (params, ids, positions, valid, lang)),
         "hidden": (hidden, (params, ids)),
         "matmuls_alone": (jax.jit(C.matmuls_alone(cfg)), (params, embedded)),
     }

@@ -150,7 +150,7 @@ def worker_jlang(name: str, s: dict) -> dict:
 
     def matmuls_alone():
         def call(i):
-            out = floor(model.params, embedded[i % R])
+            out = floor(model.unstacked_params(), embedded[i % R])  # the weights as run_stats reads them
             out.block_until_ready()
             if i == 0 and not bool(jnp.isfinite(out).all()):
                 raise FloatingPointError("matmuls_alone produced inf/NaN: its timing would not be a floor")

@@ -134,7 +134,7 @@ def run_stats(
     """
     acc = accumulator or Accumulator(num_languages, model.num_layers, model.num_neurons)
     step = stats_step(model, num_languages)
-    params = model.params
+    params = model.unstacked_params()  # one CPU device: per-layer views, no weight copies per layer
     bar = tqdm(total=total, desc="statistics", unit="batch", disable=not progress)
     start, counted = time.perf_counter(), 0
     pending = None  # (index, device result): fold it after dispatching the next batch

@@ -274,7 +274,7 @@ def _run_batch(
         chunk = STOP_CHECK_EVERY
     chunk = chunk or max_new_tokens
     edit_generated = jnp.asarray(scope != "prompt")
-    decode_params = model.decode_params()  # one CPU device: per-layer views, no weight copy per decoding step
+    decode_params = model.unstacked_params()  # one CPU device: per-layer views, no weight copy per decoding step
     while True:
         step, done = int(parallel.to_host(state.step)), np.array(parallel.to_host(state.done))
         if stop:  # mark rows whose text already holds a stop string as done

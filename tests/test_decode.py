@@ -140,7 +140,7 @@ def test_per_layer_views_equal_the_stacked_parameters(load, name):
     assert views is not None, "one CPU device: the views must be zero-copy aliases"
     stacked = np.asarray(model.params["layers.gate"])
     assert [v.unsafe_buffer_pointer() for v in views["layers.gate"]] == [stacked[i].ctypes.data for i in range(len(stacked))]
-    assert model.decode_params() is model.decode_params()  # cached
+    assert model.unstacked_params() is model.unstacked_params()  # cached
     ids = jnp.asarray(np.random.default_rng(3).integers(4, model.config.vocab_size, (2, 10)), jnp.int32)
     edit = _random_edit(model)
     (pre, step), (act_pre, act_step) = _prefill_and_step(model, ids, 9, edit, True, True)
@@ -156,7 +156,7 @@ def test_no_views_on_a_mesh(tiny_dirs):
         pytest.skip("needs several (fake) devices")
     mesh = jlang.parallel.make_mesh(data=1, model=jax.device_count())
     model = jlang.load_model(tiny_dirs["llama2"][0], mesh=mesh, progress=False)
-    assert layer_views(model.params) is None and model.decode_params() is not None
+    assert layer_views(model.params) is None and model.unstacked_params() is not None
 
 
 def test_changing_edits_scope_and_penalty_does_not_recompile(load):

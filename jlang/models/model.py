@@ -55,7 +55,7 @@ class Model:
         self.mesh = mesh
         self.hf_config = hf_config or {}
         self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "splice", "output"))
-        self._views: tuple[tuple[int, ...], dict[str, Any]] | None = None  # (ids of the arrays, decode_params)
+        self._views: tuple[tuple[int, ...], dict[str, Any]] | None = None  # (ids of the arrays, unstacked_params)
 
     # -- facts
     @property
@@ -100,10 +100,11 @@ class Model:
             hf_config=self.hf_config,
         )  # fmt: skip
 
-    def decode_params(self) -> dict[str, Any]:
-        """`params` for memory-bound calls (generation): per-layer views where `layer_views` can make them.
+    def unstacked_params(self) -> dict[str, Any]:
+        """`params` with per-layer views of the stacked layers where `layer_views` can make them.
 
-        Cached for as long as the parameters are the same arrays."""
+        `forward`, the statistics pass and generation's decoding loop run on these: no
+        weight slice is copied per layer and step. Cached while the parameters are the same arrays."""
         params = self.params
         key = tuple(id(v) for v in params.values())
         if self._views is None or self._views[0] != key:
@@ -146,7 +147,7 @@ class Model:
         `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only);
         `splice(point, value, layer, splice_args)` replaces `mlp.out` or `resid.post` (decoder docs)."""
         return self._jitted(
-            self.params, ids, positions=positions, valid=valid, edits=edits, edit_where=edit_where, probe=probe,
+            self.unstacked_params(), ids, positions=positions, valid=valid, edits=edits, edit_where=edit_where, probe=probe,
             splice=splice, splice_args=splice_args, output=output,
         )  # fmt: skip
 
@@ -214,7 +215,8 @@ def layer_views(params: dict[str, jax.Array]) -> dict[str, Any] | None:
     layer's weights in place; with stacked arrays its scan copies each layer's
     slice out first, which doubles the memory traffic of a decoding step
     (greedy decoding of a 1.3B model at batch 1 on 2 CPU cores: 4.4 vs 2.0
-    tokens/s; `benchmarks/README.md`). The unrolled loop compiles more slowly.
+    tokens/s) and costs a compute-bound pass of it ~5% (`benchmarks/README.md`).
+    The unrolled loop compiles more slowly.
     Only on one CPU device, where `np.asarray` of a device array and
     `jax.device_put` of an aligned host view are both zero-copy, so the views
     add no memory; returns None elsewhere (accelerators, meshes) and whenever a

@@ -272,40 +272,61 @@ def median(xs) -> float:
 # ----------------------------------------------------------------------------- matmul peak
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10, rounds: int = 3) -> dict[str, float]:
-    """Measured float32 `n x n` matmul throughput (GFLOP/s) of this machine, via XLA and via PyTorch.
+def model_matmul_shapes(cfg, tokens: int) -> list[tuple[int, int, int]]:
+    """`(m, k, n)` of the projections a forward of `tokens` tokens multiplies (q, k/v, o, gate/up, down)."""
+    d, f = cfg.d_model, cfg.d_ff
+    hq, hkv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return sorted({(tokens, d, hq), (tokens, d, hkv), (tokens, hq, d), (tokens, d, f), (tokens, f, d)})
 
-    Each of `rounds` times `repeats` back-to-back matmuls; the best round counts
-    (the least disturbed by other processes: a peak, not a typical rate).
+
+def _best_rate(run, flop: float, repeats: int, rounds: int) -> float:
+    """GFLOP/s of the best of `rounds` rounds of `repeats` back-to-back `run()` calls (after one warm-up)."""
+    run()
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        best = max(best, flop * repeats / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def matmul_peak_gflops(
+    n: int = 2048, shapes: list[tuple[int, int, int]] = (), repeats: int = 10, rounds: int = 3
+) -> dict[str, float | dict]:
+    """Measured float32 matmul throughput (GFLOP/s) of this machine, via XLA and via PyTorch.
+
+    The best over an `n x n` square matmul and the given `(m, k, n)` shapes (the
+    benchmarked models' own projections: on this CPU some run faster than any
+    square size, and a peak below what the model's matmuls reach would put MFU
+    above 100%). Each measurement is the best of `rounds` rounds of `repeats`
+    back-to-back matmuls: the least disturbed by other processes, a peak and not
+    a typical rate. `by_shape` holds every measurement.
     """
     import jax
-    import jax.numpy as jnp
 
-    flop = 2 * n**3 * repeats
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = 0.0
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(repeats):
-            f(a).block_until_ready()
-        best = max(best, flop / (time.perf_counter() - t) / 1e9)
-    out = {"xla": best}
     try:
         import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
     except ImportError:
-        return out
-    torch.set_num_threads(os.cpu_count() or 1)
-    x = torch.from_numpy(np.array(a))
-    x @ x
-    best = 0.0
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(repeats):
-            x @ x
-        best = max(best, flop / (time.perf_counter() - t) / 1e9)
-    out["torch"] = best
+        torch = None
+    rng = np.random.default_rng(0)
+    f = jax.jit(lambda x, y: x @ y)
+    out: dict = {"xla": 0.0, "by_shape": {}}
+    if torch is not None:
+        out["torch"] = 0.0
+    for m, k, n_ in [(n, n, n), *shapes]:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n_), np.float32)
+        flop = 2 * m * k * n_
+        ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+        rates = {"xla": _best_rate(lambda: f(ja, jb).block_until_ready(), flop, repeats, rounds)}
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            rates["torch"] = _best_rate(lambda: ta @ tb, flop, repeats, rounds)
+        out["by_shape"][f"{m}x{k}x{n_}"] = rates
+        for fw, rate in rates.items():
+            out[fw] = max(out[fw], rate)
     return out
 
 

@@ -189,11 +189,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     result = profile(args.model, args.batch, args.seq, args.steps)
     if args.peak:
-        result["matmul_peak_gflops"] = C.matmul_peak_gflops()
+        shapes = C.model_matmul_shapes(C.model_config(args.model), args.batch * args.seq)
+        result["matmul_peak_gflops"] = C.matmul_peak_gflops(shapes=shapes)
     result["machine"] = C.machine_info()
     print_profile(result, args.top)
     if args.peak:
-        print("\nmatmul peak (2048^2): " + ", ".join(f"{k} {v:.1f}" for k, v in result["matmul_peak_gflops"].items()) + " GFLOP/s")
+        peak = result["matmul_peak_gflops"]
+        print("\nmatmul peak (2048^2 and the model's projections): " + ", ".join(f"{k} {peak[k]:.1f}" for k in ("xla", "torch") if k in peak)
+              + " GFLOP/s")  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_jlang, load_torch, matmul_flops_per_token, matmul_peak_gflops  # noqa: E402
+from common import load_jlang, load_torch, matmul_flops_per_token, matmul_peak_gflops, model_matmul_shapes  # noqa: E402
 
 
 def bench_jlang(model, batches) -> float:
@@ -83,7 +83,8 @@ def main(argv=None) -> dict:
     ]
     jlang_tps = bench_jlang(model, batches)
     torch_tps = bench_torch(args.model, batches)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(shapes=model_matmul_shapes(model.config, args.batch * args.seq))
+    by_shape = peak.pop("by_shape")
     flops = matmul_flops_per_token(model.config, args.seq)
     best_peak = max(peak.values())
     result = {
@@ -95,6 +96,7 @@ def main(argv=None) -> dict:
         "torch_hooks_tokens_per_s": torch_tps,
         "ratio_jlang_over_torch": jlang_tps / torch_tps,
         "matmul_peak_gflops": peak,
+        "matmul_gflops_by_shape": by_shape,
         "matmul_gflop_per_token": flops / 1e9,
         "jlang_mfu": jlang_tps * flops / 1e9 / best_peak,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

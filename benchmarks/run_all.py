@@ -44,8 +44,8 @@ DEFAULT_OUT = HERE / "results" / "run_all.json"
 # Per-model shapes. Forward rows: `repeats` calls of one [batch, seq] batch each
 # (a different batch per call, the same batches in both frameworks).
 SETTINGS = {
-    "default": dict(batch=4, seq=256, repeats=5, gen_prompt=32, gen_new=32, gen_batches=[1, 8], gen_repeats=3),
-    "synthetic-1b": dict(batch=2, seq=256, repeats=3, gen_prompt=32, gen_new=32, gen_batches=[1, 8], gen_repeats=2),
+    "default": dict(batch=4, seq=256, repeats=8, gen_prompt=32, gen_new=32, gen_batches=[1, 8], gen_repeats=3),
+    "synthetic-1b": dict(batch=2, seq=256, repeats=4, gen_prompt=32, gen_new=32, gen_batches=[1, 8], gen_repeats=2),
     "synthetic-tiny": dict(batch=2, seq=16, repeats=2, gen_prompt=4, gen_new=4, gen_batches=[1, 2], gen_repeats=1),
 }
 QUICK = {"default": dict(batch=2, repeats=2, gen_repeats=1)}
@@ -79,8 +79,10 @@ def _row(what: str, seconds: list[float], tokens: int, flops: float, peak: int, 
         "median_s": med,
         "tokens_per_call": tokens,
         "tokens_per_s": tokens / med,
+        "best_tokens_per_s": tokens / min(seconds),
         "gflop_per_call": flops / 1e9,
         "gflops_per_s": flops / med / 1e9,
+        "best_gflops_per_s": flops / min(seconds) / 1e9,
         "peak_rss_bytes": peak,
         **extra,
     }
@@ -400,6 +402,8 @@ def build_rows(j: dict, t: dict, peak: float, gen_batches) -> list[dict]:
             "jlang_what": a and a["what"], "torch_what": b and b["what"],
             "jlang_tokens_per_s": ja, "torch_tokens_per_s": tb,
             "ratio": ja / tb if ja and tb else None,
+            "best_ratio": a["best_tokens_per_s"] / b["best_tokens_per_s"] if a and b and metric == "tokens_per_s" else None,
+            "jlang_best_mfu": a["best_gflops_per_s"] / peak if a else None,
             "jlang_mfu": a["gflops_per_s"] / peak if a else None,
             "torch_mfu": b["gflops_per_s"] / peak if b else None,
             "jlang_peak_rss_bytes": a and a["peak_rss_bytes"], "torch_peak_rss_bytes": b and b["peak_rss_bytes"],
@@ -428,26 +432,29 @@ def targets(j: dict, rows: list[dict], peak: float) -> list[dict]:
     by = {r["row"]: r for r in rows}
     users, backbone = by["stats pass vs model(ids)+hooks"], by["stats pass vs model.model(ids)+hooks"]
     jr = j.get("rows", {})
-    stats = jr.get("stats")
-    overhead = need_overhead = need_mfu = None
-    if stats and "forward_hidden" in jr:
-        overhead = jr["forward_hidden"]["tokens_per_s"] / stats["tokens_per_s"] - 1
-        need_overhead = jr["forward_hidden"]["tokens_per_s"] / 1.05
+    stats, hidden = jr.get("stats"), jr.get("forward_hidden")
+    overhead = best_overhead = need_overhead = need_mfu = None
+    if stats and hidden:
+        overhead = hidden["tokens_per_s"] / stats["tokens_per_s"] - 1
+        best_overhead = hidden["best_tokens_per_s"] / stats["best_tokens_per_s"] - 1
+        need_overhead = hidden["tokens_per_s"] / 1.05
     if stats:
         need_mfu = 0.85 * peak / (stats["gflop_per_call"] / stats["tokens_per_call"])
     needs = lambda goal, r: goal * r["torch_tokens_per_s"] if r["torch_tokens_per_s"] else None  # noqa: E731
+    ratio, pct, signed = (lambda v: f"{v:.2f}x"), (lambda v: f"{v:.0%}"), (lambda v: f"{v:+.1%}")
     checks = [
-        ("stats / torch model(ids)+hooks", users["ratio"], ">=", 4.0, lambda v: f"{v:.2f}x", needs(4.0, users)),
-        ("stats / torch model.model(ids)+hooks", backbone["ratio"], ">=", 1.4, lambda v: f"{v:.2f}x", needs(1.4, backbone)),
-        ("stats pass MFU", users["jlang_mfu"], ">=", 0.85, lambda v: f"{v:.0%}", need_mfu),
-        ("stats overhead over jlang hidden forward", overhead, "<", 0.05, lambda v: f"{v:+.1%}", need_overhead),
+        ("stats / torch model(ids)+hooks", users["ratio"], users["best_ratio"], ">=", 4.0, ratio, needs(4.0, users)),
+        ("stats / torch model.model(ids)+hooks", backbone["ratio"], backbone["best_ratio"], ">=", 1.4, ratio, needs(1.4, backbone)),
+        ("stats pass MFU", users["jlang_mfu"], users["jlang_best_mfu"], ">=", 0.85, pct, need_mfu),
+        ("stats overhead over jlang hidden forward", overhead, best_overhead, "<", 0.05, signed, need_overhead),
     ]  # fmt: skip
     floor = jr.get("matmuls_alone", {}).get("tokens_per_s")
     out = []
-    for name, value, op, goal, fmt, need in checks:
+    for name, value, best, op, goal, fmt, need in checks:
         ok = None if value is None else (value >= goal if op == ">=" else value < goal)
         out.append({
-            "target": name, "value": value, "goal": f"{op} {fmt(goal)}", "met": ok, "shown": "-" if value is None else fmt(value),
+            "target": name, "value": value, "best_of_repeats": best, "goal": f"{op} {fmt(goal)}", "met": ok,
+            "shown": "-" if value is None else fmt(value), "shown_best": "-" if best is None else fmt(best),
             "needs_stats_tokens_per_s": need, "matmuls_alone_tokens_per_s": floor,
         })  # fmt: skip
     return out
@@ -490,12 +497,13 @@ def print_report(result: dict) -> None:
         first = j.get("rows", {}).get("stats", {}).get("first_batch_s")
         if first is not None:
             print(f"(jlang run_stats first batch incl. compilation: {first:.1f} s)")
-        print("targets" + (" (set for the default model)" if name != "default" else "") + ":")
+        print("targets" + (" (set for the default model)" if name != "default" else "")
+              + ": medians of the repeats; [best] from each row's fastest repeat (this VM's neighbours only ever slow a call down)")  # fmt: skip
         for c in m["targets"]:
             mark = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
             need, floor = c["needs_stats_tokens_per_s"], c["matmuls_alone_tokens_per_s"]
             beside = "" if need is None else f"; needs {_fmt_tps(need)} tok/s" + ("" if floor is None else f", matmuls alone run at {_fmt_tps(floor)}")
-            print(f"  {c['target']:<42} {c['shown']:>8}  (goal {c['goal']})  {mark}{beside}")
+            print(f"  {c['target']:<42} {c['shown']:>8} [best {c['shown_best']:>6}]  (goal {c['goal']})  {mark}{beside}")
 
 
 # ============================================================================ main

@@ -149,6 +149,15 @@ def test_per_layer_views_equal_the_stacked_parameters(load, name):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def test_views_are_dropped_once_the_weights_are_deleted(tiny_dirs):
+    model = jlang.load_model(tiny_dirs["llama2"][0], progress=False)
+    assert isinstance(model.unstacked_params()["layers.q"], tuple)
+    model.params["layers.q"].delete()  # what donating the weights (fine-tuning) does to them
+    assert not isinstance(model.unstacked_params()["layers.q"], tuple)
+    with pytest.raises(RuntimeError, match="deleted"):
+        model.forward(jnp.ones((1, 4), jnp.int32))
+
+
 def test_no_views_on_a_mesh(tiny_dirs):
     from jlang.models.model import layer_views
 

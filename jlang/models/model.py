@@ -106,6 +106,9 @@ class Model:
         `forward`, the statistics pass and generation's decoding loop run on these: no
         weight slice is copied per layer and step. Cached while the parameters are the same arrays."""
         params = self.params
+        if any(v.is_deleted() for v in params.values()):  # donated (e.g. to fine-tuning): never read views of it
+            self._views = None
+            return params  # and the deleted arrays raise where they are used, as they would without views
         key = tuple(id(v) for v in params.values())
         if self._views is None or self._views[0] != key:
             self._views = (key, layer_views(params) or params)

@@ -218,8 +218,8 @@ def layer_views(params: dict[str, jax.Array]) -> dict[str, Any] | None:
     layer's weights in place; with stacked arrays its scan copies each layer's
     slice out first, which doubles the memory traffic of a decoding step
     (greedy decoding of a 1.3B model at batch 1 on 2 CPU cores: 4.4 vs 2.0
-    tokens/s) and costs a compute-bound pass of it ~5% (`benchmarks/README.md`).
-    The unrolled loop compiles more slowly.
+    tokens/s) and slows its statistics pass by 5-20% (on the 270M default model
+    the two are equal within noise). The unrolled loop compiles more slowly.
     Only on one CPU device, where `np.asarray` of a device array and
     `jax.device_put` of an aligned host view are both zero-copy, so the views
     add no memory; returns None elsewhere (accelerators, meshes) and whenever a

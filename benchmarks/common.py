@@ -24,7 +24,8 @@ import re
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,14 +42,26 @@ SYNTHETIC_MODELS = ("synthetic-1b", "synthetic-tiny")
 # themselves in seconds (tests/test_benchmarks.py), not to be measured.
 SYNTHETIC = {
     "synthetic-1b": dict(
-        vocab_size=262144, hidden_size=1536, intermediate_size=6144, num_hidden_layers=26,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=256, sliding_window=512,
+        vocab_size=262144,
+        hidden_size=1536,
+        intermediate_size=6144,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=256,
+        sliding_window=512,
     ),
     "synthetic-tiny": dict(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=6,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
     ),
-}  # fmt: skip
+}
 
 
 def synthetic_hf_config(name: str = "synthetic-1b"):
@@ -195,7 +208,9 @@ def generation_flops(cfg, batch: int, prompt: int, new_tokens: int) -> float:
     """
     L, proj = cfg.num_layers, _layer_projection_flops(cfg)
     prefill = prompt * L * (proj + _attention_flops(cfg, prompt)) + unembed_flops_per_token(cfg)
-    decode = sum(L * (proj + _attention_flops(cfg, prompt + i)) + unembed_flops_per_token(cfg) for i in range(1, new_tokens))
+    decode = sum(
+        L * (proj + _attention_flops(cfg, prompt + i)) + unembed_flops_per_token(cfg) for i in range(1, new_tokens)
+    )
     return batch * (prefill + decode)
 
 

@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
@@ -83,7 +81,7 @@ def overlap(s: float, e: float, merged: list[tuple[float, float]], starts: list[
 def account(events: list[dict], ops: dict[str, dict], wall_us: float, steps: int, flops_per_step: float) -> dict:
     """Split traced op events into matmul / other-only / idle time (see the module docstring)."""
     events = [e for e in events if e["name"] in ops and ops[e["name"]]["opcode"] not in NOT_OPS]
-    spans = lambda es: [(e["ts"], e["ts"] + e["dur"]) for e in es]  # noqa: E731
+    spans = lambda es: [(e["ts"], e["ts"] + e["dur"]) for e in es]
     matmul = merge(spans([e for e in events if ops[e["name"]]["matmul"]]))
     anything = merge(spans(events))
     starts = [s for s, _ in matmul]
@@ -106,10 +104,16 @@ def account(events: list[dict], ops: dict[str, dict], wall_us: float, steps: int
         "matmul_gflops_while_running": flops_per_step * steps / (matmul_us / 1e6) / 1e9 if matmul_us else None,
         "gflops_per_s": flops_per_step * steps / (wall_us / 1e6) / 1e9,
         "other_ops": [
-            {"op": name, "what": what, "ms_per_step": t / steps / 1e3, "alone_ms_per_step": a / steps / 1e3, "calls_per_step": n / steps}
+            {
+                "op": name,
+                "what": what,
+                "ms_per_step": t / steps / 1e3,
+                "alone_ms_per_step": a / steps / 1e3,
+                "calls_per_step": n / steps,
+            }
             for (what, name), (t, a, n) in top
         ],
-    }  # fmt: skip
+    }
 
 
 def trace(fn, args, steps: int) -> tuple[list[dict], float]:
@@ -134,8 +138,8 @@ def profile(model_name: str, batch: int, seq: int, steps: int, num_languages: in
     import jax
     import jax.numpy as jnp
 
-    from jlang.collect import stats_step
     from jlang.models.decoder import forward
+    from jlang.stats.collect import stats_step
 
     model = C.load_jlang(model_name)
     cfg, params = model.config, model.unstacked_params()  # what run_stats runs on
@@ -160,9 +164,13 @@ def profile(model_name: str, batch: int, seq: int, steps: int, num_languages: in
 
 
 def print_profile(result: dict, top: int) -> None:
-    print(f"\n{result['model']}, [{result['batch']} x {result['seq']}], {result['gflop_per_step']:.1f} GFLOP of counted matmuls per step, "
-          f"{result['steps']} traced steps")  # fmt: skip
-    print(f"{'run':<15} {'ms/step':>8} {'GFLOP/s':>8} {'matmul':>7} {'other only':>10} {'idle':>6} {'matmul GFLOP/s while running':>29}")
+    print(
+        f"\n{result['model']}, [{result['batch']} x {result['seq']}], {result['gflop_per_step']:.1f} GFLOP of counted matmuls per step, "
+        f"{result['steps']} traced steps"
+    )
+    print(
+        f"{'run':<15} {'ms/step':>8} {'GFLOP/s':>8} {'matmul':>7} {'other only':>10} {'idle':>6} {'matmul GFLOP/s while running':>29}"
+    )
     for name, r in result["runs"].items():
         rate = r["matmul_gflops_while_running"]
         print(
@@ -174,7 +182,9 @@ def print_profile(result: dict, top: int) -> None:
         print(f"\n{name}: non-matmul ops by time when no matmul ran (ms per step)")
         print(f"  {'alone':>7} {'total':>7} {'calls':>5}  op (jax op)")
         for o in r["other_ops"][:top]:
-            print(f"  {o['alone_ms_per_step']:>7.1f} {o['ms_per_step']:>7.1f} {o['calls_per_step']:>5.0f}  {o['op']} ({o['what']})")
+            print(
+                f"  {o['alone_ms_per_step']:>7.1f} {o['ms_per_step']:>7.1f} {o['calls_per_step']:>5.0f}  {o['op']} ({o['what']})"
+            )
 
 
 def main(argv=None) -> dict:
@@ -195,8 +205,11 @@ def main(argv=None) -> dict:
     print_profile(result, args.top)
     if args.peak:
         peak = result["matmul_peak_gflops"]
-        print("\nmatmul peak (2048^2 and the model's projections): " + ", ".join(f"{k} {peak[k]:.1f}" for k in ("xla", "torch") if k in peak)
-              + " GFLOP/s")  # fmt: skip
+        print(
+            "\nmatmul peak (2048^2 and the model's projections): "
+            + ", ".join(f"{k} {peak[k]:.1f}" for k in ("xla", "torch") if k in peak)
+            + " GFLOP/s"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

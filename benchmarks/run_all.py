@@ -8,10 +8,10 @@ prints one table and writes `benchmarks/results/run_all.json`:
   row                      jlang                                 transformers (PyTorch)
   plain forward, logits    Model.logits(ids)                     model(ids).logits
   plain forward, hidden    Model.forward(ids, output="hidden")   model.model(ids, use_cache=False)
-  statistics pass          jlang.collect.run_stats               model(ids) + act_fn hooks counting a > 0
+  statistics pass          jlang.stats.collect.run_stats               model(ids) + act_fn hooks counting a > 0
   statistics pass (bb)     (same)                                model.model(ids, use_cache=False) + hooks
   intervened forward       Model.logits(ids, edits=...)          jlang.torch.apply(model, edits); model(ids)
-  generate b=1 / b=8       jlang.generate.generate (greedy)      model.generate(do_sample=False)
+  generate b=1 / b=8       jlang.models.generate.generate (greedy)      model.generate(do_sample=False)
 
 Tokens/s is the median over repeats after a warm-up; MFU is matmul FLOPs/s (rule
 in `common.py`) over the machine's float32 matmul peak measured in the same run
@@ -95,7 +95,9 @@ def _measure(name: str, fn):
     row = fn()
     row["peak_rss_bytes"] = C.peak_rss_bytes()
     row["loadavg_after"] = C.loadavg()
-    log(f"  {name}: {row['tokens_per_s']:,.1f} tok/s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB ({time.perf_counter() - t:.0f} s)")
+    log(
+        f"  {name}: {row['tokens_per_s']:,.1f} tok/s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB ({time.perf_counter() - t:.0f} s)"
+    )
     return row
 
 
@@ -104,9 +106,9 @@ def worker_jlang(name: str, s: dict) -> dict:
     import jax.numpy as jnp
 
     from jlang import edits as E
-    from jlang.collect import run_stats
-    from jlang.generate import generate
+    from jlang.models.generate import generate
     from jlang.models.model import Model
+    from jlang.stats.collect import run_stats
 
     load_start, rss0 = time.perf_counter(), C.rss_bytes()
     model = C.load_jlang(name)
@@ -136,14 +138,20 @@ def worker_jlang(name: str, s: dict) -> dict:
         batches = [{"ids": toks[i % R], "valid": np.ones((B, T), bool), "lang": lang} for i in range(R + 1)]
         stamps = []
         start = time.perf_counter()
-        run_stats(model, batches, NUM_LANGUAGES, progress=False, on_batch=lambda i, acc: stamps.append(time.perf_counter()))
+        run_stats(
+            model, batches, NUM_LANGUAGES, progress=False, on_batch=lambda i, acc: stamps.append(time.perf_counter())
+        )
         # Batch 0 carries the compilation (run_stats jits its step per call); the
         # intervals between successive host folds are the steady-state batch times.
         times = list(np.diff(stamps))
         return _row(
-            "jlang.collect.run_stats (pipelined; per-batch interval between host folds)", times, B * T, f_hidden, 0,
+            "jlang.stats.collect.run_stats (pipelined; per-batch interval between host folds)",
+            times,
+            B * T,
+            f_hidden,
+            0,
             first_batch_s=stamps[0] - start,
-        )  # fmt: skip
+        )
 
     mask = C.lape_like_mask(cfg.num_layers, cfg.d_ff, EDIT_FRACTION)
     edits = E.deactivate(mask)
@@ -158,16 +166,27 @@ def worker_jlang(name: str, s: dict) -> dict:
             if i == 0 and not bool(jnp.isfinite(out).all()):
                 raise FloatingPointError("matmuls_alone produced inf/NaN: its timing would not be a floor")
 
-        return _row("the forward's matmuls alone (benchmarks/common.py matmuls_alone)", C.time_calls(call, R), B * T, f_hidden, 0)
+        return _row(
+            "the forward's matmuls alone (benchmarks/common.py matmuls_alone)",
+            C.time_calls(call, R),
+            B * T,
+            f_hidden,
+            0,
+        )
 
     def intervened():
         times = C.time_calls(lambda i: model.logits(toks[i % R], edits=edits), R)
-        return _row("Model.logits(ids, edits=deactivate(mask))", times, B * T, f_logits, 0, edited_neurons=int(mask.sum()))
+        return _row(
+            "Model.logits(ids, edits=deactivate(mask))", times, B * T, f_logits, 0, edited_neurons=int(mask.sum())
+        )
 
     for key, fn in [
-        ("forward_logits", forward_logits), ("forward_hidden", forward_hidden), ("matmuls_alone", matmuls_alone),
-        ("stats", stats), ("intervened", intervened),
-    ]:  # fmt: skip
+        ("forward_logits", forward_logits),
+        ("forward_hidden", forward_hidden),
+        ("matmuls_alone", matmuls_alone),
+        ("stats", stats),
+        ("intervened", intervened),
+    ]:
         rows[key] = _measure(key, fn)
 
     # Generation: no tokenizer and no EOS, so every row generates exactly gen_new tokens (as in the torch worker).
@@ -187,9 +206,15 @@ def worker_jlang(name: str, s: dict) -> dict:
             times = C.time_calls(call, s["gen_repeats"])
             assert all(n == N for p in produced for n in p), f"jlang generated {produced}, expected {N} each"
             row = _row(
-                "jlang.generate.generate(prompt ids, greedy)", times, b * N, C.generation_flops(cfg, b, P, N), 0,
-                batch=b, prompt=P, new_tokens=N,
-            )  # fmt: skip
+                "jlang.models.generate.generate(prompt ids, greedy)",
+                times,
+                b * N,
+                C.generation_flops(cfg, b, P, N),
+                0,
+                batch=b,
+                prompt=P,
+                new_tokens=N,
+            )
             row["tokens_per_s_per_seq"] = N / row["median_s"]
             return row
 
@@ -245,7 +270,9 @@ def worker_torch(name: str, s: dict) -> dict:
             def hook(module, inputs, output, layer):
                 over_zero[layer] += (output > 0).sum(dim=(0, 1))
 
-            handles = [l.mlp.act_fn.register_forward_hook(lambda m, i, o, k=k: hook(m, i, o, k)) for k, l in enumerate(layers)]
+            handles = [
+                l.mlp.act_fn.register_forward_hook(lambda m, i, o, k=k: hook(m, i, o, k)) for k, l in enumerate(layers)
+            ]
             try:
                 times = C.time_calls(call, R)
             finally:
@@ -261,22 +288,33 @@ def worker_torch(name: str, s: dict) -> dict:
     def intervened():
         with bridge.apply(model, edits):
             times = C.time_calls(lambda i: model(tt[i % R]).logits, R)
-        return _row("jlang.torch.apply(model, edits); model(ids).logits", times, B * T, f_logits, 0, edited_neurons=int(mask.sum()))
+        return _row(
+            "jlang.torch.apply(model, edits); model(ids).logits",
+            times,
+            B * T,
+            f_logits,
+            0,
+            edited_neurons=int(mask.sum()),
+        )
 
     with torch.inference_mode():
         for key, fn in [
             ("forward_logits", forward_logits),
             ("forward_hidden", forward_hidden),
-            ("stats_logits", with_hooks(lambda i: model(tt[i % R]), "model(ids) + act_fn hooks (a > 0 counts)", f_logits)),
+            (
+                "stats_logits",
+                with_hooks(lambda i: model(tt[i % R]), "model(ids) + act_fn hooks (a > 0 counts)", f_logits),
+            ),
             (
                 "stats_hidden",
                 with_hooks(
                     lambda i: model.model(tt[i % R], use_cache=False),
-                    "model.model(ids, use_cache=False) + act_fn hooks (a > 0 counts)", f_hidden,
+                    "model.model(ids, use_cache=False) + act_fn hooks (a > 0 counts)",
+                    f_hidden,
                 ),
             ),
             ("intervened", intervened),
-        ]:  # fmt: skip
+        ]:
             rows[key] = _measure(key, fn)
 
         # Generation: greedy, exactly gen_new new tokens (EOS disabled, as in the jlang worker).
@@ -292,15 +330,23 @@ def worker_torch(name: str, s: dict) -> dict:
                 shapes = []
 
                 def call(i):
-                    out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=N, min_new_tokens=N, do_sample=False)
+                    out = model.generate(
+                        input_ids=ids, attention_mask=attn, max_new_tokens=N, min_new_tokens=N, do_sample=False
+                    )
                     shapes.append(tuple(out.shape))
 
                 times = C.time_calls(call, s["gen_repeats"])
                 assert all(sh == (b, P + N) for sh in shapes), f"torch generated {shapes}, expected {(b, P + N)}"
                 row = _row(
-                    "model.generate(ids, max_new_tokens, do_sample=False)", times, b * N,
-                    C.generation_flops(cfg, b, P, N), 0, batch=b, prompt=P, new_tokens=N,
-                )  # fmt: skip
+                    "model.generate(ids, max_new_tokens, do_sample=False)",
+                    times,
+                    b * N,
+                    C.generation_flops(cfg, b, P, N),
+                    0,
+                    batch=b,
+                    prompt=P,
+                    new_tokens=N,
+                )
                 row["tokens_per_s_per_seq"] = N / row["median_s"]
                 return row
 
@@ -324,7 +370,11 @@ def worker_torch(name: str, s: dict) -> dict:
 
 
 def worker_peak(_name, s) -> dict:
-    shapes = [shape for name, tokens in s.get("models", {}).items() for shape in C.model_matmul_shapes(C.model_config(name), tokens)]
+    shapes = [
+        shape
+        for name, tokens in s.get("models", {}).items()
+        for shape in C.model_matmul_shapes(C.model_config(name), tokens)
+    ]
     peak = C.matmul_peak_gflops(n=s.get("n", 2048), shapes=sorted(set(shapes)))
     return {"framework": "peak", "matmul_peak_gflops": peak, "loadavg": C.loadavg()}
 
@@ -345,8 +395,18 @@ def run_worker(kind: str, name: str, settings: dict, args) -> dict:
             log(f"[load average {load:.2f}]")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", name,
-                   "--settings", json.dumps(settings), "--result", str(out)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                kind,
+                "--model",
+                name,
+                "--settings",
+                json.dumps(settings),
+                "--result",
+                str(out),
+            ]
             log(f"$ {' '.join(cmd[1:6])} ...")
             start, load0 = time.perf_counter(), C.loadavg()
             busy0, own0 = C.cpu_busy_seconds(), C.children_cpu_seconds()
@@ -361,8 +421,12 @@ def run_worker(kind: str, name: str, settings: dict, args) -> dict:
             else:
                 result = json.loads(out.read_text())
         result.update(wall_s=elapsed, loadavg_start=load0, loadavg_end=C.loadavg(), foreign_cpu_share=foreign)
-        attempts.append({k: result.get(k) for k in ("wall_s", "loadavg_start", "loadavg_end", "foreign_cpu_share", "error")})
-        log(f"[{kind} {name}: {elapsed:.0f} s; other processes used {0 if foreign is None else foreign:.0%} of the CPU meanwhile]")
+        attempts.append(
+            {k: result.get(k) for k in ("wall_s", "loadavg_start", "loadavg_end", "foreign_cpu_share", "error")}
+        )
+        log(
+            f"[{kind} {name}: {elapsed:.0f} s; other processes used {0 if foreign is None else foreign:.0%} of the CPU meanwhile]"
+        )
         if "error" in result or foreign is None or foreign <= args.max_foreign or attempt == args.retries:
             break
         log(f"[retrying: other processes used more than {args.max_foreign:.0%} of the CPU]")
@@ -397,17 +461,26 @@ def build_rows(j: dict, t: dict, peak: float, gen_batches) -> list[dict]:
         a, b = jr.get(jk), tr.get(tk)
         ja = a.get(metric) if a else None
         tb = b.get(metric) if b else None
-        out.append({
-            "row": label, "jlang_row": jk, "torch_row": tk,
-            "jlang_what": a and a["what"], "torch_what": b and b["what"],
-            "jlang_tokens_per_s": ja, "torch_tokens_per_s": tb,
-            "ratio": ja / tb if ja and tb else None,
-            "best_ratio": a["best_tokens_per_s"] / b["best_tokens_per_s"] if a and b and metric == "tokens_per_s" else None,
-            "jlang_best_mfu": a["best_gflops_per_s"] / peak if a else None,
-            "jlang_mfu": a["gflops_per_s"] / peak if a else None,
-            "torch_mfu": b["gflops_per_s"] / peak if b else None,
-            "jlang_peak_rss_bytes": a and a["peak_rss_bytes"], "torch_peak_rss_bytes": b and b["peak_rss_bytes"],
-        })  # fmt: skip
+        out.append(
+            {
+                "row": label,
+                "jlang_row": jk,
+                "torch_row": tk,
+                "jlang_what": a and a["what"],
+                "torch_what": b and b["what"],
+                "jlang_tokens_per_s": ja,
+                "torch_tokens_per_s": tb,
+                "ratio": ja / tb if ja and tb else None,
+                "best_ratio": a["best_tokens_per_s"] / b["best_tokens_per_s"]
+                if a and b and metric == "tokens_per_s"
+                else None,
+                "jlang_best_mfu": a["best_gflops_per_s"] / peak if a else None,
+                "jlang_mfu": a["gflops_per_s"] / peak if a else None,
+                "torch_mfu": b["gflops_per_s"] / peak if b else None,
+                "jlang_peak_rss_bytes": a and a["peak_rss_bytes"],
+                "torch_peak_rss_bytes": b and b["peak_rss_bytes"],
+            }
+        )
 
     for label, jk, tk in PAIRS:
         add(label, jk, tk)
@@ -440,23 +513,39 @@ def targets(j: dict, rows: list[dict], peak: float) -> list[dict]:
         need_overhead = hidden["tokens_per_s"] / 1.05
     if stats:
         need_mfu = 0.85 * peak / (stats["gflop_per_call"] / stats["tokens_per_call"])
-    needs = lambda goal, r: goal * r["torch_tokens_per_s"] if r["torch_tokens_per_s"] else None  # noqa: E731
+    needs = lambda goal, r: goal * r["torch_tokens_per_s"] if r["torch_tokens_per_s"] else None
     ratio, pct, signed = (lambda v: f"{v:.2f}x"), (lambda v: f"{v:.0%}"), (lambda v: f"{v:+.1%}")
     checks = [
         ("stats / torch model(ids)+hooks", users["ratio"], users["best_ratio"], ">=", 4.0, ratio, needs(4.0, users)),
-        ("stats / torch model.model(ids)+hooks", backbone["ratio"], backbone["best_ratio"], ">=", 1.4, ratio, needs(1.4, backbone)),
+        (
+            "stats / torch model.model(ids)+hooks",
+            backbone["ratio"],
+            backbone["best_ratio"],
+            ">=",
+            1.4,
+            ratio,
+            needs(1.4, backbone),
+        ),
         ("stats pass MFU", users["jlang_mfu"], users["jlang_best_mfu"], ">=", 0.85, pct, need_mfu),
         ("stats overhead over jlang hidden forward", overhead, best_overhead, "<", 0.05, signed, need_overhead),
-    ]  # fmt: skip
+    ]
     floor = jr.get("matmuls_alone", {}).get("tokens_per_s")
     out = []
     for name, value, best, op, goal, fmt, need in checks:
         ok = None if value is None else (value >= goal if op == ">=" else value < goal)
-        out.append({
-            "target": name, "value": value, "best_of_repeats": best, "goal": f"{op} {fmt(goal)}", "met": ok,
-            "shown": "-" if value is None else fmt(value), "shown_best": "-" if best is None else fmt(best),
-            "needs_stats_tokens_per_s": need, "matmuls_alone_tokens_per_s": floor,
-        })  # fmt: skip
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "best_of_repeats": best,
+                "goal": f"{op} {fmt(goal)}",
+                "met": ok,
+                "shown": "-" if value is None else fmt(value),
+                "shown_best": "-" if best is None else fmt(best),
+                "needs_stats_tokens_per_s": need,
+                "matmuls_alone_tokens_per_s": floor,
+            }
+        )
     return out
 
 
@@ -464,7 +553,10 @@ def print_report(result: dict) -> None:
     p = result["matmul_peak"]
     print(
         f"\nfloat32 matmul peak ({result['peak_n']}^2 and the models' projection shapes, best round): "
-        + "; ".join(f"{k}: " + ", ".join(f"{f} {d[f]:.1f}" for f in FRAMEWORKS if f in d) + " GFLOP/s" for k, d in p["measured"].items())
+        + "; ".join(
+            f"{k}: " + ", ".join(f"{f} {d[f]:.1f}" for f in FRAMEWORKS if f in d) + " GFLOP/s"
+            for k, d in p["measured"].items()
+        )
         + f"  -> peak used {p['gflops']:.1f} GFLOP/s ({p['best']})"
     )
     for name, m in result["models"].items():
@@ -497,13 +589,23 @@ def print_report(result: dict) -> None:
         first = j.get("rows", {}).get("stats", {}).get("first_batch_s")
         if first is not None:
             print(f"(jlang run_stats first batch incl. compilation: {first:.1f} s)")
-        print("targets" + (" (set for the default model)" if name != "default" else "")
-              + ": medians of the repeats; [best] from each row's fastest repeat (this VM's neighbours only ever slow a call down)")  # fmt: skip
+        print(
+            "targets"
+            + (" (set for the default model)" if name != "default" else "")
+            + ": medians of the repeats; [best] from each row's fastest repeat (this VM's neighbours only ever slow a call down)"
+        )
         for c in m["targets"]:
             mark = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
             need, floor = c["needs_stats_tokens_per_s"], c["matmuls_alone_tokens_per_s"]
-            beside = "" if need is None else f"; needs {_fmt_tps(need)} tok/s" + ("" if floor is None else f", matmuls alone run at {_fmt_tps(floor)}")
-            print(f"  {c['target']:<42} {c['shown']:>8} [best {c['shown_best']:>6}]  (goal {c['goal']})  {mark}{beside}")
+            beside = (
+                ""
+                if need is None
+                else f"; needs {_fmt_tps(need)} tok/s"
+                + ("" if floor is None else f", matmuls alone run at {_fmt_tps(floor)}")
+            )
+            print(
+                f"  {c['target']:<42} {c['shown']:>8} [best {c['shown_best']:>6}]  (goal {c['goal']})  {mark}{beside}"
+            )
 
 
 # ============================================================================ main
@@ -514,15 +616,30 @@ def main(argv=None) -> dict | None:
     p.add_argument("--models", default=",".join(C.MODELS), help=f"comma-separated, from {', '.join(C.MODELS)}")
     p.add_argument("--quick", action="store_true", help="default model only, smaller batches, fewer repeats")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting for every model, e.g. --set batch=8 --set repeats=3 (keys: "
-                   + ", ".join(SETTINGS["default"]) + ")")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting for every model, e.g. --set batch=8 --set repeats=3 (keys: "
+        + ", ".join(SETTINGS["default"])
+        + ")",
+    )
     p.add_argument("--peak-n", type=int, default=2048, help="size of the square float32 matmul that measures the peak")
-    p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
-                   help="before each worker, wait until the 1-min load average is below LOAD")  # fmt: skip
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before each worker, wait until the 1-min load average is below LOAD",
+    )
     p.add_argument("--max-wait", type=float, default=900.0, help="longest wait for --wait-quiet (s)")
-    p.add_argument("--retries", type=int, default=0,
-                   help="re-run a worker (up to this many times) if other processes used > --max-foreign of the CPU")  # fmt: skip
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="re-run a worker (up to this many times) if other processes used > --max-foreign of the CPU",
+    )
     p.add_argument("--max-foreign", type=float, default=0.10, help="see --retries (a fraction of all cores)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -548,19 +665,30 @@ def main(argv=None) -> dict | None:
         overrides[key] = json.loads(value) if key == "gen_batches" else int(value)
     start = time.time()
     machine = C.machine_info()
-    run = lambda kind, name="-", settings=None: run_worker(kind, name, settings or {}, args)  # noqa: E731
-    all_settings = {name: {**SETTINGS[name], **(QUICK.get(name, {}) if args.quick else {}), **overrides} for name in models}
+    run = lambda kind, name="-", settings=None: run_worker(kind, name, settings or {}, args)
+    all_settings = {
+        name: {**SETTINGS[name], **(QUICK.get(name, {}) if args.quick else {}), **overrides} for name in models
+    }
     peak_settings = {"n": args.peak_n, "models": {name: st["batch"] * st["seq"] for name, st in all_settings.items()}}
     peaks = [run("peak", settings=peak_settings)]
     per_model = {}
     for name in models:
         settings = all_settings[name]
-        per_model[name] = {"settings": settings, "jlang": run("jlang", name, settings), "torch": run("torch", name, settings)}
+        per_model[name] = {
+            "settings": settings,
+            "jlang": run("jlang", name, settings),
+            "torch": run("torch", name, settings),
+        }
     peaks.append(run("peak", settings=peak_settings))
 
     measured = {f"{'start' if i == 0 else 'end'}": w.get("matmul_peak_gflops", {}) for i, w in enumerate(peaks)}
-    candidates = [(rates[f], f"{f}, {shape}, {when}") for when, d in measured.items()
-                  for shape, rates in d.get("by_shape", {}).items() for f in FRAMEWORKS if f in rates]  # fmt: skip
+    candidates = [
+        (rates[f], f"{f}, {shape}, {when}")
+        for when, d in measured.items()
+        for shape, rates in d.get("by_shape", {}).items()
+        for f in FRAMEWORKS
+        if f in rates
+    ]
     best, best_what = max(candidates, default=(float("nan"), "not measured"))
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -570,7 +698,12 @@ def main(argv=None) -> dict | None:
         "wall_s": None,
         "machine": machine,
         "flop_rule": C.__doc__.split("FLOP counting rule")[1].strip(),
-        "matmul_peak": {"measured": measured, "gflops": best, "best": best_what, "loadavg": [w.get("loadavg") for w in peaks]},
+        "matmul_peak": {
+            "measured": measured,
+            "gflops": best,
+            "best": best_what,
+            "loadavg": [w.get("loadavg") for w in peaks],
+        },
         "models": {},
     }
     for name, m in per_model.items():

@@ -1,7 +1,7 @@
 """Throughput of jlang's statistics pass vs what a PyTorch user would write, side by side.
 
 Same tokens through:
-  * jlang: the jitted statistics pass (`jlang.collect.run_stats`, no unembedding);
+  * jlang: the jitted statistics pass (`jlang.stats.collect.run_stats`, no unembedding);
   * torch: the `transformers` model on the same GGUF, `model(ids)` with forward
     hooks on every `mlp.act_fn` counting `a > 0` (the LAPE-style baseline).
 Prints tokens/s for both, the ratio, and the fraction of this machine's measured
@@ -32,10 +32,12 @@ from common import load_jlang, load_torch, matmul_flops_per_token, matmul_peak_g
 def bench_jlang(model, batches) -> float:
     """Steady-state tokens/s of `run_stats`: the first batch (which carries the
     compilation) is excluded by timing from its host fold to the last one."""
-    from jlang.collect import run_stats
+    from jlang.stats.collect import run_stats
 
     stamps = []
-    run_stats(model, batches[:1] + batches, 1, progress=False, on_batch=lambda i, acc: stamps.append(time.perf_counter()))
+    run_stats(
+        model, batches[:1] + batches, 1, progress=False, on_batch=lambda i, acc: stamps.append(time.perf_counter())
+    )
     return sum(b["ids"].size for b in batches) / (stamps[-1] - stamps[0])
 
 
@@ -103,7 +105,11 @@ def main(argv=None) -> dict:
     }
     rows = [
         ("jlang statistics pass", f"{jlang_tps:,.0f} tok/s", f"{result['jlang_mfu']:.0%} of peak"),
-        ("transformers + act_fn hooks", f"{torch_tps:,.0f} tok/s", f"{torch_tps * flops / 1e9 / best_peak:.0%} of peak"),
+        (
+            "transformers + act_fn hooks",
+            f"{torch_tps:,.0f} tok/s",
+            f"{torch_tps * flops / 1e9 / best_peak:.0%} of peak",
+        ),
         ("ratio jlang / torch", f"{result['ratio_jlang_over_torch']:.2f}x", ""),
         ("matmul peak (f32)", ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()), ""),
     ]

@@ -13,7 +13,7 @@ here:
    pairs English -> fr, es, de, zh from the default corpus's parallel held-out
    messages) and `finetune.overrides`. A finished checkpoint
    (`{finetune out}/checkpoint`) is reused when `finetune.reuse`.
-2. **Comparison** = `jlang compare` (`jlang.compare_runner.run_compare`) of the base
+2. **Comparison** = `jlang compare` (`jlang.analysis.compare.run.run_compare`) of the base
    model (`model.source` of the fine-tuning config) and the fine-tuned checkpoint on
    the same tokens, with the fine-tuning languages as the aligned set. The
    statistics and perplexities use the corpus's *train* split: the fine-tuning saw
@@ -30,23 +30,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from jlang import config as config_lib
-from jlang.compare_runner import CompareConfig
+from jlang.analysis.compare.run import CompareConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSection:
     config: str = "configs/align_default.yaml"  # a `jlang finetune` config
-    overrides: tuple[
-        str, ...
-    ] = ()  # `key=value` overrides of that config (as `jlang finetune --set`)
-    reuse: bool = (
-        True  # use {finetune out}/checkpoint when a finished run left it there
-    )
+    overrides: tuple[str, ...] = ()  # `key=value` overrides of that config (as `jlang finetune --set`)
+    reuse: bool = True  # use {finetune out}/checkpoint when a finished run left it there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,18 +79,18 @@ def finetune_summary(ft_out: Path) -> str:
     ]
     ev = r.get("eval")
     if ev:
-        lines.append(
-            f"Held-out pairs (not trained on): {ev['before']:.3f} → {ev['after']:.3f}."
-        )
+        lines.append(f"Held-out pairs (not trained on): {ev['before']:.3f} → {ev['after']:.3f}.")
     secs = r.get("timings") or {}
     if secs:
-        lines.append(
-            "Fine-tuning wall time: "
-            + ", ".join(f"{n} {s:.0f} s" for n, s in secs.items())
-            + "."
-        )
-    lines += ["", ("The comparison below counts activations and perplexity on the corpus's train split (text the "
-              "fine-tuning never saw), the same tokens for both checkpoints."), ""]  # fmt: skip
+        lines.append("Fine-tuning wall time: " + ", ".join(f"{n} {s:.0f} s" for n, s in secs.items()) + ".")
+    lines += [
+        "",
+        (
+            "The comparison below counts activations and perplexity on the corpus's train split (text the "
+            "fine-tuning never saw), the same tokens for both checkpoints."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -106,25 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    cfg: AlignmentCompareConfig = config_lib.load_config(
-        args.config, AlignmentCompareConfig, args.set
-    )
+    cfg: AlignmentCompareConfig = config_lib.load_config(args.config, AlignmentCompareConfig, args.set)
 
     import yaml
 
-    from jlang.compare_runner import run_compare
-
+    from jlang.analysis.compare.run import run_compare
     from jlang.train.sft import finetune, load_finetune_config
 
     log = lambda msg: print(f"[alignment_compare] {msg}", flush=True)
-    ft_cfg = load_finetune_config(
-        cfg.finetune.config, list(cfg.finetune.overrides)
-    )  # validated before any work
+    ft_cfg = load_finetune_config(cfg.finetune.config, list(cfg.finetune.overrides))  # validated before any work
     out, ft_out = Path(cfg.out), Path(ft_cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     timings: dict[str, float] = {}
 
     final = ft_out / "checkpoint"
@@ -136,17 +123,29 @@ def main(argv: list[str] | None = None) -> int:
         timings["fine-tuning"] = time.perf_counter() - t
         log(f"fine-tuned in {timings['fine-tuning']:.0f} s -> {final}")
 
-    ccfg = dataclasses.replace(cfg.compare, base=ft_cfg.model.source, aligned=str(final), out=str(out),
-                               aligned_languages=tuple(ft_cfg.data.languages), dtype=ft_cfg.model.dtype)  # fmt: skip
+    ccfg = dataclasses.replace(
+        cfg.compare,
+        base=ft_cfg.model.source,
+        aligned=str(final),
+        out=str(out),
+        aligned_languages=tuple(ft_cfg.data.languages),
+        dtype=ft_cfg.model.dtype,
+    )
     t = time.perf_counter()
-    result, _ = run_compare(ccfg, progress=not args.no_progress, log=log,
-                            title=f"Alignment on {', '.join(ft_cfg.data.languages)}: base vs aligned `{ft_cfg.model.source}`",
-                            preamble=finetune_summary(ft_out))  # fmt: skip
+    result, _ = run_compare(
+        ccfg,
+        progress=not args.no_progress,
+        log=log,
+        title=f"Alignment on {', '.join(ft_cfg.data.languages)}: base vs aligned `{ft_cfg.model.source}`",
+        preamble=finetune_summary(ft_out),
+    )
     timings["comparison"] = time.perf_counter() - t
     log("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     h = result.headline()
-    log(f"mean Jaccard base vs aligned {h['mean_own_jaccard']:.3f}; spontaneous ratio {h.get('spontaneous_ratio')}; "
-        f"wrote {out / 'report.md'}")  # fmt: skip
+    log(
+        f"mean Jaccard base vs aligned {h['mean_own_jaccard']:.3f}; spontaneous ratio {h.get('spontaneous_ratio')}; "
+        f"wrote {out / 'report.md'}"
+    )
     return 0
 
 

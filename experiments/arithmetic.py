@@ -35,9 +35,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
 
@@ -59,9 +57,7 @@ class FallbackSection:
     deactivate_values: tuple[float, ...] = (-1.5, 0.0)
     max_new_tokens: int = 16
     repetition_penalty: float = 1.1
-    identify_languages: tuple[str, ...] | None = (
-        None  # default: Language Arithmetics' languages + the masks'
-    )
+    identify_languages: tuple[str, ...] | None = None  # default: Language Arithmetics' languages + the masks'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +84,7 @@ class MCSection:
     items: int = 10
     options: int = 4
     seed: int = 0
-    max_chars: int | None = (
-        80  # only messages of at most 80 characters (cheaper rows, comparable lengths)
-    )
+    max_chars: int | None = 80  # only messages of at most 80 characters (cheaper rows, comparable lengths)
     conditions: tuple[str, ...] = ("none", "deactivate=0", "scale=2", "additive=1")
     template: str = "{source_name}: {question}\n{target_name}:"
     batch_size: int = 16
@@ -112,14 +106,10 @@ class ArithmeticConfig:
 
 def _sibling(name: str):
     """Import `experiments/{name}.py` (its helpers are reused here, not copied)."""
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).with_name(f"{name}.py")
-    )
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     if name not in sys.modules:
         mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = (
-            mod  # dataclasses resolve string annotations through sys.modules
-        )
+        sys.modules[name] = mod  # dataclasses resolve string annotations through sys.modules
         spec.loader.exec_module(mod)
     return sys.modules[name]
 
@@ -142,25 +132,29 @@ def sign_table(stats, masks, bases, targets) -> list[dict]:
             continue
         own = stats.index(t)
         others = [stats.index(b) for b in bases if b != t]
-        out.append({
-            "target": t, "neurons": int(m.sum()), "mean_own": float(mean[own][m].mean()),
-            "p_own": float(probs[own][m].mean()),
-            "mean_bases": float(np.mean([mean[k][m].mean() for k in others])) if others else float("nan"),
-            "p_bases": float(np.mean([probs[k][m].mean() for k in others])) if others else float("nan"),
-            "negative_on_bases": float(np.mean([(mean[k][m] < 0).mean() for k in others])) if others else float("nan"),
-        })  # fmt: skip
+        out.append(
+            {
+                "target": t,
+                "neurons": int(m.sum()),
+                "mean_own": float(mean[own][m].mean()),
+                "p_own": float(probs[own][m].mean()),
+                "mean_bases": float(np.mean([mean[k][m].mean() for k in others])) if others else float("nan"),
+                "p_bases": float(np.mean([probs[k][m].mean() for k in others])) if others else float("nan"),
+                "negative_on_bases": float(np.mean([(mean[k][m] < 0).mean() for k in others]))
+                if others
+                else float("nan"),
+            }
+        )
     return out
 
 
 def sweep_figure(results: dict, path: Path) -> Path:
     """Mean LSS and mean shift of D against the strength, one column per intervention."""
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     fig = new_figure(4.2 * len(results), 5.6)
     for col, (kind, res) in enumerate(results.items()):
-        xlabel = (
-            "alpha (a += alpha·mu_t)" if kind == "additive" else "factor (a *= factor)"
-        )
+        xlabel = "alpha (a += alpha·mu_t)" if kind == "additive" else "factor (a *= factor)"
         ax = fig.add_subplot(2, len(results), col + 1)
         ax.plot(res.factors, res.mean_lss(), marker="o")
         for i, b in enumerate(res.bases):
@@ -229,27 +223,30 @@ def fallback_section(cfg, fb, name: str) -> list[str]:
         "",
         f"![fallback δ={fb.value:g}]({name}.png)",
         "",
-        ("Share of outputs in the prompt's own language, and mean distinct character 3-grams of the outputs "
-        "(1 = no repetition; a loop such as `si si si` scores near 0):"),
+        (
+            "Share of outputs in the prompt's own language, and mean distinct character 3-grams of the outputs "
+            "(1 = no repetition; a loop such as `si si si` scores near 0):"
+        ),
         "",
         head,
         rule,
         *[f"| {p} own language | " + " | ".join(fmt(x) for x in fb.share_of(p, p)) + " |" for p in fb.prompt_languages],
-        *[f"| {p} distinct 3-grams | " + " | ".join(fmt(x) for x in fb.distinctness(p)) + " |"
-          for p in fb.prompt_languages],
+        *[
+            f"| {p} distinct 3-grams | " + " | ".join(fmt(x) for x in fb.distinctness(p)) + " |"
+            for p in fb.prompt_languages
+        ],
         "",
         "Examples (first prompt of each language at step 0, 1 and the last step):",
         "",
-    ]  # fmt: skip
+    ]
     for p in fb.prompt_languages:
         g = fb.generations.get(p) or []
         for i in sorted({0, min(1, len(g) - 1), len(g) - 1}):
             if i >= 0 and g and g[i]:
-                out = (
-                    g[i][0]["output"].strip().replace("\n", " ")[:90].replace("`", "'")
+                out = g[i][0]["output"].strip().replace("\n", " ")[:90].replace("`", "'")
+                lines.append(
+                    f"- {p}, step {i} ({'+'.join(fb.steps[p][i]) or 'no edit'}): [{g[i][0]['language']}] `{out}`"
                 )
-                lines.append(f"- {p}, step {i} ({'+'.join(fb.steps[p][i]) or 'no edit'}): "
-                             f"[{g[i][0]['language']}] `{out}`")  # fmt: skip
     return lines + [""]
 
 
@@ -262,8 +259,12 @@ def model_description(cfg, masks, model=None) -> dict:
             "layers": model.num_layers,
             "neurons": model.num_neurons,
         }
-    return {"name": masks.meta.get("model", cfg.lape.model.source), "family": masks.meta.get("family", "?"),
-            "layers": masks.num_layers, "neurons": masks.num_neurons}  # fmt: skip
+    return {
+        "name": masks.meta.get("model", cfg.lape.model.source),
+        "family": masks.meta.get("family", "?"),
+        "layers": masks.num_layers,
+        "neurons": masks.num_neurons,
+    }
 
 
 def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str:
@@ -282,20 +283,17 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
     if fbs:
         heads.append("- **Fallback**: " + headline_fallback(fbs))
     if sweeps:
-        bits = [f"{kind} {res.strength_label(f)}: {m:.2f}" for kind, res in sweeps.items()
-                for f, m in zip(res.factors, res.mean_lss())]  # fmt: skip
-        heads.append(
-            "- **Amplification (mean LSS over pairs; 0.5 = no preference)**: "
-            + ", ".join(bits)
-            + "."
-        )
+        bits = [
+            f"{kind} {res.strength_label(f)}: {m:.2f}"
+            for kind, res in sweeps.items()
+            for f, m in zip(res.factors, res.mean_lss())
+        ]
+        heads.append("- **Amplification (mean LSS over pairs; 0.5 = no preference)**: " + ", ".join(bits) + ".")
     if mc is not None:
         acc = mc.mean_accuracy("sum")
         heads.append(
             "- **Multiple choice (accuracy, sum of option log-probs; chance "
-            f"{mc.chance():.2f})**: "
-            + ", ".join(f"{c} {a:.3f}" for c, a in zip(mc.conditions, acc))
-            + "."
+            f"{mc.chance():.2f})**: " + ", ".join(f"{c} {a:.3f}" for c, a in zip(mc.conditions, acc)) + "."
         )
     lines += heads + [""]
 
@@ -304,16 +302,18 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
         lines += [
             "## Fallback experiment",
             "",
-            (f"Language Arithmetics' `fallbacks.py` (methods.md §5.5): prompts are {cfg.fallback.prompts_per_language} "
-            f"held-out sentences per language as `{cfg.fallback.template!r}`; {fb.meta.get('generator')}, "
-            f"{cfg.fallback.max_new_tokens} new tokens. Step i sets the neurons of the union of the first i languages "
-            f"to δ at every position (order `{fb.meta.get('order')}`"
-            f"{', prompt language first' if fb.meta.get('prompt_first') else ''}); step 0 is the unedited model. "
-            "δ = −1.5 is the original's `negative` deactivation, δ = 0 LAPE's. "
-            f"Output language: {fb.meta.get('identifier')}. Each cell: the language added at that step, then the most "
-            "common output language and its share."),
+            (
+                f"Language Arithmetics' `fallbacks.py` (methods.md §5.5): prompts are {cfg.fallback.prompts_per_language} "
+                f"held-out sentences per language as `{cfg.fallback.template!r}`; {fb.meta.get('generator')}, "
+                f"{cfg.fallback.max_new_tokens} new tokens. Step i sets the neurons of the union of the first i languages "
+                f"to δ at every position (order `{fb.meta.get('order')}`"
+                f"{', prompt language first' if fb.meta.get('prompt_first') else ''}); step 0 is the unedited model. "
+                "δ = −1.5 is the original's `negative` deactivation, δ = 0 LAPE's. "
+                f"Output language: {fb.meta.get('identifier')}. Each cell: the language added at that step, then the most "
+                "common output language and its share."
+            ),
             "",
-        ]  # fmt: skip
+        ]
         for name, res in fbs.items():
             lines += fallback_section(cfg, res, name)
 
@@ -335,17 +335,27 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
         ]
         for kind, res in sweeps.items():
             for i, (f, m) in enumerate(zip(res.factors, res.mean_lss())):
-                lines.append(
-                    f"| {kind} | {res.strength_label(f)} | {m:.3f} | {np.nanmean(res.mean_shift[i]):.2f} |"
-                )
+                lines.append(f"| {kind} | {res.strength_label(f)} | {m:.3f} | {np.nanmean(res.mean_shift[i]):.2f} |")
         lines += ["", "![LSS sweep](lss_sweep.png)", ""]
         for kind, res in sweeps.items():
-            lines += [f"Per target language ({kind}, mean LSS over the prompt languages):", "",
-                      "| strength | " + " | ".join(res.targets) + " |", "|---:|" + "---:|" * len(res.targets),
-                      *[f"| {res.strength_label(f)} | " + " | ".join(fmt(np.nanmean(res.lss[i][:, j]) if np.isfinite(res.lss[i][:, j]).any() else np.nan)
-                                                                for j in range(len(res.targets))) + " |"
-                        for i, f in enumerate(res.factors)],
-                      "", f"![LSS {kind}](lss_{kind}.png)", ""]  # fmt: skip
+            lines += [
+                f"Per target language ({kind}, mean LSS over the prompt languages):",
+                "",
+                "| strength | " + " | ".join(res.targets) + " |",
+                "|---:|" + "---:|" * len(res.targets),
+                *[
+                    f"| {res.strength_label(f)} | "
+                    + " | ".join(
+                        fmt(np.nanmean(res.lss[i][:, j]) if np.isfinite(res.lss[i][:, j]).any() else np.nan)
+                        for j in range(len(res.targets))
+                    )
+                    + " |"
+                    for i, f in enumerate(res.factors)
+                ],
+                "",
+                f"![LSS {kind}](lss_{kind}.png)",
+                "",
+            ]
         if signs:
             lines += [
                 (
@@ -394,14 +404,22 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
             gold = lp[:, right]  # [C, N]
             wrong = lp[:, ~right].reshape(len(lp), len(ans), -1).mean(axis=-1)  # [C, N]
             flips = {norm: mc.flips(norm) for norm in ("sum", "token")}
-            lines += [("Paired view against no edit: the change of the mean summed log-prob of the correct option and of "
-                      "the wrong ones (nats), and the items each condition gets wrong that no edit got right "
-                      "(lost) and the reverse (gained):"), "",
-                      "| condition | Δ log P(correct) | Δ log P(wrong) | sum: lost / gained | per token: lost / gained |",
-                      "|---|---:|---:|---:|---:|",
-                      *[f"| {c} | {np.mean(gold[i] - gold[none]):+.2f} | {np.mean(wrong[i] - wrong[none]):+.2f} | "
-                        f"{flips['sum'][c][0]} / {flips['sum'][c][1]} | {flips['token'][c][0]} / {flips['token'][c][1]} |"
-                        for i, c in enumerate(mc.conditions)], ""]  # fmt: skip
+            lines += [
+                (
+                    "Paired view against no edit: the change of the mean summed log-prob of the correct option and of "
+                    "the wrong ones (nats), and the items each condition gets wrong that no edit got right "
+                    "(lost) and the reverse (gained):"
+                ),
+                "",
+                "| condition | Δ log P(correct) | Δ log P(wrong) | sum: lost / gained | per token: lost / gained |",
+                "|---|---:|---:|---:|---:|",
+                *[
+                    f"| {c} | {np.mean(gold[i] - gold[none]):+.2f} | {np.mean(wrong[i] - wrong[none]):+.2f} | "
+                    f"{flips['sum'][c][0]} / {flips['sum'][c][1]} | {flips['token'][c][0]} / {flips['token'][c][1]} |"
+                    for i, c in enumerate(mc.conditions)
+                ],
+                "",
+            ]
     lines += [
         "## Wall time",
         "",
@@ -418,9 +436,7 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
     if earlier:
         lines += [
             "",
-            "Reused results (their own run): "
-            + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items())
-            + ".",
+            "Reused results (their own run): " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items()) + ".",
         ]
     return "\n".join(lines) + "\n"
 
@@ -439,14 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         help="override, e.g. mc.items=8",
     )
     args = parser.parse_args(argv)
-    cfg: ArithmeticConfig = config_lib.load_config(
-        args.config, ArithmeticConfig, args.set
-    )
+    cfg: ArithmeticConfig = config_lib.load_config(args.config, ArithmeticConfig, args.set)
     for pair in cfg.mc.pairs:
         if len(pair) != 2:
-            raise config_lib.ConfigError(
-                f"mc.pairs: each pair is [source, target], got {list(pair)}"
-            )
+            raise config_lib.ConfigError(f"mc.pairs: each pair is [source, target], got {list(pair)}")
 
     import yaml
 
@@ -456,9 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     repro = _sibling("lape_reproduction")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     log = lambda msg: print(f"[arithmetic] {msg}", flush=True)
     timings: dict[str, float] = {}
 
@@ -476,18 +486,14 @@ def main(argv: list[str] | None = None) -> int:
             mesh = None
             if cfg.lape.mesh.data or cfg.lape.mesh.model:
                 mesh = make_mesh(cfg.lape.mesh.data, cfg.lape.mesh.model)
-            m = jlang.load_model(
-                cfg.lape.model.source, dtype=cfg.lape.model.dtype, mesh=mesh
-            )
+            m = jlang.load_model(cfg.lape.model.source, dtype=cfg.lape.model.dtype, mesh=mesh)
             masks.check_fits(m.num_layers, m.num_neurons, model=m.name)
             timings["load model"] = time.perf_counter() - t
             loaded["model"] = m
         return loaded["model"]
 
     parallel_path = (
-        None
-        if cfg.lape.corpus.source == "default"
-        else Path(cfg.lape.corpus.source) / "parallel" / "heldout.jsonl"
+        None if cfg.lape.corpus.source == "default" else Path(cfg.lape.corpus.source) / "parallel" / "heldout.jsonl"
     )
 
     mc = None
@@ -498,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         """Summed log-probs of token rows under edits, from one `Scorer` shared by LSS and multiple choice (one
         `jit`: its compiled programs are reused by both)."""
         nonlocal scorer
-        from jlang.evals.scoring import Scorer
+        from jlang.models.scoring import Scorer
 
         scorer = scorer or Scorer(get_model(), vocab_chunk=cfg.vocab_chunk)
         return lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
@@ -511,23 +517,17 @@ def main(argv: list[str] | None = None) -> int:
         fbs[name] = repro.load_existing(cfg, name, FallbackResult, log)
         if fbs[name] is not None:
             continue
-        from jlang.data.sources import read_documents
+        from jlang.data.sources import read_documents, resolve_corpus
         from jlang.evals.fallback import IDENTIFY_LANGUAGES, run_fallback
         from jlang.evals.langid import Py3LangID
         from jlang.evals.steering import default_generator, steering_prompts
-        from jlang.runs import resolve_corpus
 
         t = time.perf_counter()
         model = get_model()
         c = cfg.fallback
         corpus = resolve_corpus(cfg.lape.corpus.source, c.prompt_languages, c.split)
-        texts = {
-            l: [d for d in read_documents(corpus[l]) if isinstance(d, str)]
-            for l in c.prompt_languages
-        }
-        id_langs = list(
-            c.identify_languages or dict.fromkeys([*IDENTIFY_LANGUAGES, *languages])
-        )
+        texts = {l: [d for d in read_documents(corpus[l]) if isinstance(d, str)] for l in c.prompt_languages}
+        id_langs = list(c.identify_languages or dict.fromkeys([*IDENTIFY_LANGUAGES, *languages]))
         identify = Py3LangID(id_langs)
         generate, gen_how = default_generator(
             model,
@@ -535,17 +535,25 @@ def main(argv: list[str] | None = None) -> int:
             repetition_penalty=c.repetition_penalty,
         )
         fbs[name] = run_fallback(
-            masks, steering_prompts(texts, c.prompts_per_language, c.template), generate=generate, identify=identify,
-            order=c.order if isinstance(c.order, str) else list(c.order), prompt_first=c.prompt_first,
-            max_steps=c.max_steps, value=value,
-            meta={"model": model.name, "generator": gen_how, "identifier": f"{identify.name} over {' '.join(id_langs)}",
-                  "template": c.template, "max_new_tokens": c.max_new_tokens},
-        )  # fmt: skip
+            masks,
+            steering_prompts(texts, c.prompts_per_language, c.template),
+            generate=generate,
+            identify=identify,
+            order=c.order if isinstance(c.order, str) else list(c.order),
+            prompt_first=c.prompt_first,
+            max_steps=c.max_steps,
+            value=value,
+            meta={
+                "model": model.name,
+                "generator": gen_how,
+                "identifier": f"{identify.name} over {' '.join(id_langs)}",
+                "template": c.template,
+                "max_new_tokens": c.max_new_tokens,
+            },
+        )
         fbs[name].save(out / name)
         timings[f"fallback δ={value:g}"] = time.perf_counter() - t
-        log(
-            f"fallback δ={value:g} in {timings[f'fallback δ={value:g}']:.0f} s\n{fbs[name].table()}"
-        )
+        log(f"fallback δ={value:g} in {timings[f'fallback δ={value:g}']:.0f} s\n{fbs[name].table()}")
 
     signs = []
     if cfg.lss.enabled:
@@ -560,8 +568,13 @@ def main(argv: list[str] | None = None) -> int:
             if res is None:
                 t = time.perf_counter()
                 rows = rows if rows is not None else read_parallel(parallel_path)
-                items = [it for b in c.bases for tl in targets if b != tl
-                         for it in cloze_items(rows, b, tl, n=c.items, template=c.template)]  # fmt: skip
+                items = [
+                    it
+                    for b in c.bases
+                    for tl in targets
+                    if b != tl
+                    for it in cloze_items(rows, b, tl, n=c.items, template=c.template)
+                ]
                 res = lss(
                     get_model(),
                     masks,
@@ -573,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 res.save(out / name)
                 timings[f"LSS ({kind})"] = time.perf_counter() - t
-                log(f"LSS {kind} in {timings[f'LSS ({kind})']:.0f} s: " + ", ".join(
-                    f"{res.strength_label(f)} {m:.3f}" for f, m in zip(res.factors, res.mean_lss())))  # fmt: skip
+                log(
+                    f"LSS {kind} in {timings[f'LSS ({kind})']:.0f} s: "
+                    + ", ".join(f"{res.strength_label(f)} {m:.3f}" for f, m in zip(res.factors, res.mean_lss()))
+                )
             sweeps[kind] = res
         sweep_figure(sweeps, out / "lss_sweep.png")
         signs = sign_table(stats, masks, list(c.bases), targets)

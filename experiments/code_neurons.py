@@ -4,7 +4,7 @@
 
 Steps (each writes under `config.out`):
 
-1. The code corpus (`jlang.data.code_corpus`): source files of the installed Python
+1. The code corpus (`jlang.data.corpora.code`): source files of the installed Python
    packages, the standard library, C/C++ headers, JavaScript/HTML/CSS static files,
    Rust crates when Debian's `librust-*-dev` sources are installed, and English
    (the default gettext corpus's). Built once into jlang's cache; languages the
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from jlang import config as config_lib
-from jlang.data.code_corpus import DEFAULT_CODE_LANGUAGES
+from jlang.data.corpora.code import DEFAULT_CODE_LANGUAGES
 
 DEFAULT_SOURCE = "code-default"
 
@@ -52,9 +52,7 @@ class CorpusPart:
     # or a directory written by `jlang code-corpus --out DIR`
     source: str = DEFAULT_SOURCE
     languages: tuple[str, ...] = DEFAULT_CODE_LANGUAGES
-    require_all: bool = (
-        False  # true: fail when a language is missing; false: leave it out with a note
-    )
+    require_all: bool = False  # true: fail when a language is missing; false: leave it out with a note
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +116,9 @@ class CodeNeuronsConfig:
 # ----------------------------------------------------------------------------- steps
 
 
-def resolve_code_corpus(
-    cfg: CodeNeuronsConfig, log
-) -> tuple[Path, dict, list[str], dict]:
+def resolve_code_corpus(cfg: CodeNeuronsConfig, log) -> tuple[Path, dict, list[str], dict]:
     """(corpus directory, manifest, languages used, languages left out -> why)."""
-    from jlang.data.code_corpus import ensure_code_corpus
+    from jlang.data.corpora.code import ensure_code_corpus
 
     if cfg.corpus.source == DEFAULT_SOURCE:
         root = ensure_code_corpus()
@@ -133,9 +129,13 @@ def resolve_code_corpus(
                 f"{root} is not a code corpus (no manifest.json); build one with `jlang code-corpus --out {root}`"
             )
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    missing = {l: manifest.get("dropped", {}).get(l, {"reason": "not requested when the corpus was built",
-                                                          "hint": "rebuild it with this language"})
-               for l in cfg.corpus.languages if l not in manifest["languages"]}  # fmt: skip
+    missing = {
+        l: manifest.get("dropped", {}).get(
+            l, {"reason": "not requested when the corpus was built", "hint": "rebuild it with this language"}
+        )
+        for l in cfg.corpus.languages
+        if l not in manifest["languages"]
+    }
     if missing and cfg.corpus.require_all:
         raise SystemExit(
             "languages missing from the code corpus: "
@@ -145,9 +145,7 @@ def resolve_code_corpus(
         log(f"leaving out {l}: {d['reason']}; {d.get('hint', '')}")
     languages = [l for l in cfg.corpus.languages if l in manifest["languages"]]
     if len(languages) < 2:
-        raise SystemExit(
-            f"need at least 2 languages, the corpus at {root} has {manifest['languages']}"
-        )
+        raise SystemExit(f"need at least 2 languages, the corpus at {root} has {manifest['languages']}")
     return root, manifest, languages, missing
 
 
@@ -156,24 +154,32 @@ def statistics(cfg: CodeNeuronsConfig, model, corpus, languages, fingerprint: st
 
     `fingerprint` identifies the corpus build (its manifest's sha256): a rebuilt corpus at the same path
     does not reuse statistics of the old one."""
-    from jlang.collect import collect_stats
     from jlang.stats import ActivationStats
+    from jlang.stats.collect import collect_stats
 
     path = Path(cfg.out) / "stats.npz"
-    want = {"model": model.name, "seq_len": cfg.stats.seq_len, "max_tokens": cfg.stats.max_tokens_per_language,
-            "corpus": {l: corpus[l].describe() for l in languages}, "code_corpus": fingerprint}  # fmt: skip
+    want = {
+        "model": model.name,
+        "seq_len": cfg.stats.seq_len,
+        "max_tokens": cfg.stats.max_tokens_per_language,
+        "corpus": {l: corpus[l].describe() for l in languages},
+        "code_corpus": fingerprint,
+    }
     if cfg.stats.reuse and path.is_file():
         stats = ActivationStats.load(path)
-        if list(stats.languages) == languages and all(
-            stats.meta.get(k) == v for k, v in want.items()
-        ):
+        if list(stats.languages) == languages and all(stats.meta.get(k) == v for k, v in want.items()):
             log(f"reusing {path} ({int(stats.tokens.sum()):,} tokens)")
             return stats, f"reused {path}"
-        log(
-            f"{path} was made for another model/languages/corpus/sizes; collecting again"
-        )
-    stats = collect_stats(model, corpus, batch_size=cfg.stats.batch_size, seq_len=cfg.stats.seq_len, mode="pack",
-                          max_tokens=cfg.stats.max_tokens_per_language, seed=cfg.seed)  # fmt: skip
+        log(f"{path} was made for another model/languages/corpus/sizes; collecting again")
+    stats = collect_stats(
+        model,
+        corpus,
+        batch_size=cfg.stats.batch_size,
+        seq_len=cfg.stats.seq_len,
+        mode="pack",
+        max_tokens=cfg.stats.max_tokens_per_language,
+        seed=cfg.seed,
+    )
     stats.meta["code_corpus"] = fingerprint
     stats.save(path)
     return stats, "collected"
@@ -181,19 +187,30 @@ def statistics(cfg: CodeNeuronsConfig, model, corpus, languages, fingerprint: st
 
 def deactivation_ppl(cfg: CodeNeuronsConfig, model, neurons, root: Path, languages):
     """The held-out PPL matrix with each language's neurons set to `ppl.edit_value`; saved as ppl.json|png."""
-    from jlang.data.code_corpus import code_corpus, excerpt
+    from jlang.data.corpora.code import code_corpus, excerpt
     from jlang.data.sources import read_documents
     from jlang.evals.perplexity import ppl_matrix
 
     p = cfg.ppl
     heldout = code_corpus("heldout", languages, path=root)
     if p.texts_per_language is not None:  # middle excerpts of many files, one row each
-        heldout = {l: [excerpt(d, p.chars_per_text) for d in read_documents(heldout[l])[: p.texts_per_language]]
-                   for l in languages}  # fmt: skip
+        heldout = {
+            l: [excerpt(d, p.chars_per_text) for d in read_documents(heldout[l])[: p.texts_per_language]]
+            for l in languages
+        }
     mode = "pad" if p.texts_per_language is not None else p.mode
-    ppl = ppl_matrix(model, getattr(neurons, p.masks), heldout, languages=languages, batch_size=p.batch_size,
-                     seq_len=p.seq_len, mode=mode, edit_value=p.edit_value, vocab_chunk=p.vocab_chunk,
-                     max_tokens=p.max_tokens_per_language)  # fmt: skip
+    ppl = ppl_matrix(
+        model,
+        getattr(neurons, p.masks),
+        heldout,
+        languages=languages,
+        batch_size=p.batch_size,
+        seq_len=p.seq_len,
+        mode=mode,
+        edit_value=p.edit_value,
+        vocab_chunk=p.vocab_chunk,
+        max_tokens=p.max_tokens_per_language,
+    )
     ppl.save(Path(cfg.out) / "ppl")
     return ppl
 
@@ -201,13 +218,14 @@ def deactivation_ppl(cfg: CodeNeuronsConfig, model, neurons, root: Path, languag
 def code_lens(cfg: CodeNeuronsConfig, model, root: Path, languages):
     """The keyword logit lens on the first held-out files of each language; saved as lens.json|png."""
     from jlang.analysis.code_lens import keyword_lens
-    from jlang.data.code_corpus import code_corpus
+    from jlang.data.corpora.code import code_corpus
     from jlang.data.sources import read_documents
 
     c = cfg.lens
     heldout = code_corpus("heldout", languages, path=root)
-    texts = {l: [d for d in read_documents(heldout[l]) if isinstance(d, str)][: c.texts_per_language]
-             for l in languages}  # fmt: skip
+    texts = {
+        l: [d for d in read_documents(heldout[l]) if isinstance(d, str)][: c.texts_per_language] for l in languages
+    }
     lens = keyword_lens(
         model,
         texts,
@@ -243,36 +261,20 @@ def verdict(ppl) -> tuple[str, dict]:
     """One paragraph on whether deactivating k's neurons hurts k most, and the numbers behind it."""
     dom = ppl.diagonal_dominance("delta_nll")
     n, rows, cols = dom["languages"], dom["row_dominant"], dom["col_dominant"]
-    word = (
-        "Yes"
-        if rows == n
-        else "Mostly"
-        if rows >= 0.75 * n
-        else "Partly"
-        if rows >= 0.5 * n
-        else "No"
-    )
+    word = "Yes" if rows == n else "Mostly" if rows >= 0.75 * n else "Partly" if rows >= 0.5 * n else "No"
     exceptions = []
     for k, v in dom["per_language"].items():
         if not v["row_dominant"]:
             i = ppl.rows.index(k)
-            top = max(
-                (float(ppl.delta_nll[i, j]), c)
-                for j, c in enumerate(ppl.columns)
-                if c != k
-            )
-            exceptions.append(
-                f"{k} (ΔNLL[{k},{k}] = {v['own']:.3f} < ΔNLL[{k},{top[1]}] = {top[0]:.3f})"
-            )
+            top = max((float(ppl.delta_nll[i, j]), c) for j, c in enumerate(ppl.columns) if c != k)
+            exceptions.append(f"{k} (ΔNLL[{k},{k}] = {v['own']:.3f} < ΔNLL[{k},{top[1]}] = {top[0]:.3f})")
     text = (
         f"{word}: deactivating language k's neurons raises k's held-out NLL more than any other language's for "
         f"{rows}/{n} languages (row maximum); k's NLL rises most under its own deactivation for {cols}/{n} "
         f"(column maximum). Median ΔNLL[k,k] / mean_j≠k ΔNLL[k,j] = {fmt(dom['median_ratio_mean'], '{:.1f}')}."
     )
     if exceptions:
-        text += (
-            " Rows where another language suffers more: " + "; ".join(exceptions) + "."
-        )
+        text += " Rows where another language suffers more: " + "; ".join(exceptions) + "."
     return text, dom
 
 
@@ -319,24 +321,41 @@ def masks_section(cfg, stats, neurons, languages) -> list[str]:
             f"{fmt(sl['ratio'], '{:.1f}')} | {' / '.join(fmt(x, '{:.2f}') for x in share_l[k])} | {fmt(sf['p_own'])} | "
             f"{fmt(sf['p_other_mean'])} | {fmt(sf['ratio'], '{:.1f}')} | {' / '.join(fmt(x, '{:.2f}') for x in share_f[k])} |"
         )
-    lines += ["", "![LAPE neurons per layer](masks_lape.png) ![fixed-count neurons per layer](masks_fixed.png)", "",
-              "### Overlap between languages (Jaccard of the neuron sets)", "",
-              "| fixed count | " + " | ".join(languages) + " |", "|---|" + "---:|" * len(languages)]  # fmt: skip
+    lines += [
+        "",
+        "![LAPE neurons per layer](masks_lape.png) ![fixed-count neurons per layer](masks_fixed.png)",
+        "",
+        "### Overlap between languages (Jaccard of the neuron sets)",
+        "",
+        "| fixed count | " + " | ".join(languages) + " |",
+        "|---|" + "---:|" * len(languages),
+    ]
     jac = fixed.jaccard()
     for i, lang in enumerate(languages):
-        lines.append(
-            f"| {lang} | "
-            + " | ".join(fmt(jac[i, j], "{:.2f}") for j in range(len(languages)))
-            + " |"
-        )
+        lines.append(f"| {lang} | " + " | ".join(fmt(jac[i, j], "{:.2f}") for j in range(len(languages))) + " |")
     off = jac[~np.eye(len(languages), dtype=bool)]
-    pairs = sorted(((jac[i, j], languages[i], languages[j]) for i in range(len(languages))
-                    for j in range(i + 1, len(languages)) if np.isfinite(jac[i, j])), reverse=True)[:3]  # fmt: skip
-    lines += ["", f"Mean off-diagonal Jaccard (fixed count): {np.nanmean(off):.3f}; most similar pairs: "
-              + ", ".join(f"{a}–{b} {v:.2f}" for v, a, b in pairs) + ".", "", "![overlaps](overlap.png)", "",
-              "### The most specific neuron of each language (fixed count)", "",
-              "| language | neuron (layer, index) | LAPE entropy | p on its language | highest p elsewhere |",
-              "|---|---|---:|---:|---|"]  # fmt: skip
+    pairs = sorted(
+        (
+            (jac[i, j], languages[i], languages[j])
+            for i in range(len(languages))
+            for j in range(i + 1, len(languages))
+            if np.isfinite(jac[i, j])
+        ),
+        reverse=True,
+    )[:3]
+    lines += [
+        "",
+        f"Mean off-diagonal Jaccard (fixed count): {np.nanmean(off):.3f}; most similar pairs: "
+        + ", ".join(f"{a}–{b} {v:.2f}" for v, a, b in pairs)
+        + ".",
+        "",
+        "![overlaps](overlap.png)",
+        "",
+        "### The most specific neuron of each language (fixed count)",
+        "",
+        "| language | neuron (layer, index) | LAPE entropy | p on its language | highest p elsewhere |",
+        "|---|---|---:|---:|---|",
+    ]
     for lang in languages:
         top = top_neurons(stats, fixed, lang, n=1)
         if not top:
@@ -376,9 +395,7 @@ def ppl_section(cfg, ppl) -> list[str]:
             f"{int(ppl.sequences.sum())} rows ({', '.join(f'{c} {int(n)}' for c, n in zip(ppl.columns, ppl.tokens))})."
         ),
         "",
-        "Baseline PPL (no edit): "
-        + ", ".join(f"{c} {p:.2f}" for c, p in zip(ppl.columns, ppl.ppl[none]))
-        + ". "
+        "Baseline PPL (no edit): " + ", ".join(f"{c} {p:.2f}" for c, p in zip(ppl.columns, ppl.ppl[none])) + ". "
         "Code is far more predictable than prose, so the relative change ΔNLL = log(PPL / PPL_none) is the "
         "comparable measure; ΔPPL is in `ppl.json`.",
         "",
@@ -409,33 +426,15 @@ def english_text(lens) -> str:
     """Do English words surface among the top-k tokens before the code's own keywords do (Kargaran et al.)?"""
     L, k = lens.shares.shape[1], lens.meta["k"]
     e = lens.keyword_languages.index("english")
-    code = [
-        p
-        for p, l in enumerate(lens.languages)
-        if l != "english" and l in lens.keyword_languages
-    ]
+    code = [p for p, l in enumerate(lens.languages) if l != "english" and l in lens.keyword_languages]
     # the upper middle: after the lens starts to decode words, before the last two layers
     start = min(L // 2 + 1, L - 1)
     upper = slice(start, max(L - 2, start + 1))
     eng = [float(np.mean(lens.shares[p, upper, e])) for p in code]
-    own = [
-        float(
-            np.mean(
-                lens.shares[p, upper, lens.keyword_languages.index(lens.languages[p])]
-            )
-        )
-        for p in code
-    ]
+    own = [float(np.mean(lens.shares[p, upper, lens.keyword_languages.index(lens.languages[p])])) for p in code]
     ahead = [lens.languages[p] for p, a, b in zip(code, eng, own) if a > b]
     last_eng = float(np.mean(lens.shares[code, L - 1, e]))
-    last_own = float(
-        np.mean(
-            [
-                lens.shares[p, L - 1, lens.keyword_languages.index(lens.languages[p])]
-                for p in code
-            ]
-        )
-    )
+    last_own = float(np.mean([lens.shares[p, L - 1, lens.keyword_languages.index(lens.languages[p])] for p in code]))
     return (
         f"English words among the top-{k} tokens while reading code, layers {upper.start}–{upper.stop - 1} (mean "
         f"over the {len(code)} code languages): **{np.mean(eng):.3f}**, against **{np.mean(own):.3f}** for the code's "
@@ -467,13 +466,22 @@ def lens_section(lens) -> list[str]:
         "|---:|" + "---:|" * len(lens.languages),
     ]
     for l in show:
-        lines.append(f"| {l} | " + " | ".join(f"{fmt(own[l, p], '{:.2f}')} / {fmt(excl[l, p], '{:.2f}')}"
-                                             for p in range(len(lens.languages))) + " |")  # fmt: skip
-    text_own = [lens.text_shares[p, lens.keyword_languages.index(l)] if l in lens.keyword_languages else np.nan
-                for p, l in enumerate(lens.languages)]  # fmt: skip
+        lines.append(
+            f"| {l} | "
+            + " | ".join(
+                f"{fmt(own[l, p], '{:.2f}')} / {fmt(excl[l, p], '{:.2f}')}" for p in range(len(lens.languages))
+            )
+            + " |"
+        )
+    text_own = [
+        lens.text_shares[p, lens.keyword_languages.index(l)] if l in lens.keyword_languages else np.nan
+        for p, l in enumerate(lens.languages)
+    ]
     lines.append("| text | " + " | ".join(fmt(x, "{:.2f}") for x in text_own) + " |")
-    lines += ["", "Layer where the exclusive own-keyword share peaks: "
-              + ", ".join(f"{l} {p}" for l, p in peaks.items()) + "."]  # fmt: skip
+    lines += [
+        "",
+        "Layer where the exclusive own-keyword share peaks: " + ", ".join(f"{l} {p}" for l, p in peaks.items()) + ".",
+    ]
     if "english" in lens.keyword_languages:
         lines += ["", english_text(lens)]
     lines += [
@@ -524,16 +532,11 @@ def findings(neurons, ppl, lens) -> list[str]:
             f"- **Deactivation.** Switching off language k's neurons hurts k more than any other language for "
             f"{dom['row_dominant']}/{dom['languages']} languages; median ΔNLL[k,k] / mean ΔNLL[k,j≠k] = "
             f"{dom['median_ratio_mean']:.1f} (most specific: "
-            + ", ".join(
-                f"{k} {per[k]['own']:.3f} nats, {per[k]['ratio_mean']:.1f}×"
-                for k in best
-            )
+            + ", ".join(f"{k} {per[k]['own']:.3f} nats, {per[k]['ratio_mean']:.1f}×" for k in best)
             + ")."
         )
     if lens is not None and "english" in lens.keyword_languages:
-        lines.append(
-            "- **Logit lens.** " + english_text(lens).split(" (The English table")[0]
-        )
+        lines.append("- **Logit lens.** " + english_text(lens).split(" (The English table")[0])
     return lines + [""]
 
 
@@ -555,27 +558,33 @@ def report(
     lines = [
         f"# Programming-language neurons on `{model.name}`",
         "",
-        (f"Model `{model.name}` ({model.family}, {model.num_layers} layers × {model.num_neurons} neurons). Method: "
-        "Kargaran et al. 2025 (cisnlp/code-specific-neurons): LAPE over programming languages plus English, its "
-        "fixed-count variant, deactivation perplexity and a keyword logit lens."),
+        (
+            f"Model `{model.name}` ({model.family}, {model.num_layers} layers × {model.num_neurons} neurons). Method: "
+            "Kargaran et al. 2025 (cisnlp/code-specific-neurons): LAPE over programming languages plus English, its "
+            "fixed-count variant, deactivation perplexity and a keyword logit lens."
+        ),
         "",
-        (f"Corpus: `{manifest['name']}` built from {len(manifest['sources_used'])} installed packages/crates with open "
-        "licences (`manifest.json` lists each with its version and licence; the text itself is never redistributed). "
-        f"Statistics: {how}; LAPE packing, windows of {cfg.stats.seq_len} tokens, at most "
-        f"{cfg.stats.max_tokens_per_language or 'all'} tokens per language."),
+        (
+            f"Corpus: `{manifest['name']}` built from {len(manifest['sources_used'])} installed packages/crates with open "
+            "licences (`manifest.json` lists each with its version and licence; the text itself is never redistributed). "
+            f"Statistics: {how}; LAPE packing, windows of {cfg.stats.seq_len} tokens, at most "
+            f"{cfg.stats.max_tokens_per_language or 'all'} tokens per language."
+        ),
         "",
         "| language | train files | held-out files | top sources |",
         "|---|---:|---:|---|",
-        *[f"| {l} | {counts[l]['train_documents']} | {counts[l]['heldout_documents']} | "
-          + ", ".join(f"{s} {n}" for s, n in list(counts[l]['top_sources'].items())[:4]) + " |" for l in languages],
+        *[
+            f"| {l} | {counts[l]['train_documents']} | {counts[l]['heldout_documents']} | "
+            + ", ".join(f"{s} {n}" for s, n in list(counts[l]["top_sources"].items())[:4])
+            + " |"
+            for l in languages
+        ],
         "",
-    ]  # fmt: skip
+    ]
     if missing:
         lines += [
             "Left out (no files on this machine): "
-            + "; ".join(
-                f"{l} — {d.get('hint', d['reason'])}" for l, d in missing.items()
-            )
+            + "; ".join(f"{l} — {d.get('hint', d['reason'])}" for l, d in missing.items())
             + ".",
             "",
         ]
@@ -585,11 +594,18 @@ def report(
         lines += ppl_section(cfg, ppl)
     if lens is not None:
         lines += lens_section(lens)
-    lines += ["## Wall time", "", "This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-              + f"; total {sum(timings.values()):.0f} s."]  # fmt: skip
+    lines += [
+        "## Wall time",
+        "",
+        "This run: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; total {sum(timings.values()):.0f} s.",
+    ]
     if earlier:
-        lines += ["", "Reused results, from their own run: " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items())
-                  + "."]  # fmt: skip
+        lines += [
+            "",
+            "Reused results, from their own run: " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items()) + ".",
+        ]
     lines += [""]
     return "\n".join(lines)
 
@@ -598,9 +614,7 @@ def headline(ppl, neurons) -> dict:
     """The few numbers worth quoting, also written to summary.json."""
     out = {
         "lape_neurons": int(neurons.lape.unique_count()),
-        "fixed_count_neurons": {
-            l: int(neurons.fixed_count[l].sum()) for l in neurons.fixed_count.languages
-        },
+        "fixed_count_neurons": {l: int(neurons.fixed_count[l].sum()) for l in neurons.fixed_count.languages},
     }
     if ppl is not None:
         dom = ppl.diagonal_dominance("delta_nll")
@@ -624,22 +638,18 @@ def main(argv: list[str] | None = None) -> int:
         help="override, e.g. ppl.enabled=false",
     )
     args = parser.parse_args(argv)
-    cfg: CodeNeuronsConfig = config_lib.load_config(
-        args.config, CodeNeuronsConfig, args.set
-    )
+    cfg: CodeNeuronsConfig = config_lib.load_config(args.config, CodeNeuronsConfig, args.set)
 
     import yaml
 
     import jlang
     from jlang.analysis.code_neurons import identify_code_neurons
-    from jlang.data.code_corpus import code_corpus
-    from jlang.evals.report import save_heatmaps, write_json
+    from jlang.data.corpora.code import code_corpus
+    from jlang.io.report import save_heatmaps, write_json
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     log = lambda msg: print(f"[code_neurons] {msg}", flush=True)
     timings: dict[str, float] = {}
 
@@ -668,31 +678,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     neurons.lape.save(out / "masks_lape.npz")
     neurons.fixed_count.save(out / "masks_fixed.npz")
-    neurons.lape.plot_heatmap(
-        out / "masks_lape.png", title=f"{model.name}: LAPE neurons per layer"
-    )
+    neurons.lape.plot_heatmap(out / "masks_lape.png", title=f"{model.name}: LAPE neurons per layer")
     neurons.fixed_count.plot_heatmap(
         out / "masks_fixed.png",
         title=f"fixed count ({c.num_per_language} per language) per layer",
     )
-    save_heatmaps(out / "overlap.png", [
-        dict(matrix=m.jaccard(), rows=languages, cols=languages, vmin=0.0, vmax=1.0, title=f"{name}: Jaccard overlap",
-             cbar_label="Jaccard", fmt="{:.2f}")
-        for name, m in (("LAPE", neurons.lape), ("fixed count", neurons.fixed_count))
-    ], ncols=2, panel_size=(0.6 * len(languages) + 2.5, 0.5 * len(languages) + 2))  # fmt: skip
+    save_heatmaps(
+        out / "overlap.png",
+        [
+            dict(
+                matrix=m.jaccard(),
+                rows=languages,
+                cols=languages,
+                vmin=0.0,
+                vmax=1.0,
+                title=f"{name}: Jaccard overlap",
+                cbar_label="Jaccard",
+                fmt="{:.2f}",
+            )
+            for name, m in (("LAPE", neurons.lape), ("fixed count", neurons.fixed_count))
+        ],
+        ncols=2,
+        panel_size=(0.6 * len(languages) + 2.5, 0.5 * len(languages) + 2),
+    )
     timings["identify"] = time.perf_counter() - t
     log(neurons.fixed_count.summary_table())
 
     previous = (
-        json.loads((out / "summary.json").read_text()).get("timings", {})
-        if (out / "summary.json").is_file()
-        else {}
+        json.loads((out / "summary.json").read_text()).get("timings", {}) if (out / "summary.json").is_file() else {}
     )
-    earlier = (
-        {"statistics": previous["statistics"]}
-        if how.startswith("reused") and "statistics" in previous
-        else {}
-    )
+    earlier = {"statistics": previous["statistics"]} if how.startswith("reused") and "statistics" in previous else {}
     ppl = lens = None
     if cfg.ppl.enabled:
         ppl = reused(cfg, "ppl", log)
@@ -700,9 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             ppl = deactivation_ppl(cfg, model, neurons, root, languages)
             timings["PPL matrix"] = time.perf_counter() - t
-            log(
-                f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_nll', '{:.3f}')}\n{verdict(ppl)[0]}"
-            )
+            log(f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_nll', '{:.3f}')}\n{verdict(ppl)[0]}")
         elif "PPL matrix" in previous:
             earlier["PPL matrix"] = previous["PPL matrix"]
     if cfg.lens.enabled:
@@ -723,8 +736,10 @@ def main(argv: list[str] | None = None) -> int:
         tokens={l: int(n) for l, n in zip(stats.languages, stats.tokens)},
     )
     write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(report(cfg, model, manifest, languages, missing, stats, how, neurons, ppl, lens,
-                                          timings, earlier), encoding="utf-8")  # fmt: skip
+    (out / "report.md").write_text(
+        report(cfg, model, manifest, languages, missing, stats, how, neurons, ppl, lens, timings, earlier),
+        encoding="utf-8",
+    )
     log(f"wrote {out / 'report.md'}")
     return 0
 

@@ -9,7 +9,7 @@ Steps (everything under `config.out`):
    the language corpus (`language_stats.npz`).
 2. Culture statistics at `mlp.act` on the culture corpus's train split (`culture_stats.npz`);
    the default corpus is jlang's *demonstration* set (Faker locale records, see
-   `jlang.data.culture_corpus`), not the paper's MUREL data.
+   `jlang.data.corpora.culture`), not the paper's MUREL data.
 3. LAPE (RUCAIBox defaults) on each, then compound / pure / generic masks
    (`masks/{language,culture,compound,pure,generic}.npz`, `masks.png`).
 4. ΔPPL matrices of every mask kind on held-out culture and language text
@@ -27,9 +27,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
 
@@ -47,12 +45,8 @@ class CultureCorpusSection:
 
 @dataclasses.dataclass(frozen=True)
 class LanguageSection:
-    reuse_stats: str | None = (
-        "runs/lape_default/stats.npz"  # used when it fits (model, languages, mlp.act)
-    )
-    corpus: str = (
-        "default"  # "default" or a directory of {lang}.txt with train/ and heldout/
-    )
+    reuse_stats: str | None = "runs/lape_default/stats.npz"  # used when it fits (model, languages, mlp.act)
+    corpus: str = "default"  # "default" or a directory of {lang}.txt with train/ and heldout/
     max_tokens_per_language: int | None = 20000  # only when collecting
 
 
@@ -112,9 +106,7 @@ def parse_cultures(pairs) -> dict[str, list[str]]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise config_lib.ConfigError(
-                f"cultures: {pair!r} is not CULTURE=LANG[,LANG]"
-            )
+            raise config_lib.ConfigError(f"cultures: {pair!r} is not CULTURE=LANG[,LANG]")
         c, langs = pair.split("=", 1)
         out[c.strip()] = [x.strip() for x in langs.split(",") if x.strip()]
     if len(out) < 2:
@@ -123,21 +115,27 @@ def parse_cultures(pairs) -> dict[str, list[str]]:
 
 
 def culture_corpus(cfg: CultureConfig, cultures: dict[str, list[str]], split: str):
-    from jlang.data.culture_corpus import culture_corpus as demo
+    from jlang.data.corpora.culture import culture_corpus as demo
     from jlang.data.sources import Corpus
 
     c = cfg.culture_corpus
     if c.source == "demo":
-        return demo(split, {k: v[0] for k, v in cultures.items()}, train_lines=c.train_lines,
-                    heldout_lines=c.heldout_lines, seed=cfg.seed)  # fmt: skip
+        return demo(
+            split,
+            {k: v[0] for k, v in cultures.items()},
+            train_lines=c.train_lines,
+            heldout_lines=c.heldout_lines,
+            seed=cfg.seed,
+        )
     return Corpus.from_dir(c.source, split=split, languages=list(cultures))
 
 
 def language_stats(cfg: CultureConfig, model, languages: list[str], log):
     """(stats, how): reuse `language.reuse_stats` when it fits, else collect on the language corpus."""
-    from jlang.collect import collect_stats
-    from jlang.runs import check_stats_fit_model, resolve_corpus
+    from jlang.data.sources import resolve_corpus
     from jlang.stats import ActivationStats
+    from jlang.stats.collect import collect_stats
+    from jlang.stats.container import check_stats_fit_model
 
     path = cfg.language.reuse_stats
     if path and Path(path).is_file():
@@ -158,8 +156,15 @@ def language_stats(cfg: CultureConfig, model, languages: list[str], log):
             log(f"{path} does not fit ({e}); collecting language statistics")
     out = Path(cfg.out) / "language_stats.npz"
     corpus = resolve_corpus(cfg.language.corpus, languages, "train")
-    stats = collect_stats(model, corpus, batch_size=cfg.stats.batch_size, seq_len=cfg.stats.seq_len, mode=cfg.stats.mode,
-                          max_tokens=cfg.language.max_tokens_per_language, seed=cfg.seed)  # fmt: skip
+    stats = collect_stats(
+        model,
+        corpus,
+        batch_size=cfg.stats.batch_size,
+        seq_len=cfg.stats.seq_len,
+        mode=cfg.stats.mode,
+        max_tokens=cfg.language.max_tokens_per_language,
+        seed=cfg.seed,
+    )
     stats.save(out)
     return (
         stats,
@@ -169,7 +174,7 @@ def language_stats(cfg: CultureConfig, model, languages: list[str], log):
 
 def plot_masks(cmasks, path: Path) -> Path:
     """Neurons per layer of each culture for the culture, compound and pure masks (one panel each)."""
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     kinds = ("culture", "compound", "pure")
     fig = new_figure(4.2 * len(kinds) + 1, 4.2)
@@ -199,9 +204,7 @@ def layer_share(masks, top: int = 4) -> float:
     return float(per_layer[-top:].sum() / max(per_layer.sum(), 1))
 
 
-def report(
-    cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, timings
-) -> str:
+def report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, timings) -> str:
     L = model.num_layers
     lines = [
         f"# Culture neurons on `{model.name}`",
@@ -230,10 +233,7 @@ def report(
                 "language. Examples (held-out):"
             ),
             "",
-            *[
-                f"- `{c}`: {info['example']}"
-                for c, info in manifest.get("counts", {}).items()
-            ],
+            *[f"- `{c}`: {info['example']}" for c, info in manifest.get("counts", {}).items()],
             "",
         ]
     else:
@@ -243,9 +243,7 @@ def report(
         ]
     lines += [
         f"Language statistics: {how_lang}. Culture statistics: "
-        + ", ".join(
-            f"{c} {n:,}" for c, n in zip(cult_stats.languages, cult_stats.tokens)
-        )
+        + ", ".join(f"{c} {n:,}" for c, n in zip(cult_stats.languages, cult_stats.tokens))
         + f" tokens ({cfg.stats.mode} mode, {cfg.stats.seq_len}-token rows).",
         "",
         "## Masks",
@@ -253,9 +251,7 @@ def report(
         cmasks.summary_table(),
         "",
         f"Language neurons (LAPE on {', '.join(cmasks.language.languages)}): "
-        + ", ".join(
-            f"{l} {int(cmasks.language[l].sum())}" for l in cmasks.language.languages
-        )
+        + ", ".join(f"{l} {int(cmasks.language[l].sum())}" for l in cmasks.language.languages)
         + f". Share of the neurons in the last 4 of {L} layers: language {layer_share(cmasks.language):.2f}, "
         f"culture {layer_share(cmasks.culture):.2f}, pure culture {layer_share(cmasks.pure):.2f} "
         f"(mean layer: language {mean_layer(cmasks.language):.1f}, culture {mean_layer(cmasks.culture):.1f}, "
@@ -279,10 +275,7 @@ def report(
             ),
             "",
             "Baseline PPL: "
-            + ", ".join(
-                f"{c.split(':', 1)[1]} ({c.split(':')[0]}) {p:.1f}"
-                for c, p in base.items()
-            )
+            + ", ".join(f"{c.split(':', 1)[1]} ({c.split(':')[0]}) {p:.1f}" for c, p in base.items())
             + ".",
             "",
             "### Own versus other",
@@ -304,9 +297,11 @@ def report(
         for kind in ("language", "culture", "compound", "pure"):
             n, o = res.own_vs_other(kind, "delta_nll"), res.own_vs_other(kind)
             hit = "" if kind == "language" else "{}/{}".format(*res.own_dominant(kind))
-            lines.append(f"| {kind} | {n['own_culture']:.3f} | {n['other_cultures']:.3f} | {n['own_language']:.3f} | "
-                         f"{n['other_languages']:.3f} | {o['own_culture']:.1f} | {o['other_cultures']:.1f} | "
-                         f"{o['own_language']:.1f} | {o['other_languages']:.1f} | {hit} |")  # fmt: skip
+            lines.append(
+                f"| {kind} | {n['own_culture']:.3f} | {n['other_cultures']:.3f} | {n['own_language']:.3f} | "
+                f"{n['other_languages']:.3f} | {o['own_culture']:.1f} | {o['other_cultures']:.1f} | "
+                f"{o['own_language']:.1f} | {o['other_languages']:.1f} | {hit} |"
+            )
         g, gp = res.own_vs_other("generic", "delta_nll"), res.own_vs_other("generic")
         lines += [
             (
@@ -324,23 +319,16 @@ def report(
             if res.columns_of("language"):
                 lines += [res.table(kind, "language"), ""]
         lines += ["![ΔNLL heat maps](culture_ppl.png)", ""]
-    spent = (
-        ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "_reused") + "."
-    )
+    spent = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "_reused") + "."
     if timings.get("_reused"):
-        spent = (
-            "Results reused (`reuse_results: true`); the run that computed them: "
-            + spent
-        )
+        spent = "Results reused (`reuse_results: true`); the run that computed them: " + spent
     lines += ["## Wall time", "", spent, ""]
     return "\n".join(lines)
 
 
 def mean_layer(masks) -> float:
     per_layer = masks.masks.any(axis=0).sum(axis=1)
-    return float(
-        (per_layer * np.arange(len(per_layer))).sum() / max(per_layer.sum(), 1)
-    )
+    return float((per_layer * np.arange(len(per_layer))).sum() / max(per_layer.sum(), 1))
 
 
 def verdict(res) -> str:
@@ -349,24 +337,22 @@ def verdict(res) -> str:
         res.own_vs_other("compound", "delta_nll"),
     )
     hit, n = res.own_dominant("pure")
-    ratio = (
-        pure["own_culture"] / pure["other_cultures"]
-        if pure["other_cultures"] > 0
-        else float("inf")
+    ratio = pure["own_culture"] / pure["other_cultures"] if pure["other_cultures"] > 0 else float("inf")
+    return (
+        f"Deactivating a culture's **pure** culture neurons raises NLL on its own culture's held-out text by "
+        f"{pure['own_culture']:.3f} nats on average, {ratio:.1f}× the {pure['other_cultures']:.3f} on the other "
+        f"cultures' texts (own culture hit most for {hit}/{n} cultures), and by {pure['own_language']:.3f} on plain "
+        f"text in its own language. The **compound** neurons (culture ∧ language): {comp['own_culture']:.3f} own "
+        f"culture, {comp['other_cultures']:.3f} other cultures, {comp['own_language']:.3f} own language."
     )
-    return (f"Deactivating a culture's **pure** culture neurons raises NLL on its own culture's held-out text by "
-            f"{pure['own_culture']:.3f} nats on average, {ratio:.1f}× the {pure['other_cultures']:.3f} on the other "
-            f"cultures' texts (own culture hit most for {hit}/{n} cultures), and by {pure['own_language']:.3f} on plain "
-            f"text in its own language. The **compound** neurons (culture ∧ language): {comp['own_culture']:.3f} own "
-            f"culture, {comp['other_cultures']:.3f} other cultures, {comp['own_language']:.3f} own language.")  # fmt: skip
 
 
 def compute(cfg, cultures, languages, train, held, out: Path, log):
     """Load the model, collect statistics, identify the masks, run the ΔPPL matrices."""
     import jlang
     from jlang.analysis.culture import culture_ppl, identify_culture_neurons
-    from jlang.collect import collect_stats
-    from jlang.runs import resolve_corpus
+    from jlang.data.sources import resolve_corpus
+    from jlang.stats.collect import collect_stats
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -378,14 +364,27 @@ def compute(cfg, cultures, languages, train, held, out: Path, log):
     timings["language statistics"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cult_stats = collect_stats(model, train, batch_size=cfg.stats.batch_size, seq_len=cfg.stats.seq_len,
-                               mode=cfg.stats.mode, max_tokens=cfg.stats.max_tokens_per_culture, seed=cfg.seed)  # fmt: skip
+    cult_stats = collect_stats(
+        model,
+        train,
+        batch_size=cfg.stats.batch_size,
+        seq_len=cfg.stats.seq_len,
+        mode=cfg.stats.mode,
+        max_tokens=cfg.stats.max_tokens_per_culture,
+        seed=cfg.seed,
+    )
     cult_stats.save(out / "culture_stats.npz")
     timings["culture statistics"] = time.perf_counter() - t
 
     c = cfg.identify
-    cmasks = identify_culture_neurons(lang_stats, cult_stats, cultures, top_rate=c.top_rate, filter_rate=c.filter_rate,
-                                      activation_bar_ratio=c.activation_bar_ratio)  # fmt: skip
+    cmasks = identify_culture_neurons(
+        lang_stats,
+        cult_stats,
+        cultures,
+        top_rate=c.top_rate,
+        filter_rate=c.filter_rate,
+        activation_bar_ratio=c.activation_bar_ratio,
+    )
     cmasks.save(out / "masks")
     plot_masks(cmasks, out / "masks.png")
     log("masks\n" + cmasks.summary_table())
@@ -394,13 +393,18 @@ def compute(cfg, cultures, languages, train, held, out: Path, log):
     if cfg.ppl.enabled:
         t = time.perf_counter()
         p = cfg.ppl
-        lang_corpus = (
-            resolve_corpus(cfg.language.corpus, languages, "heldout")
-            if p.language_text
-            else None
+        lang_corpus = resolve_corpus(cfg.language.corpus, languages, "heldout") if p.language_text else None
+        res = culture_ppl(
+            model,
+            cmasks,
+            held,
+            lang_corpus,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            mode=p.mode,
+            max_tokens=p.max_tokens,
+            edit_value=p.edit_value,
         )
-        res = culture_ppl(model, cmasks, held, lang_corpus, batch_size=p.batch_size, seq_len=p.seq_len, mode=p.mode,
-                          max_tokens=p.max_tokens, edit_value=p.edit_value)  # fmt: skip
         res.save(out / "culture_ppl")
         timings["ΔPPL matrices"] = time.perf_counter() - t
         log(verdict(res))
@@ -424,9 +428,7 @@ def load_results(cfg, cultures, out: Path, log):
         d = json.loads((out / "culture_ppl.json").read_text(encoding="utf-8"))
         res = CulturePPL(PPLResult.from_dict(d["ppl"]), d["culture_languages"])
         res.save(out / "culture_ppl")
-    log(
-        f"reusing the results in {out} (run.json, culture_stats.npz, masks/, culture_ppl.json)"
-    )
+    log(f"reusing the results in {out} (run.json, culture_stats.npz, masks/, culture_ppl.json)")
     timings = {"_reused": 1.0, **record["timings"]}
     return (
         SimpleNamespace(**record["model"]),
@@ -450,42 +452,39 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     log = lambda msg: print(f"[culture] {msg}", flush=True)
     languages = list(dict.fromkeys(l for ls in cultures.values() for l in ls))
 
     t = time.perf_counter()
-    train = culture_corpus(
-        cfg, cultures, "train"
-    )  # builds the demonstration set once (cached)
+    train = culture_corpus(cfg, cultures, "train")  # builds the demonstration set once (cached)
     held = culture_corpus(cfg, cultures, "heldout")
     manifest = {}
     if cfg.culture_corpus.source == "demo":
         manifest = json.loads(
-            (
-                Path(train[next(iter(cultures))].path).parents[1] / "manifest.json"
-            ).read_text(encoding="utf-8")
+            (Path(train[next(iter(cultures))].path).parents[1] / "manifest.json").read_text(encoding="utf-8")
         )
     timings_corpus = time.perf_counter() - t
 
     if cfg.reuse_results and (out / "run.json").is_file():
-        model, how_lang, cult_stats, cmasks, res, timings = load_results(
-            cfg, cultures, out, log
-        )
+        model, how_lang, cult_stats, cmasks, res, timings = load_results(cfg, cultures, out, log)
     else:
-        model, how_lang, cult_stats, cmasks, res, timings = compute(
-            cfg, cultures, languages, train, held, out, log
-        )
+        model, how_lang, cult_stats, cmasks, res, timings = compute(cfg, cultures, languages, train, held, out, log)
         timings = {"culture corpus": timings_corpus, **timings}
-        record = {"model": {"name": model.name, "family": model.family, "num_layers": model.num_layers,
-                            "num_neurons": model.num_neurons}, "how_lang": how_lang, "timings": timings}  # fmt: skip
-        (out / "run.json").write_text(
-            json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
-        )
-    (out / "report.md").write_text(report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, timings),
-                                   encoding="utf-8")  # fmt: skip
+        record = {
+            "model": {
+                "name": model.name,
+                "family": model.family,
+                "num_layers": model.num_layers,
+                "num_neurons": model.num_neurons,
+            },
+            "how_lang": how_lang,
+            "timings": timings,
+        }
+        (out / "run.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
+    (out / "report.md").write_text(
+        report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, timings), encoding="utf-8"
+    )
     log(f"wrote {out / 'report.md'}")
     return 0
 

@@ -6,7 +6,7 @@ Steps (each writes under `config.out`):
 
 1. LAPE neurons: `{lape.out}/masks.npz` and `stats.npz` are reused when present
    and made for the configured model and languages (`reuse_lape`); otherwise the
-   whole `jlang run` chain (`jlang.runs.run_lape`) makes them.
+   whole `jlang run` chain (`jlang.methods.chain.run_lape`) makes them.
 2. `ppl.json|png`: perplexity on the held-out split with each language's neurons
    set to 0 (`jlang.evals.perplexity.ppl_matrix`), and whether the diagonal of
    ΔPPL dominates (deactivating k hurts k far more than the other languages).
@@ -109,7 +109,7 @@ class ReproductionConfig:
 def lape_neurons(cfg: ReproductionConfig, log) -> tuple[object, object, str]:
     """(masks, stats, how): reuse `{lape.out}` when it fits the config, else run the LAPE chain."""
     from jlang.masks import NeuronMasks
-    from jlang.runs import run_lape
+    from jlang.methods.chain import run_lape
     from jlang.stats import ActivationStats
 
     root = Path(cfg.lape.out)
@@ -129,7 +129,11 @@ def lape_neurons(cfg: ReproductionConfig, log) -> tuple[object, object, str]:
     t = time.perf_counter()
     result = run_lape(cfg.lape)
     log(f"LAPE chain done in {time.perf_counter() - t:.0f} s")
-    return NeuronMasks.load(result["masks"]), ActivationStats.load(result["stats"]), f"ran jlang run ({result['timings']})"
+    return (
+        NeuronMasks.load(result["masks"]),
+        ActivationStats.load(result["stats"]),
+        f"ran jlang run ({result['timings']})",
+    )
 
 
 def load_existing(cfg: ReproductionConfig, name: str, cls, log):
@@ -191,10 +195,12 @@ def verdict(ppl) -> str:
         word = "Partly"
     else:
         word = "No"
-    text = (f"{word}: deactivating language k's neurons raises k's PPL more than any other language's for {rows}/{n} "
-            f"languages (row maximum), and k's PPL rises most under its own deactivation for {cols}/{n} (column "
-            f"maximum); the median ratio of ΔPPL[k,k] to the mean ΔPPL[k,j≠k] is {dom['median_ratio_mean']:.1f} "
-            f"(to the max: {dom['median_ratio_max']:.2f}).")
+    text = (
+        f"{word}: deactivating language k's neurons raises k's PPL more than any other language's for {rows}/{n} "
+        f"languages (row maximum), and k's PPL rises most under its own deactivation for {cols}/{n} (column "
+        f"maximum); the median ratio of ΔPPL[k,k] to the mean ΔPPL[k,j≠k] is {dom['median_ratio_mean']:.1f} "
+        f"(to the max: {dom['median_ratio_max']:.2f})."
+    )
     if exceptions:
         text += " Rows where another language suffers more: " + "; ".join(exceptions) + "."
     return text
@@ -264,8 +270,10 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
             "",
             "| | " + " | ".join(steer.targets) + " |",
             "|---|" + "---:|" * len(steer.targets),
-            *[f"| {name} | " + fmt_row([v[key] for v in steer.per_target().values()]) + " |"
-              for name, key in (("success", "success"), ("control", "control"), ("lift", "lift"))],
+            *[
+                f"| {name} | " + fmt_row([v[key] for v in steer.per_target().values()]) + " |"
+                for name, key in (("success", "success"), ("control", "control"), ("lift", "lift"))
+            ],
             "",
             "![steering](steering.png)",
             "",
@@ -281,36 +289,61 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
                 "",
             ]
     for kind, res in lss_res.items():
-        lines += [f"## Language Steering Score ({res.meta.get('intervention')})", "",
-                  f"Cloze items from the parallel held-out messages (prompt `{res.meta.get('example_prompt')!r}`-style: "
-                  "the message in b quoted, objects = the message in b vs its translation in t; `jlang.evals.lss`); "
-                  f"{int(res.items.sum())} items over {int((res.items > 0).sum())} pairs. LSS(b→t) = share of "
-                  "items where the intervention on t's neurons raises log P(obj_t) − log P(obj_b); 0.5 = no preference.",
-                  "", "| strength | mean LSS | mean shift of D (nats) |", "|---:|---:|---:|",
-                  *[f"| {res.strength_label(f)} | {m:.3f} | {np.nanmean(res.mean_shift[i]):.3f} |"
-                    for i, (f, m) in enumerate(zip(res.factors, res.mean_lss()))],
-                  "", f"![LSS](lss_{kind}.png)", ""]  # fmt: skip
+        lines += [
+            f"## Language Steering Score ({res.meta.get('intervention')})",
+            "",
+            f"Cloze items from the parallel held-out messages (prompt `{res.meta.get('example_prompt')!r}`-style: "
+            "the message in b quoted, objects = the message in b vs its translation in t; `jlang.evals.lss`); "
+            f"{int(res.items.sum())} items over {int((res.items > 0).sum())} pairs. LSS(b→t) = share of "
+            "items where the intervention on t's neurons raises log P(obj_t) − log P(obj_b); 0.5 = no preference.",
+            "",
+            "| strength | mean LSS | mean shift of D (nats) |",
+            "|---:|---:|---:|",
+            *[
+                f"| {res.strength_label(f)} | {m:.3f} | {np.nanmean(res.mean_shift[i]):.3f} |"
+                for i, (f, m) in enumerate(zip(res.factors, res.mean_lss()))
+            ],
+            "",
+            f"![LSS](lss_{kind}.png)",
+            "",
+        ]
     if lens_res is not None:
         own, raw = lens_res.own_share("final_norm"), lens_res.own_share("raw")
         L = own.shape[0]
-        lines += ["## Logit lens", "",
-                  f"Top-{lens_res.meta.get('k')} tokens of every layer's residual stream ({lens_res.meta.get('where')} "
-                  f"positions of {lens_res.meta.get('max_texts')} held-out sentences per language), tagged by script and, "
-                  "for Latin/Han tokens, by train-split frequency (`jlang.evals.token_lang`). Share of the prompt's "
-                  "own language:", "",
-                  "| layer | " + " | ".join(lens_res.languages) + " |", "|---:|" + "---:|" * len(lens_res.languages),
-                  *[f"| {l} | " + fmt_row(own[l]) + " |" for l in sorted({0, L // 4, L // 2, 3 * L // 4, L - 2, L - 1})],
-                  f"| {L - 1} (no final norm) | " + fmt_row(raw[L - 1]) + " |",
-                  "", "![logit lens](lens.png)", "", "![labels per layer](lens_labels.png)", ""]  # fmt: skip
+        lines += [
+            "## Logit lens",
+            "",
+            f"Top-{lens_res.meta.get('k')} tokens of every layer's residual stream ({lens_res.meta.get('where')} "
+            f"positions of {lens_res.meta.get('max_texts')} held-out sentences per language), tagged by script and, "
+            "for Latin/Han tokens, by train-split frequency (`jlang.evals.token_lang`). Share of the prompt's "
+            "own language:",
+            "",
+            "| layer | " + " | ".join(lens_res.languages) + " |",
+            "|---:|" + "---:|" * len(lens_res.languages),
+            *[f"| {l} | " + fmt_row(own[l]) + " |" for l in sorted({0, L // 4, L // 2, 3 * L // 4, L - 2, L - 1})],
+            f"| {L - 1} (no final norm) | " + fmt_row(raw[L - 1]) + " |",
+            "",
+            "![logit lens](lens.png)",
+            "",
+            "![labels per layer](lens_labels.png)",
+            "",
+        ]
     earlier = {}
-    for label, res in (("PPL matrix", ppl), ("steering", steer), *((f"LSS ({k})", r) for k, r in lss_res.items()),
-                       ("logit lens", lens_res)):
+    for label, res in (
+        ("PPL matrix", ppl),
+        ("steering", steer),
+        *((f"LSS ({k})", r) for k, r in lss_res.items()),
+        ("logit lens", lens_res),
+    ):
         if res is not None and label not in timings:
             sec = res.meta.get("seconds")
             earlier[label] = sum(sec.values()) if isinstance(sec, dict) else sec
     lines += ["## Wall time", "", "This run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
     if earlier:
-        lines += ["", "Reused results (their own run): " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items() if v) + "."]
+        lines += [
+            "",
+            "Reused results (their own run): " + ", ".join(f"{k} {v:.0f} s" for k, v in earlier.items() if v) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -324,14 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     import jlang
-    from jlang.data.sources import read_documents
+    from jlang.data.sources import read_documents, resolve_corpus
     from jlang.parallel import make_mesh
-    from jlang.runs import resolve_corpus
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
-    log = lambda msg: print(f"[lape_reproduction] {msg}", flush=True)  # noqa: E731
+    log = lambda msg: print(f"[lape_reproduction] {msg}", flush=True)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -354,9 +386,18 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.ppl.enabled and ppl is None:
         t = time.perf_counter()
         c = cfg.ppl
-        ppl = ppl_matrix(model, masks, resolve_corpus(cfg.lape.corpus.source, languages, c.split), languages=languages,
-                         batch_size=c.batch_size, seq_len=c.seq_len, mode=c.mode, edit_value=c.edit_value,
-                         vocab_chunk=c.vocab_chunk, max_tokens=c.max_tokens_per_language)
+        ppl = ppl_matrix(
+            model,
+            masks,
+            resolve_corpus(cfg.lape.corpus.source, languages, c.split),
+            languages=languages,
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            mode=c.mode,
+            edit_value=c.edit_value,
+            vocab_chunk=c.vocab_chunk,
+            max_tokens=c.max_tokens_per_language,
+        )
         ppl.save(out / "ppl")
         timings["PPL matrix"] = time.perf_counter() - t
         log(f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_ppl')}\n{verdict(ppl)}")
@@ -376,13 +417,25 @@ def main(argv: list[str] | None = None) -> int:
         corpus = resolve_corpus(cfg.lape.corpus.source, study, c.split)
         texts = {l: [d for d in read_documents(corpus[l]) if isinstance(d, str)] for l in study}
         identify = Py3LangID(study)
-        generate, gen_how = default_generator(model, max_new_tokens=c.max_new_tokens, repetition_penalty=c.repetition_penalty)
+        generate, gen_how = default_generator(
+            model, max_new_tokens=c.max_new_tokens, repetition_penalty=c.repetition_penalty
+        )
         steer = run_steering(
-            masks, steering_prompts({l: texts[l] for l in languages}, c.prompts_per_language, c.template),
-            generate=generate, identify=identify, targets=targets, deactivate_value=c.deactivate_value,
-            activation=Activation(c.activation, c.strength), stats=stats,
-            meta={"model": model.name, "generator": gen_how, "identifier": identify.name, "max_new_tokens": c.max_new_tokens},
-        )  # fmt: skip
+            masks,
+            steering_prompts({l: texts[l] for l in languages}, c.prompts_per_language, c.template),
+            generate=generate,
+            identify=identify,
+            targets=targets,
+            deactivate_value=c.deactivate_value,
+            activation=Activation(c.activation, c.strength),
+            stats=stats,
+            meta={
+                "model": model.name,
+                "generator": gen_how,
+                "identifier": identify.name,
+                "max_new_tokens": c.max_new_tokens,
+            },
+        )
         if c.identifier_accuracy:
             steer.identifier_accuracy = identifier_accuracy(identify, texts)
         steer.save(out / "steering")
@@ -398,11 +451,26 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.perf_counter()
         c = cfg.lss
-        rows = read_parallel(None if cfg.lape.corpus.source == "default" else Path(cfg.lape.corpus.source) / "parallel" / "heldout.jsonl")
-        items = [it for b in (c.bases or languages) for tl in (c.targets or languages) if b != tl
-                 for it in cloze_items(rows, b, tl, n=c.items)]  # fmt: skip
-        lss_res[kind] = lss(model, masks, items, factors=c.alphas if kind == "additive" else c.factors, intervention=kind,
-                            stats=stats, batch_size=c.batch_size, vocab_chunk=cfg.ppl.vocab_chunk)
+        rows = read_parallel(
+            None if cfg.lape.corpus.source == "default" else Path(cfg.lape.corpus.source) / "parallel" / "heldout.jsonl"
+        )
+        items = [
+            it
+            for b in (c.bases or languages)
+            for tl in (c.targets or languages)
+            if b != tl
+            for it in cloze_items(rows, b, tl, n=c.items)
+        ]
+        lss_res[kind] = lss(
+            model,
+            masks,
+            items,
+            factors=c.alphas if kind == "additive" else c.factors,
+            intervention=kind,
+            stats=stats,
+            batch_size=c.batch_size,
+            vocab_chunk=cfg.ppl.vocab_chunk,
+        )
         lss_res[kind].save(out / name)
         timings[f"LSS ({kind})"] = time.perf_counter() - t
 
@@ -418,15 +486,31 @@ def main(argv: list[str] | None = None) -> int:
         c = cfg.lens
         counts = None
         if not c.script_only:
-            counts = token_counts(resolve_corpus(cfg.lape.corpus.source, languages, "train"), model.tokenizer, languages,
-                                  model.config.vocab_size)
-        tagger = TokenTagger.from_tokenizer(model.tokenizer, languages, vocab_size=model.config.vocab_size, counts=counts)
-        lens_res = logit_lens(model, resolve_corpus(cfg.lape.corpus.source, languages, "heldout"), languages=languages,
-                              tagger=tagger, k=c.k, max_texts=c.max_texts, where=c.where, vocab_chunk=cfg.ppl.vocab_chunk)
+            counts = token_counts(
+                resolve_corpus(cfg.lape.corpus.source, languages, "train"),
+                model.tokenizer,
+                languages,
+                model.config.vocab_size,
+            )
+        tagger = TokenTagger.from_tokenizer(
+            model.tokenizer, languages, vocab_size=model.config.vocab_size, counts=counts
+        )
+        lens_res = logit_lens(
+            model,
+            resolve_corpus(cfg.lape.corpus.source, languages, "heldout"),
+            languages=languages,
+            tagger=tagger,
+            k=c.k,
+            max_texts=c.max_texts,
+            where=c.where,
+            vocab_chunk=cfg.ppl.vocab_chunk,
+        )
         lens_res.save(out / "lens")
         timings["logit lens"] = time.perf_counter() - t
 
-    (out / "report.md").write_text(report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings), encoding="utf-8")
+    (out / "report.md").write_text(
+        report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings), encoding="utf-8"
+    )
     log(f"wrote {out / 'report.md'}")
     return 0
 

@@ -14,7 +14,7 @@ Steps (everything under `config.out`):
    (Tan et al. 2024: 90 % cumulative activation frequency per layer, shared neurons
    removed, IoU per layer), counting `a > 0` at `mlp.act`.
 4. `codemix.json|png`: code-mixed sentences from the parallel held-out split (bases x
-   partners x ratios 0.25/0.5/0.75, `jlang.data.codemix`); a statistics pass over them;
+   partners x ratios 0.25/0.5/0.75, `jlang.data.corpora.codemix`); a statistics pass over them;
    how the activation of each language's LAPE neurons and the specialised-neuron IoU
    with the base and the partner change with the mixing ratio.
 5. `report.md`.
@@ -30,9 +30,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
 
@@ -86,7 +84,7 @@ class OverlapConfig:
 def lape_neurons(cfg: OverlapConfig, log):
     """(masks, stats, how): `reuse` when it fits the `lape` section's model/languages/method, else run LAPE."""
     from jlang.masks import NeuronMasks
-    from jlang.runs import run_lape
+    from jlang.methods.chain import run_lape
     from jlang.stats import ActivationStats
 
     if cfg.reuse:
@@ -97,9 +95,11 @@ def lape_neurons(cfg: OverlapConfig, log):
                 ActivationStats.load(root / "stats.npz"),
             )
             source = cfg.lape.model.source
-            if (masks.meta.get("model") in (source, Path(source).name, Path(source).stem)
-                    and list(masks.languages) == list(cfg.lape.corpus.languages)
-                    and masks.meta.get("method") == cfg.lape.identify.method):  # fmt: skip
+            if (
+                masks.meta.get("model") in (source, Path(source).name, Path(source).stem)
+                and list(masks.languages) == list(cfg.lape.corpus.languages)
+                and masks.meta.get("method") == cfg.lape.identify.method
+            ):
                 log(f"reusing {root} ({masks.unique_count()} neurons)")
                 return (
                     masks,
@@ -109,8 +109,11 @@ def lape_neurons(cfg: OverlapConfig, log):
             log(f"{root} was made for another model/languages/method; running LAPE")
     lape_cfg = dataclasses.replace(cfg.lape, out=str(Path(cfg.out) / "lape"))
     result = run_lape(lape_cfg)
-    return (NeuronMasks.load(result["masks"]), ActivationStats.load(result["stats"]),
-            f"computed with the config's `lape` section into `{lape_cfg.out}` ({result['timings']})")  # fmt: skip
+    return (
+        NeuronMasks.load(result["masks"]),
+        ActivationStats.load(result["stats"]),
+        f"computed with the config's `lape` section into `{lape_cfg.out}` ({result['timings']})",
+    )
 
 
 def script_class_means(result) -> dict[str, float]:
@@ -137,17 +140,21 @@ def script_class_means(result) -> dict[str, float]:
                 else "Latin–non-Latin"
             )
             groups[key].append(float(v))
-    return {
-        k: (float(np.mean(v)) if v else float("nan")) for k, v in groups.items()
-    } | {f"{k} pairs": len(v) for k, v in groups.items()}
+    return {k: (float(np.mean(v)) if v else float("nan")) for k, v in groups.items()} | {
+        f"{k} pairs": len(v) for k, v in groups.items()
+    }
 
 
 def relation_table(relations: dict) -> list[str]:
-    lines = ["| shared … | same-group pairs | mean IoU same | mean IoU different | r | Mantel p (one-sided) |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| shared … | same-group pairs | mean IoU same | mean IoU different | r | Mantel p (one-sided) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for key, rel in relations.items():
-        lines.append(f"| {key} | {rel['same_pairs']} | {rel['mean_same']:.3f} | {rel['mean_diff']:.3f} | {rel['r']:.3f} | "
-                     f"{rel['p_value']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {key} | {rel['same_pairs']} | {rel['mean_same']:.3f} | {rel['mean_diff']:.3f} | {rel['r']:.3f} | "
+            f"{rel['p_value']:.4f} |"
+        )
     return lines
 
 
@@ -160,17 +167,21 @@ def spec_overall(spec) -> np.ndarray:
 def codemix_analysis(cfg: OverlapConfig, model, masks, log) -> dict:
     """Build the code-mixed sets, collect statistics on them, measure neuron activation and specialisation."""
     from jlang.analysis.overlap import mask_activation, specialization
-    from jlang.collect import collect_stats
-    from jlang.data.codemix import build_codemix, read_parallel, set_name
+    from jlang.data.corpora.codemix import build_codemix, read_parallel, set_name
+    from jlang.stats.collect import collect_stats
 
     c = cfg.codemix
-    cm = build_codemix(
-        read_parallel(), c.bases, c.partners, c.ratios, seed=c.seed, max_rows=c.max_rows
-    )
+    cm = build_codemix(read_parallel(), c.bases, c.partners, c.ratios, seed=c.seed, max_rows=c.max_rows)
     cm.save(Path(cfg.out) / "codemix_text")
     t = time.perf_counter()
-    stats = collect_stats(model, {name: texts for name, texts in cm.sets.items()}, batch_size=c.batch_size,
-                          seq_len=c.seq_len, mode=c.mode, seed=c.seed)  # fmt: skip
+    stats = collect_stats(
+        model,
+        {name: texts for name, texts in cm.sets.items()},
+        batch_size=c.batch_size,
+        seq_len=c.seq_len,
+        mode=c.mode,
+        seed=c.seed,
+    )
     stats.save(Path(cfg.out) / "codemix_stats.npz")
     seconds = time.perf_counter() - t
     langs = [l for l in masks.languages if l in list(c.bases) + list(c.partners)]
@@ -196,28 +207,27 @@ def codemix_analysis(cfg: OverlapConfig, model, masks, log) -> dict:
                 "base_neurons": act[idx, ib].tolist(),
                 "partner_neurons": act[idx, ip].tolist(),
                 "base_neurons_top4": act_layer[idx, ib][:, top].mean(axis=1).tolist(),
-                "partner_neurons_top4": act_layer[idx, ip][:, top]
-                .mean(axis=1)
-                .tolist(),
+                "partner_neurons_top4": act_layer[idx, ip][:, top].mean(axis=1).tolist(),
                 "spec_iou_base": [float(spec_mean[i, sb]) for i in idx],
                 "spec_iou_partner": [float(spec_mean[i, sp]) for i in idx],
-                "spec_iou_base_by_layer": [
-                    spec.per_layer[:, i, sb].tolist() for i in idx
-                ],
-                "spec_iou_partner_by_layer": [
-                    spec.per_layer[:, i, sp].tolist() for i in idx
-                ],
-                "replaced_share": [0.0]
-                + [cm.info[n]["replaced_share"] for n in names[1:-1]]
-                + [1.0],
+                "spec_iou_base_by_layer": [spec.per_layer[:, i, sb].tolist() for i in idx],
+                "spec_iou_partner_by_layer": [spec.per_layer[:, i, sp].tolist() for i in idx],
+                "replaced_share": [0.0] + [cm.info[n]["replaced_share"] for n in names[1:-1]] + [1.0],
             }
     examples = {name: cm.sets[name][:2] for name in cm.names() if name.endswith("@0.5")}
-    return {"curves": curves, "rows": cm.rows, "tokens": dict(zip(stats.languages, stats.tokens.tolist())),
-            "seconds": seconds, "examples": examples, "languages": langs, "meta": cm.meta}  # fmt: skip
+    return {
+        "curves": curves,
+        "rows": cm.rows,
+        "tokens": dict(zip(stats.languages, stats.tokens.tolist())),
+        "seconds": seconds,
+        "examples": examples,
+        "languages": langs,
+        "meta": cm.meta,
+    }
 
 
 def plot_codemix(res: dict, path: Path) -> Path:
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     fig = new_figure(15, 4.2)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
@@ -226,16 +236,17 @@ def plot_codemix(res: dict, path: Path) -> Path:
         color = colors.setdefault(pair, f"C{n % 10}")
         r = cur["ratios"]
         # 0 = the unmixed base sentences' value, 1 = the unmixed partner translations' value
-        axes[0].plot(
-            r, _normalise(cur["base_neurons"]), "-o", color=color, ms=3, label=pair
-        )
+        axes[0].plot(r, _normalise(cur["base_neurons"]), "-o", color=color, ms=3, label=pair)
         axes[0].plot(r, _normalise(cur["partner_neurons"]), "--s", color=color, ms=3)
         axes[1].plot(r, cur["spec_iou_base"], "-o", color=color, ms=3, label=pair)
         axes[1].plot(r, cur["spec_iou_partner"], "--s", color=color, ms=3)
-    axes[0].set_title("LAPE neurons: activation, scaled base text = 0, partner = 1\n(solid: base's neurons, dashed: partner's)",
-                      fontsize=9)  # fmt: skip
-    axes[1].set_title("specialised neurons: IoU with the unmixed base (solid)\nand with the unmixed partner (dashed)",
-                      fontsize=9)  # fmt: skip
+    axes[0].set_title(
+        "LAPE neurons: activation, scaled base text = 0, partner = 1\n(solid: base's neurons, dashed: partner's)",
+        fontsize=9,
+    )
+    axes[1].set_title(
+        "specialised neurons: IoU with the unmixed base (solid)\nand with the unmixed partner (dashed)", fontsize=9
+    )
     for ax in axes[:2]:
         ax.set_xlabel("mixing ratio (0 = base text, 1 = partner text)")
         ax.legend(fontsize=7)
@@ -243,14 +254,8 @@ def plot_codemix(res: dict, path: Path) -> Path:
     axes[1].set_ylabel("mean IoU over layers")
     # per layer at ratio 0.5: IoU with base minus IoU with partner
     for n, (pair, cur) in enumerate(res["curves"].items()):
-        mid = (
-            cur["ratios"].index(0.5)
-            if 0.5 in cur["ratios"]
-            else len(cur["ratios"]) // 2
-        )
-        diff = np.array(cur["spec_iou_base_by_layer"][mid]) - np.array(
-            cur["spec_iou_partner_by_layer"][mid]
-        )
+        mid = cur["ratios"].index(0.5) if 0.5 in cur["ratios"] else len(cur["ratios"]) // 2
+        diff = np.array(cur["spec_iou_base_by_layer"][mid]) - np.array(cur["spec_iou_partner_by_layer"][mid])
         axes[2].plot(range(len(diff)), diff, "-", color=colors[pair], label=pair)
     axes[2].axhline(0, color="grey", lw=0.8)
     axes[2].set_xlabel("layer")
@@ -283,18 +288,14 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
         "",
         f"IoU (Jaccard) = |A ∩ B| / |A ∪ B| over all (layer, neuron) pairs; rows and columns in the order of "
         f"average-linkage clustering of 1 − IoU. Mean over language pairs: **{ov.mean_overall():.3f}**; most "
-        "similar: "
-        + ", ".join(f"{a}–{b} {v:.3f}" for a, b, v in ov.top_pairs(5))
-        + ".",
+        "similar: " + ", ".join(f"{a}–{b} {v:.3f}" for a, b, v in ov.top_pairs(5)) + ".",
         "",
         ov.table(),
         "",
         "![clustered IoU](overlap.png)",
         "",
         "Per layer (mean over pairs, NaN where no language has a neuron in the layer): "
-        + ", ".join(
-            f"L{l} {v:.2f}" for l, v in enumerate(ov.mean_by_layer()) if np.isfinite(v)
-        )
+        + ", ".join(f"L{l} {v:.2f}" for l, v in enumerate(ov.mean_by_layer()) if np.isfinite(v))
         + ".",
         "",
         "![IoU per layer](overlap_layers.png)",
@@ -355,7 +356,7 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
                 f"{cmx['rows']} parallel held-out rows holding all of {', '.join(cmx['meta']['bases'] + cmx['meta']['partners'])}; "
                 "for each base b and partner p, a share r of b's words is replaced by the partner word linked to it in the "
                 "aligned sentence (Dice association over the parallel split + competitive linking; "
-                "`jlang.data.codemix`). A statistics pass over every set (base, partner and mixed text, "
+                "`jlang.data.corpora.codemix`). A statistics pass over every set (base, partner and mixed text, "
                 f"{sum(cmx['tokens'].values()):,} tokens, {cmx['seconds']:.0f} s). Examples at r = 0.5:"
             ),
             "",
@@ -381,9 +382,11 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
                 _normalise(cur["partner_neurons"]),
             )
             mid = cur["ratios"].index(0.5) if 0.5 in cur["ratios"] else 2
-            lines.append(f"| {pair} | {' / '.join(f'{x:.2f}' for x in cur['replaced_share'][1:-1])} | "
-                         f"{' / '.join(f'{x:.2f}' for x in nb[1:-1])} | {' / '.join(f'{x:.2f}' for x in npn[1:-1])} | "
-                         f"{cur['spec_iou_base'][mid]:.3f} | {cur['spec_iou_partner'][mid]:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {pair} | {' / '.join(f'{x:.2f}' for x in cur['replaced_share'][1:-1])} | "
+                f"{' / '.join(f'{x:.2f}' for x in nb[1:-1])} | {' / '.join(f'{x:.2f}' for x in npn[1:-1])} | "
+                f"{cur['spec_iou_base'][mid]:.3f} | {cur['spec_iou_partner'][mid]:.3f} |"
+            )
         lines += ["", codemix_verdict(cmx), "", "![code-mixing](codemix.png)", ""]
     lines += [
         "## Wall time",
@@ -407,32 +410,28 @@ def codemix_verdict(cmx: dict) -> str:
     n = len(mids)
     mb = float(np.mean([m[0] for m in mids]))
     mp = float(np.mean([m[1] for m in mids]))
-    half = [
-        cur["ratios"].index(0.5)
-        for cur in cmx["curves"].values()
-        if 0.5 in cur["ratios"]
-    ]
-    moved_b = [
-        _normalise(cur["base_neurons"])[i]
-        for cur, i in zip(cmx["curves"].values(), half)
-    ]
-    moved_p = [
-        _normalise(cur["partner_neurons"])[i]
-        for cur, i in zip(cmx["curves"].values(), half)
-    ]
+    half = [cur["ratios"].index(0.5) for cur in cmx["curves"].values() if 0.5 in cur["ratios"]]
+    moved_b = [_normalise(cur["base_neurons"])[i] for cur, i in zip(cmx["curves"].values(), half)]
+    moved_p = [_normalise(cur["partner_neurons"])[i] for cur, i in zip(cmx["curves"].values(), half)]
     words = [cur["replaced_share"][i] for cur, i in zip(cmx["curves"].values(), half)]
     if base_side > n / 2:
-        conclusion = "so here, as in the Aya-23 study, the base language drives neuron sharing more than the mixed-in one"
+        conclusion = (
+            "so here, as in the Aya-23 study, the base language drives neuron sharing more than the mixed-in one"
+        )
     else:
-        conclusion = "so here, unlike the Aya-23 study's finding, the mixed-in language weighs at least as much as the base"
-    return (f"As the mixing ratio grows, the base language's LAPE neurons fire less for {mono_b}/{n} pairs (monotone over "
-            f"0, .25, .5, .75, 1) and the partner's fire more for {mono_p}/{n}. With half of the words replaced "
-            f"(r = 0.5, {np.mean(words):.2f} actually replaced on average), the partner's neurons have moved a mean "
-            f"{np.mean(moved_p):.2f} of the way to their response on the partner's own text, the base's only "
-            f"{np.mean(moved_b):.2f}: a few inserted words switch the partner's neurons on more than they switch the "
-            f"base's off. At r = 0.5 the mixed text's specialised "
-            f"neurons overlap more with the unmixed base's than with the unmixed partner's for {base_side}/{n} pairs "
-            f"(mean IoU {mb:.3f} vs {mp:.3f}), {conclusion}.")  # fmt: skip
+        conclusion = (
+            "so here, unlike the Aya-23 study's finding, the mixed-in language weighs at least as much as the base"
+        )
+    return (
+        f"As the mixing ratio grows, the base language's LAPE neurons fire less for {mono_b}/{n} pairs (monotone over "
+        f"0, .25, .5, .75, 1) and the partner's fire more for {mono_p}/{n}. With half of the words replaced "
+        f"(r = 0.5, {np.mean(words):.2f} actually replaced on average), the partner's neurons have moved a mean "
+        f"{np.mean(moved_p):.2f} of the way to their response on the partner's own text, the base's only "
+        f"{np.mean(moved_b):.2f}: a few inserted words switch the partner's neurons on more than they switch the "
+        f"base's off. At r = 0.5 the mixed text's specialised "
+        f"neurons overlap more with the unmixed base's than with the unmixed partner's for {base_side}/{n} pairs "
+        f"(mean IoU {mb:.3f} vs {mp:.3f}), {conclusion}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,13 +445,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from jlang.analysis.langinfo import family_of, script_of
     from jlang.analysis.overlap import group_relation, overlap, specialization
-    from jlang.evals.report import save_heatmaps, write_json
+    from jlang.io.report import save_heatmaps, write_json
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     log = lambda msg: print(f"[overlap] {msg}", flush=True)
     timings: dict[str, float] = {}
 
@@ -468,44 +465,55 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = spec_rel = None
     if cfg.specialization.enabled:
-        spec = specialization(
-            stats, list(masks.languages), threshold=cfg.specialization.threshold
-        )
+        spec = specialization(stats, list(masks.languages), threshold=cfg.specialization.threshold)
         overall = spec_overall(spec)
         langs = spec.languages
-        spec_rel = {key: group_relation(overall, labels, permutations=cfg.overlap.permutations, seed=cfg.overlap.seed)
-                    for key, labels in (("script", [script_of(c) for c in langs]), ("family", [family_of(c) for c in langs]))}  # fmt: skip
+        spec_rel = {
+            key: group_relation(overall, labels, permutations=cfg.overlap.permutations, seed=cfg.overlap.seed)
+            for key, labels in (("script", [script_of(c) for c in langs]), ("family", [family_of(c) for c in langs]))
+        }
         iu = np.triu_indices(len(langs), 1)
-        spec_rel["lape_agreement"] = float(
-            np.corrcoef(overall[iu], np.nan_to_num(ov.overall[iu]))[0, 1]
-        )
-        write_json(
-            out / "specialization.json", {**spec.to_dict(), "relations": spec_rel}
-        )
+        spec_rel["lape_agreement"] = float(np.corrcoef(overall[iu], np.nan_to_num(ov.overall[iu]))[0, 1])
+        write_json(out / "specialization.json", {**spec.to_dict(), "relations": spec_rel})
         order = ov.order
         m = overall[np.ix_(order, order)].copy()
         np.fill_diagonal(m, np.nan)
         names = [langs[i] for i in order]
         per_layer = spec.mean_by_layer()
-        save_heatmaps(out / "specialization.png", [
-            {"matrix": m, "rows": names, "cols": names, "title": "specialised neurons: IoU (mean over layers), LAPE cluster order",
-                 "cbar_label": "IoU", "fmt": "{:.2f}"},
-            {"matrix": spec.per_layer.reshape(spec.per_layer.shape[0], -1)[:, [i * len(langs) + j for i, j in zip(*iu)]].T,
-                 "rows": [f"{langs[i]}-{langs[j]}" for i, j in zip(*iu)], "cols": [str(l) for l in range(len(per_layer))],
-                 "title": "IoU per layer (rows: language pairs)", "cbar_label": "IoU", "annotate": False, "xlabel": "layer"},
-        ], ncols=2, panel_size=(0.55 * len(langs) + 4, max(0.5 * len(langs) + 2, 0.1 * len(iu[0]) + 2)))  # fmt: skip
+        save_heatmaps(
+            out / "specialization.png",
+            [
+                {
+                    "matrix": m,
+                    "rows": names,
+                    "cols": names,
+                    "title": "specialised neurons: IoU (mean over layers), LAPE cluster order",
+                    "cbar_label": "IoU",
+                    "fmt": "{:.2f}",
+                },
+                {
+                    "matrix": spec.per_layer.reshape(spec.per_layer.shape[0], -1)[
+                        :, [i * len(langs) + j for i, j in zip(*iu)]
+                    ].T,
+                    "rows": [f"{langs[i]}-{langs[j]}" for i, j in zip(*iu)],
+                    "cols": [str(l) for l in range(len(per_layer))],
+                    "title": "IoU per layer (rows: language pairs)",
+                    "cbar_label": "IoU",
+                    "annotate": False,
+                    "xlabel": "layer",
+                },
+            ],
+            ncols=2,
+            panel_size=(0.55 * len(langs) + 4, max(0.5 * len(langs) + 2, 0.1 * len(iu[0]) + 2)),
+        )
     timings["overlap + specialisation"] = time.perf_counter() - t
 
     cmx = None
     if cfg.codemix.enabled and cfg.reuse_results and (out / "codemix.json").is_file():
         cmx = json.loads((out / "codemix.json").read_text(encoding="utf-8"))
         plot_codemix(cmx, out / "codemix.png")
-        log(
-            f"reusing {out / 'codemix.json'} (its statistics pass took {cmx['seconds']:.0f} s)"
-        )
-        timings["code-mixing statistics pass (reused result, its own run)"] = cmx[
-            "seconds"
-        ]
+        log(f"reusing {out / 'codemix.json'} (its statistics pass took {cmx['seconds']:.0f} s)")
+        timings["code-mixing statistics pass (reused result, its own run)"] = cmx["seconds"]
     elif cfg.codemix.enabled:
         import jlang
 

@@ -155,16 +155,27 @@ class SAELapeConfig:
 
 def train_or_reuse(cfg: SAELapeConfig, model, log):
     """(SAE, history, dead-feature summary, seconds, how)."""
-    from jlang.evals.report import write_json
+    from jlang.io.report import write_json
     from jlang.sae.model import SAE, SAEConfig
     from jlang.sae.train import ActivationStream, dead_features, load_tokenized, save_history, train_sae
 
     out = Path(cfg.out)
     s = cfg.sae
-    sae_cfg = SAEConfig(d_in=model.config.d_model, num_features=s.num_features, kind=s.kind, k=s.k, layer=s.layer,
-                        hook_point=s.hook_point)  # fmt: skip
-    settings = {"sae": sae_cfg.to_dict(), "train": dataclasses.asdict(cfg.train), "data": dataclasses.asdict(cfg.data),
-                "model": model.name, "languages": list(cfg.corpus.languages)}  # fmt: skip
+    sae_cfg = SAEConfig(
+        d_in=model.config.d_model,
+        num_features=s.num_features,
+        kind=s.kind,
+        k=s.k,
+        layer=s.layer,
+        hook_point=s.hook_point,
+    )
+    settings = {
+        "sae": sae_cfg.to_dict(),
+        "train": dataclasses.asdict(cfg.train),
+        "data": dataclasses.asdict(cfg.data),
+        "model": model.name,
+        "languages": list(cfg.corpus.languages),
+    }
     if cfg.reuse_sae and (out / "sae.npz").is_file() and (out / "train.json").is_file():
         saved = json.loads((out / "train.json").read_text())
         if saved.get("settings") == json.loads(json.dumps(settings)):
@@ -172,23 +183,47 @@ def train_or_reuse(cfg: SAELapeConfig, model, log):
             history = json.loads((out / "history.json").read_text())
             return (SAE.load(out / "sae.npz"), history, saved["dead"], saved["seconds"], f"reused {out / 'sae.npz'}")
         log(f"{out / 'sae.npz'} was trained with other settings; training again")
-    from jlang.runs import resolve_corpus
+    from jlang.data.sources import resolve_corpus
 
     tok = load_tokenized(
         model, resolve_corpus(cfg.corpus.source, cfg.corpus.languages, "train"), add_bos=cfg.corpus.add_bos
     )
     d = cfg.data
-    stream = ActivationStream(model, tok, layer=s.layer, point=s.hook_point, batch_size=d.batch_size, seq_len=d.seq_len,
-                              seed=d.seed, skip_bos=d.skip_bos)  # fmt: skip
+    stream = ActivationStream(
+        model,
+        tok,
+        layer=s.layer,
+        point=s.hook_point,
+        batch_size=d.batch_size,
+        seq_len=d.seq_len,
+        seed=d.seed,
+        skip_bos=d.skip_bos,
+    )
     ckpt = out / "checkpoints"
-    res = train_sae(stream, sae_cfg, cfg.train, checkpoint_dir=ckpt, checkpoint_every=cfg.checkpoint.every,
-                    resume=cfg.checkpoint.resume, log=log)  # fmt: skip
+    res = train_sae(
+        stream,
+        sae_cfg,
+        cfg.train,
+        checkpoint_dir=ckpt,
+        checkpoint_every=cfg.checkpoint.every,
+        resume=cfg.checkpoint.resume,
+        log=log,
+    )
     res.sae.save(out / "sae.npz")
     save_history(res.history, out / "history.json")
     dead = dead_features(res.since_fired, cfg.train.dead_window)
     how = f"trained ({res.steps} steps" + (f", resumed from step {res.resumed_from}" if res.resumed_from else "") + ")"
-    write_json(out / "train.json", {"settings": settings, "dead": dead, "seconds": res.seconds, "tokens": res.tokens,
-                                    "epochs_started": stream.epoch + 1, "how": how})  # fmt: skip
+    write_json(
+        out / "train.json",
+        {
+            "settings": settings,
+            "dead": dead,
+            "seconds": res.seconds,
+            "tokens": res.tokens,
+            "epochs_started": stream.epoch + 1,
+            "how": how,
+        },
+    )
     if not cfg.checkpoint.keep:
         import shutil
 
@@ -202,7 +237,7 @@ def _counts(result) -> dict:
 
 
 def plot_training(history, path) -> None:
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     steps = [h["step"] for h in history]
     fig = new_figure(11, 3.2)
@@ -219,15 +254,18 @@ def plot_training(history, path) -> None:
 
 def plot_features(result, path) -> None:
     """Features per language, and the entropy of every candidate vs its top language's p."""
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     counts = result.counts()
     fig = new_figure(11, 3.6)
     ax = fig.add_subplot(1, 2, 1)
     ax.bar(list(counts), list(counts.values()), color="tab:blue")
     pr = result.params
-    ax.set_title(f"SAE-LAPE features per language (filter {pr['example_rate']:g} / {pr['token_rate']:g}, ratio "
-                 f"{pr['threshold_ratio']:g}{', language-specific' if pr['lang_specific'] else ''})", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"SAE-LAPE features per language (filter {pr['example_rate']:g} / {pr['token_rate']:g}, ratio "
+        f"{pr['threshold_ratio']:g}{', language-specific' if pr['lang_specific'] else ''})",
+        fontsize=9,
+    )
     ax = fig.add_subplot(1, 2, 2)
     cand = result.candidates[0]
     ent = result.entropy[0][cand]
@@ -247,17 +285,37 @@ def plot_features(result, path) -> None:
 
 
 def plot_steering(steer, path) -> None:
-    from jlang.evals.report import save_heatmaps
+    from jlang.io.report import save_heatmaps
 
     targets = list(steer["success"])
     mults = sorted({float(m) for t in targets for m in steer["success"][t]})
     m = np.array([[steer["success"][t][mm] for mm in mults] for t in targets])
     base = np.array([[steer["baseline"][t]] for t in targets])
-    save_heatmaps(path, [
-        {"matrix": m, "rows": targets, "cols": [f"m={x:g}" for x in mults], "title": "share identified as the target",
-             "vmin": 0, "vmax": 1, "xlabel": "multiplier", "ylabel": "target"},
-        {"matrix": base, "rows": targets, "cols": ["no steering"], "title": "baseline (unsteered)", "vmin": 0, "vmax": 1},
-    ], ncols=2, panel_size=(5.0, 4.0))  # fmt: skip
+    save_heatmaps(
+        path,
+        [
+            {
+                "matrix": m,
+                "rows": targets,
+                "cols": [f"m={x:g}" for x in mults],
+                "title": "share identified as the target",
+                "vmin": 0,
+                "vmax": 1,
+                "xlabel": "multiplier",
+                "ylabel": "target",
+            },
+            {
+                "matrix": base,
+                "rows": targets,
+                "cols": ["no steering"],
+                "title": "baseline (unsteered)",
+                "vmin": 0,
+                "vmax": 1,
+            },
+        ],
+        ncols=2,
+        panel_size=(5.0, 4.0),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,10 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     import jlang
-    from jlang.data.sources import read_documents
-    from jlang.evals.report import write_json
+    from jlang.data.sources import read_documents, resolve_corpus
+    from jlang.io.report import write_json
     from jlang.parallel import make_mesh
-    from jlang.runs import resolve_corpus
     from jlang.sae import lape as lape_lib
     from jlang.sae.classify import classify
     from jlang.sae.steer import steering_success
@@ -298,44 +355,96 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{sae}: {how}; last {history[-1]}; dead {dead}")
 
     t = time.perf_counter()
-    heldout = load_tokenized(model, resolve_corpus(cfg.corpus.source, languages, "heldout"), add_bos=cfg.corpus.add_bos,
-                             progress=False)  # fmt: skip
-    ev = evaluate(model, sae, sentence_rows(heldout, max_len=cfg.eval.max_len, max_per_language=cfg.eval.sentences_per_language),
-                  batch_size=cfg.eval.batch_size, vocab_chunk=cfg.eval.vocab_chunk, skip_bos=cfg.data.skip_bos)  # fmt: skip
+    heldout = load_tokenized(
+        model, resolve_corpus(cfg.corpus.source, languages, "heldout"), add_bos=cfg.corpus.add_bos, progress=False
+    )
+    ev = evaluate(
+        model,
+        sae,
+        sentence_rows(heldout, max_len=cfg.eval.max_len, max_per_language=cfg.eval.sentences_per_language),
+        batch_size=cfg.eval.batch_size,
+        vocab_chunk=cfg.eval.vocab_chunk,
+        skip_bos=cfg.data.skip_bos,
+    )
     write_json(out / "eval.json", ev)
     timings["evaluation"] = time.perf_counter() - t
     log(f"held-out evaluation: {ev}")
 
     t = time.perf_counter()
     c = cfg.lape
-    tok = load_tokenized(model, resolve_corpus(cfg.corpus.source, languages, c.split), add_bos=cfg.corpus.add_bos,
-                         progress=False)  # fmt: skip
-    stats = lape_lib.feature_stats(model, sae, sentence_rows(tok, max_len=c.max_len, max_per_language=c.sentences_per_language),
-                                   languages, batch_size=c.batch_size, skip_bos=cfg.data.skip_bos, meta={"split": c.split})  # fmt: skip
+    tok = load_tokenized(
+        model, resolve_corpus(cfg.corpus.source, languages, c.split), add_bos=cfg.corpus.add_bos, progress=False
+    )
+    stats = lape_lib.feature_stats(
+        model,
+        sae,
+        sentence_rows(tok, max_len=c.max_len, max_per_language=c.sentences_per_language),
+        languages,
+        batch_size=c.batch_size,
+        skip_bos=cfg.data.skip_bos,
+        meta={"split": c.split},
+    )
     stats.save(out / "stats.npz")
-    features = lape_lib.identify(stats, threshold_ratio=c.threshold_ratio, example_rate=c.example_rate,
-                                 token_rate=c.token_rate, lang_specific=c.lang_specific, top=c.top,
-                                 top_by_frequency=c.top_by_frequency, entropy_threshold=c.entropy_threshold)  # fmt: skip
+    features = lape_lib.identify(
+        stats,
+        threshold_ratio=c.threshold_ratio,
+        example_rate=c.example_rate,
+        token_rate=c.token_rate,
+        lang_specific=c.lang_specific,
+        top=c.top,
+        top_by_frequency=c.top_by_frequency,
+        entropy_threshold=c.entropy_threshold,
+    )
     features.save(out / "features.npz")
     write_json(out / "features.json", lape_lib.to_jsonable(features))
 
-    shared = lape_lib.identify(stats, threshold_ratio=c.threshold_ratio, example_rate=c.example_rate,
-                               token_rate=c.token_rate, lang_specific=False)  # fmt: skip
-    sweep = [{"example_rate": er, "token_rate": tr, **_counts(lape_lib.identify(stats, threshold_ratio=c.threshold_ratio,
-              example_rate=er, token_rate=tr, lang_specific=c.lang_specific))}
-             for er in c.sweep_example_rates for tr in c.sweep_token_rates]  # fmt: skip
+    shared = lape_lib.identify(
+        stats,
+        threshold_ratio=c.threshold_ratio,
+        example_rate=c.example_rate,
+        token_rate=c.token_rate,
+        lang_specific=False,
+    )
+    sweep = [
+        {
+            "example_rate": er,
+            "token_rate": tr,
+            **_counts(
+                lape_lib.identify(
+                    stats,
+                    threshold_ratio=c.threshold_ratio,
+                    example_rate=er,
+                    token_rate=tr,
+                    lang_specific=c.lang_specific,
+                )
+            ),
+        }
+        for er in c.sweep_example_rates
+        for tr in c.sweep_token_rates
+    ]
     ds = cfg.downstream
-    d_rates = {"example_rate": c.example_rate if ds.example_rate is None else ds.example_rate,
-               "token_rate": c.token_rate if ds.token_rate is None else ds.token_rate}  # fmt: skip
-    used = lape_lib.identify(stats, threshold_ratio=c.threshold_ratio, lang_specific=c.lang_specific, top=c.top,
-                             top_by_frequency=c.top_by_frequency, entropy_threshold=c.entropy_threshold, **d_rates)  # fmt: skip
+    d_rates = {
+        "example_rate": c.example_rate if ds.example_rate is None else ds.example_rate,
+        "token_rate": c.token_rate if ds.token_rate is None else ds.token_rate,
+    }
+    used = lape_lib.identify(
+        stats,
+        threshold_ratio=c.threshold_ratio,
+        lang_specific=c.lang_specific,
+        top=c.top,
+        top_by_frequency=c.top_by_frequency,
+        entropy_threshold=c.entropy_threshold,
+        **d_rates,
+    )
     used.save(out / "features_downstream.npz")
     plot_features(used, out / "features.png")
     write_json(out / "features_downstream.json", lape_lib.to_jsonable(used))
     write_json(out / "sweep.json", sweep)
     timings["SAE-LAPE"] = time.perf_counter() - t
-    log(f"{int(features.candidates.sum())} candidates; features per language {features.counts()}; "
-        f"downstream ({d_rates}): {used.counts()}")  # fmt: skip
+    log(
+        f"{int(features.candidates.sum())} candidates; features per language {features.counts()}; "
+        f"downstream ({d_rates}): {used.counts()}"
+    )
 
     result = None
     if cfg.classify.enabled:
@@ -346,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         more = {f"{c.example_rate}/{c.token_rate}": features}
         if ds.shared:
             more["shared"] = lape_lib.identify(stats, threshold_ratio=c.threshold_ratio, lang_specific=False, **d_rates)
-        result = classify(model, sae, used, texts, batch_size=cfg.classify.batch_size, skip_bos=cfg.data.skip_bos,
-                          more_features=more)  # fmt: skip
+        result = classify(
+            model, sae, used, texts, batch_size=cfg.classify.batch_size, skip_bos=cfg.data.skip_bos, more_features=more
+        )
         result.save(out / "classify.json")
         result.plot(out / "classify.png", [n for n in result.metrics if not n.startswith("sae-min-max")])
         timings["language ID"] = time.perf_counter() - t
@@ -362,8 +472,18 @@ def main(argv: list[str] | None = None) -> int:
             : s.prompts
         ]
         targets = [tl for tl in s.targets if used.counts().get(tl, 0) > 0]
-        steer = steering_success(model, sae, used, prompts, targets, s.multipliers, max_new_tokens=s.max_new_tokens,
-                                 repetition_penalty=s.repetition_penalty, where=s.where, batch_size=s.batch_size)  # fmt: skip
+        steer = steering_success(
+            model,
+            sae,
+            used,
+            prompts,
+            targets,
+            s.multipliers,
+            max_new_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            where=s.where,
+            batch_size=s.batch_size,
+        )
         steer["skipped_targets"] = [tl for tl in s.targets if tl not in targets]
         write_json(out / "steering.json", steer)
         if targets:
@@ -371,8 +491,25 @@ def main(argv: list[str] | None = None) -> int:
         timings["steering"] = time.perf_counter() - t
         log(f"steering success {steer['success']}")
 
-    report = write_report(cfg, model, sae, history, dead, train_seconds, how, ev, stats, features, shared, result, steer,
-                          timings, sweep=sweep, used=used, d_rates=d_rates)  # fmt: skip
+    report = write_report(
+        cfg,
+        model,
+        sae,
+        history,
+        dead,
+        train_seconds,
+        how,
+        ev,
+        stats,
+        features,
+        shared,
+        result,
+        steer,
+        timings,
+        sweep=sweep,
+        used=used,
+        d_rates=d_rates,
+    )
     (out / "report.md").write_text(report, encoding="utf-8")
     log(f"wrote {out / 'report.md'}")
     return 0
@@ -381,8 +518,26 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(cfg, model, sae, history, dead, train_seconds, how, ev, stats, features, shared, result, steer,
-                 timings, *, sweep, used, d_rates) -> str:  # fmt: skip
+def write_report(
+    cfg,
+    model,
+    sae,
+    history,
+    dead,
+    train_seconds,
+    how,
+    ev,
+    stats,
+    features,
+    shared,
+    result,
+    steer,
+    timings,
+    *,
+    sweep,
+    used,
+    d_rates,
+) -> str:
     from jlang.sae.lape import summary_table
 
     c, tr = sae.config, cfg.train
@@ -515,8 +670,10 @@ def write_report(cfg, model, sae, history, dead, train_seconds, how, ev, stats, 
         ]
         if steer["success"]:
             mults = sorted({float(m) for t in steer["success"] for m in steer["success"][t]})
-            lines += ["| target | no steering | " + " | ".join(f"m = {m:g}" for m in mults) + " |",
-                      "|---|---:|" + "---:|" * len(mults)]  # fmt: skip
+            lines += [
+                "| target | no steering | " + " | ".join(f"m = {m:g}" for m in mults) + " |",
+                "|---|---:|" + "---:|" * len(mults),
+            ]
             for tl, row in steer["success"].items():
                 lines.append(
                     f"| {tl} | {steer['baseline'][tl]:.2f} | " + " | ".join(f"{row[m]:.2f}" for m in mults) + " |"
@@ -540,9 +697,14 @@ def write_report(cfg, model, sae, history, dead, train_seconds, how, ev, stats, 
                 ]
             if example:
                 plain = next(r for r in steer["rows"] if r["target"] is None and r["prompt"] == example["prompt"])
-                lines += [f"Example (target `{example['target']}`, m = {example['multiplier']:g}):", "",
-                          f"- prompt: `{example['prompt']!r}`", f"- unsteered: `{plain['text']!r}`",
-                          f"- steered: `{example['text']!r}`", ""]  # fmt: skip
+                lines += [
+                    f"Example (target `{example['target']}`, m = {example['multiplier']:g}):",
+                    "",
+                    f"- prompt: `{example['prompt']!r}`",
+                    f"- unsteered: `{plain['text']!r}`",
+                    f"- steered: `{example['text']!r}`",
+                    "",
+                ]
         if steer.get("skipped_targets"):
             lines += [
                 f"Targets without language-specific features (skipped): {', '.join(steer['skipped_targets'])}.",

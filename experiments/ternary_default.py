@@ -15,8 +15,8 @@ Steps (all under `config.out`):
 1. `stats.npz`: response-only activation statistics (reused when made with the same settings).
 2. `masks.npz`: `jlang.ternary` with AutoSweep λ (largest λ in [0, 0.2] with no selected
    neuron assigned to every language).
-3. Neuron types per layer (specific / related / general, `jlang.compare.model_neurons`),
-   `types.png`, `masks.png`; the four layer stages (`jlang.compare.layer_profile`), `stages.png`.
+3. Neuron types per layer (specific / related / general, `jlang.analysis.compare.core.model_neurons`),
+   `types.png`, `masks.png`; the four layer stages (`jlang.analysis.compare.core.layer_profile`), `stages.png`.
 4. Overlap with the LAPE neurons of `runs/lape_default/masks.npz` when present.
 5. `report.md`.
 """
@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a clone without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
 
@@ -45,7 +43,9 @@ LANGUAGES = ("en", "zh", "fr", "es", "ru", "ja", "de", "ar", "ko", "id", "vi", "
 @dataclasses.dataclass(frozen=True)
 class PromptSection:
     # {language}/{source_language}: English names; {source}: the source-language message
-    template: str = "Translate the following text from {source_language} into {language}.\n{source_language}: {source}\n{language}:"
+    template: str = (
+        "Translate the following text from {source_language} into {language}.\n{source_language}: {source}\n{language}:"
+    )
     # for the source language itself (a translation into itself would be odd)
     source_template: str = "Repeat the following {source_language} text.\n{source_language}: {source}\n{language}:"
     response_prefix: str = " "  # the response follows "...French:" after a space
@@ -80,15 +80,25 @@ class TernaryDefaultConfig:
     max_tokens_per_language: int | None = 2500  # response tokens counted per language
     identify: IdentifySection = IdentifySection()
     stages: StagesSection = StagesSection()
-    lape_masks: str | None = (
-        "runs/lape_default/masks.npz"  # overlap with these LAPE neurons when the file exists
-    )
+    lape_masks: str | None = "runs/lape_default/masks.npz"  # overlap with these LAPE neurons when the file exists
     reuse_stats: bool = True
 
 
 def language_name(code: str) -> str:
-    names = {"en": "English", "zh": "Chinese", "fr": "French", "es": "Spanish", "ru": "Russian", "ja": "Japanese",
-             "de": "German", "ar": "Arabic", "ko": "Korean", "id": "Indonesian", "vi": "Vietnamese", "hi": "Hindi"}  # fmt: skip
+    names = {
+        "en": "English",
+        "zh": "Chinese",
+        "fr": "French",
+        "es": "Spanish",
+        "ru": "Russian",
+        "ja": "Japanese",
+        "de": "German",
+        "ar": "Arabic",
+        "ko": "Korean",
+        "id": "Indonesian",
+        "vi": "Vietnamese",
+        "hi": "Hindi",
+    }
     return names.get(code, code)
 
 
@@ -108,21 +118,33 @@ def prompt_pairs(rows, languages, p: PromptSection) -> dict[str, list[tuple[str,
                 )
                 pairs.append((prompt, p.response_prefix + row[lang]))
         if not pairs:
-            raise ValueError(
-                f"the parallel file has no row with both {src!r} and {lang!r}"
-            )
+            raise ValueError(f"the parallel file has no row with both {src!r} and {lang!r}")
         out[lang] = pairs
     return out
 
 
 def _settings(cfg: TernaryDefaultConfig) -> dict:
-    return json.loads(json.dumps({k: config_lib.to_dict(cfg)[k] for k in
-                                  ("model", "parallel", "languages", "prompt", "batch_size", "seq_len", "max_tokens_per_language")}))  # fmt: skip
+    return json.loads(
+        json.dumps(
+            {
+                k: config_lib.to_dict(cfg)[k]
+                for k in (
+                    "model",
+                    "parallel",
+                    "languages",
+                    "prompt",
+                    "batch_size",
+                    "seq_len",
+                    "max_tokens_per_language",
+                )
+            }
+        )
+    )
 
 
 def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) -> str:
-    from jlang.compare import TYPE_NAMES, type_counts
-    from jlang.compare_report import stages_table
+    from jlang.analysis.compare.core import TYPE_NAMES, type_counts
+    from jlang.analysis.compare.report import stages_table
 
     counts = type_counts(neurons.types)
     k = len(masks.languages)
@@ -156,8 +178,10 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
     ]
     for i, lang in enumerate(masks.languages):
         m = masks.masks[i]
-        lines.append(f"| {lang} | {len(pairs[lang])} | {int(stats.tokens[i]):,} | {int(m.sum())} | {int((m & (lc == 1)).sum())} | "
-                     f"{int((m & (lc > 1)).sum())} |")  # fmt: skip
+        lines.append(
+            f"| {lang} | {len(pairs[lang])} | {int(stats.tokens[i]):,} | {int(m.sum())} | {int((m & (lc == 1)).sum())} | "
+            f"{int((m & (lc > 1)).sum())} |"
+        )
     lam_text = f"{meta['lambda']:.6f}" + (" (AutoSweep)" if trace else " (fixed)")
     lines += [
         "",
@@ -204,7 +228,7 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
         (
             f"Curve `{profile.curve}` (divergence = 1 − mean cross-language correlation of the layer's activation "
             f"probabilities; language share = specific + related neurons per layer; z-scored), cut into {profile.num_stages} "
-            "stages by the exact least-squares piecewise-constant segmentation (`jlang.compare.segment`)."
+            "stages by the exact least-squares piecewise-constant segmentation (`jlang.analysis.compare.core.segment`)."
         ),
         "",
         *stages_table({"model": profile}),
@@ -212,12 +236,22 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
         "![stages](stages.png)",
     ]
     if lape_overlap is not None:
-        lines += ["", "## Overlap with LAPE neurons", "",
-                  (f"LAPE masks `{cfg.lape_masks}` (train split, packed text; {lape_overlap['lape_unique']} unique neurons) vs "
-                  f"these ternary masks ({masks.unique_count()} unique): union Jaccard **{lape_overlap['union']:.3f}**."), "",
-                  "| language | LAPE | ternary | shared | Jaccard |", "|---|---:|---:|---:|---:|",
-                  *[f"| {l} | {r['lape']} | {r['ternary']} | {r['shared']} | {r['jaccard']:.3f} |"
-                    for l, r in lape_overlap["per_language"].items()]]  # fmt: skip
+        lines += [
+            "",
+            "## Overlap with LAPE neurons",
+            "",
+            (
+                f"LAPE masks `{cfg.lape_masks}` (train split, packed text; {lape_overlap['lape_unique']} unique neurons) vs "
+                f"these ternary masks ({masks.unique_count()} unique): union Jaccard **{lape_overlap['union']:.3f}**."
+            ),
+            "",
+            "| language | LAPE | ternary | shared | Jaccard |",
+            "|---|---:|---:|---:|---:|",
+            *[
+                f"| {l} | {r['lape']} | {r['ternary']} | {r['shared']} | {r['jaccard']:.3f} |"
+                for l, r in lape_overlap["per_language"].items()
+            ],
+        ]
     lines += [
         "",
         "## Wall time",
@@ -230,14 +264,16 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
 def bound_note(trace) -> str:
     """Say so when the top of AutoSweep's range already selects no general neuron (λ is then set by the range)."""
     if len(trace) >= 2 and trace[1]["general"] == 0:
-        return (f"Even λ = {trace[1]['lambda']:g}, the top of AutoSweep's range, selects no general neuron, so the "
-                "search ends just below that bound: λ is set by the range, not by the data.")  # fmt: skip
+        return (
+            f"Even λ = {trace[1]['lambda']:g}, the top of AutoSweep's range, selects no general neuron, so the "
+            "search ends just below that bound: λ is set by the range, not by the data."
+        )
     return ""
 
 
 def lape_overlap(path: str | None, masks):
     """Per language, LAPE vs ternary neuron sets (languages both hold), or None without a fitting LAPE file."""
-    from jlang.compare import jaccard
+    from jlang.analysis.compare.core import jaccard
     from jlang.masks import NeuronMasks
 
     if not path or not Path(path).is_file():
@@ -246,8 +282,15 @@ def lape_overlap(path: str | None, masks):
     if lape.shape[1:] != masks.shape[1:]:
         return None
     common = [l for l in masks.languages if l in lape.languages]
-    per = {l: {"lape": int(lape[l].sum()), "ternary": int(masks[l].sum()), "shared": int((lape[l] & masks[l]).sum()),
-               "jaccard": jaccard(lape[l], masks[l])} for l in common}  # fmt: skip
+    per = {
+        l: {
+            "lape": int(lape[l].sum()),
+            "ternary": int(masks[l].sum()),
+            "shared": int((lape[l] & masks[l]).sum()),
+            "jaccard": jaccard(lape[l], masks[l]),
+        }
+        for l in common
+    }
     return {
         "per_language": per,
         "union": jaccard(lape.union(), masks.union()),
@@ -260,24 +303,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    cfg: TernaryDefaultConfig = config_lib.load_config(
-        args.config, TernaryDefaultConfig, args.set
-    )
+    cfg: TernaryDefaultConfig = config_lib.load_config(args.config, TernaryDefaultConfig, args.set)
 
     import yaml
 
     import jlang
-    from jlang.compare import layer_profile, model_neurons, type_counts
-    from jlang.compare_report import draw_profile, plot_type_counts
+    from jlang.analysis.compare.core import layer_profile, model_neurons, type_counts
+    from jlang.analysis.compare.report import draw_profile, plot_type_counts
     from jlang.evals.lss import read_parallel
-    from jlang.evals.report import new_figure, save_figure, write_json
+    from jlang.io.report import new_figure, save_figure, write_json
     from jlang.stats import ActivationStats
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False)
-    )
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
     log = lambda msg: print(f"[ternary_default] {msg}", flush=True)
     timings: dict[str, float] = {}
 
@@ -290,19 +329,21 @@ def main(argv: list[str] | None = None) -> int:
             stats = None
         else:
             log(f"reusing {stats_path}")
-            timings.update(
-                {
-                    f"{k} (earlier run, reused)": v
-                    for k, v in stats.meta.get("seconds", {}).items()
-                }
-            )
+            timings.update({f"{k} (earlier run, reused)": v for k, v in stats.meta.get("seconds", {}).items()})
     if stats is None:
         t = time.perf_counter()
         model = jlang.load_model(cfg.model.source, dtype=cfg.model.dtype)
         timings["load model"] = time.perf_counter() - t
         t = time.perf_counter()
-        stats = jlang.collect_stats(model, {l: pairs[l] for l in cfg.languages}, batch_size=cfg.batch_size,
-                                    seq_len=cfg.seq_len, mode="pad", max_tokens=cfg.max_tokens_per_language, add_bos=True)  # fmt: skip
+        stats = jlang.collect_stats(
+            model,
+            {l: pairs[l] for l in cfg.languages},
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            mode="pad",
+            max_tokens=cfg.max_tokens_per_language,
+            add_bos=True,
+        )
         stats.meta.update(
             experiment_settings=_settings(cfg),
             response_only="pad mode: (prompt, response) pairs count the response",
@@ -310,19 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         timings["statistics"] = time.perf_counter() - t
         stats.meta["seconds"] = dict(timings)
         stats.save(stats_path)
-        log(
-            f"statistics: {int(stats.tokens.sum()):,} response tokens in {timings['statistics']:.0f} s"
-        )
+        log(f"statistics: {int(stats.tokens.sum()):,} response tokens in {timings['statistics']:.0f} s")
 
     t = time.perf_counter()
-    masks = jlang.ternary(stats, top_rate=cfg.identify.top_rate, lam=cfg.identify.lam,
-                          activation_bar_ratio=cfg.identify.activation_bar_ratio)  # fmt: skip
-    neurons = model_neurons(
-        stats, masks, activation_bar_ratio=cfg.identify.activation_bar_ratio
+    masks = jlang.ternary(
+        stats,
+        top_rate=cfg.identify.top_rate,
+        lam=cfg.identify.lam,
+        activation_bar_ratio=cfg.identify.activation_bar_ratio,
     )
-    profile = layer_profile(
-        neurons, curve=cfg.stages.curve, num_stages=cfg.stages.count
-    )
+    neurons = model_neurons(stats, masks, activation_bar_ratio=cfg.identify.activation_bar_ratio)
+    profile = layer_profile(neurons, curve=cfg.stages.curve, num_stages=cfg.stages.count)
     timings["identify + stages"] = time.perf_counter() - t
     masks.save(out / "masks.npz")
     masks.plot_heatmap(
@@ -343,18 +382,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     save_figure(fig, out / "stages.png")
     overlap = lape_overlap(cfg.lape_masks, masks)
-    write_json(out / "ternary.json", {
-        "languages": masks.languages, "tokens": stats.tokens, "lambda": masks.meta["lambda"], "tau": masks.meta["tau"],
-        "appear": masks.meta["appear"], "autosweep": masks.meta.get("autosweep"), "type_names": ["none", "specific", "related", "general"],
-        "type_counts": counts, "neurons_per_language": masks.counts().sum(axis=1), "profile": profile.to_dict(),
-        "lape_overlap": overlap, "seconds": timings,
-    })  # fmt: skip
+    write_json(
+        out / "ternary.json",
+        {
+            "languages": masks.languages,
+            "tokens": stats.tokens,
+            "lambda": masks.meta["lambda"],
+            "tau": masks.meta["tau"],
+            "appear": masks.meta["appear"],
+            "autosweep": masks.meta.get("autosweep"),
+            "type_names": ["none", "specific", "related", "general"],
+            "type_counts": counts,
+            "neurons_per_language": masks.counts().sum(axis=1),
+            "profile": profile.to_dict(),
+            "lape_overlap": overlap,
+            "seconds": timings,
+        },
+    )
     (out / "report.md").write_text(
         report(cfg, stats, masks, neurons, profile, overlap, pairs, timings),
         encoding="utf-8",
     )
-    log(f"λ = {masks.meta['lambda']:.6f}; specific {counts[1].sum()}, related {counts[2].sum()}, general {counts[3].sum()}; "
-        f"stages start at {[0, *profile.boundaries]}; wrote {out / 'report.md'}")  # fmt: skip
+    log(
+        f"λ = {masks.meta['lambda']:.6f}; specific {counts[1].sum()}, related {counts[2].sum()}, general {counts[3].sum()}; "
+        f"stages start at {[0, *profile.boundaries]}; wrote {out / 'report.md'}"
+    )
     return 0
 
 

@@ -53,7 +53,7 @@ class IdentifySection:
     top_rate: float = 0.01
     filter_rate: float = 0.95
     activation_bar_ratio: float = 0.95
-    lam: Union[float, Literal["auto"]] = "auto"  # ternary only
+    lam: float | Literal["auto"] = "auto"  # ternary only
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,9 +42,10 @@ on the input and are not edits; SAE decoder steering acts on the residual.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -130,7 +131,7 @@ class DocumentSummaries:
     @classmethod
     def from_document_means(
         cls, means: Mapping[str, Any], *, meta: Mapping[str, Any] | None = None
-    ) -> "DocumentSummaries":
+    ) -> DocumentSummaries:
         """Summarise `{language: float [D_k, L, F]}` per-document mean activations (max, lower median)."""
         if not means:
             raise EditError("no languages given")
@@ -150,7 +151,7 @@ class DocumentSummaries:
     @classmethod
     def from_reference_files(
         cls, max_path: str | Path, median_path: str | Path, languages: Sequence[str]
-    ) -> "DocumentSummaries":
+    ) -> DocumentSummaries:
         """Read tauimbz/lang-task-neuron's `max.pt` and `median.pt` (`[langs, L, I]`), without torch."""
         from jlang.io import torchfile
 
@@ -191,7 +192,9 @@ def document_means(model: Any, documents: Sequence[Sequence[int]], *, batch_size
             ids[i, : len(d)] = d
             valid[i, : len(d)] = True
         ids = model.check_ids(ids)
-        _, means = model.forward(model.place_batch(ids), valid=model.place_batch(valid), probe=_document_mean_probe, output="none")
+        _, means = model.forward(
+            model.place_batch(ids), valid=model.place_batch(valid), probe=_document_mean_probe, output="none"
+        )
         out.append(np.asarray(means).transpose(1, 0, 2)[: len(chunk)])  # [L, b, F] -> [b, L, F]
     return np.concatenate(out)
 
@@ -206,9 +209,7 @@ def _shape_of(model_or_shape: Any) -> tuple[int, int]:
         return int(model_or_shape.num_layers), int(model_or_shape.num_neurons)
     if isinstance(model_or_shape, (tuple, list)) and len(model_or_shape) == 2:
         return int(model_or_shape[0]), int(model_or_shape[1])
-    raise EditError(
-        f"expected a model, NeuronMasks, Edits or an (L, F) shape, got {type(model_or_shape).__name__}"
-    )
+    raise EditError(f"expected a model, NeuronMasks, Edits or an (L, F) shape, got {type(model_or_shape).__name__}")
 
 
 def _finite(name: str, x: Any) -> float:
@@ -331,7 +332,9 @@ def _mean_activation(stats: Any, language: str, mask: np.ndarray, definition: st
         raise EditError(f"μ_t needs ActivationStats (tokens, over_zero, sum), got {type(stats).__name__}")
     n = int(stats.tokens[k])
     if n <= 0:
-        raise EditError(f"language {language!r} has 0 tokens in the statistics, so no mean; collect it on a non-empty corpus")
+        raise EditError(
+            f"language {language!r} has 0 tokens in the statistics, so no mean; collect it on a non-empty corpus"
+        )
     if definition == "probability":
         return np.asarray(stats.over_zero[k], np.float64) / n
     if getattr(stats, "sum", None) is None:
@@ -383,7 +386,11 @@ def deactivate(
 
 
 def amplify(
-    masks: NeuronMasks | np.ndarray, lang: str | Sequence[str] | None = None, factor: float | None = None, *, model: Any = None
+    masks: NeuronMasks | np.ndarray,
+    lang: str | Sequence[str] | None = None,
+    factor: float | None = None,
+    *,
+    model: Any = None,
 ) -> Edits:
     """Multiply the neurons of `lang` by `factor`: `a *= α`.
 
@@ -397,7 +404,9 @@ def amplify(
     return _edits(mask, _finite("factor", factor), 0.0)
 
 
-def set_to(masks: NeuronMasks | np.ndarray, lang: str | Sequence[str] | None = None, values: Any = None, *, model: Any = None) -> Edits:
+def set_to(
+    masks: NeuronMasks | np.ndarray, lang: str | Sequence[str] | None = None, values: Any = None, *, model: Any = None
+) -> Edits:
     """Set the neurons of `lang` to `values`: a constant (`a = c`) or a per-neuron float `[L, F]` array.
 
     tauimbz/lang-task-neuron `operation_target "=c"` (e.g. `=10`, `=22`); SAE-LAPE's
@@ -483,7 +492,13 @@ def replace(masks: NeuronMasks, target: str, stats: Any, definition: str = "mean
 
 
 def diffmean(
-    masks: NeuronMasks, target: str, stats: Any, definition: str = "mean", *, others: Sequence[str] | None = None, model: Any = None
+    masks: NeuronMasks,
+    target: str,
+    stats: Any,
+    definition: str = "mean",
+    *,
+    others: Sequence[str] | None = None,
+    model: Any = None,
 ) -> Edits:
     """Gurgurov et al. 2025 `diffmean`: `a[mask_t] += μ_t − mean_{k≠t} μ_k`.
 
@@ -493,7 +508,9 @@ def diffmean(
     mask = _masked(_select(masks, target if isinstance(masks, NeuronMasks) else None), masks, model)
     rest = [x for x in (others if others is not None else stats.languages) if x != target]
     if not rest:
-        raise EditError(f"diffmean needs at least one language besides {target!r}; the statistics hold {list(stats.languages)}")
+        raise EditError(
+            f"diffmean needs at least one language besides {target!r}; the statistics hold {list(stats.languages)}"
+        )
     mu_t = _mean_activation(stats, target, mask, definition)
     mu_rest = np.mean([_mean_activation(stats, x, mask, definition) for x in rest], axis=0)
     return _edits(mask, 1.0, mu_t - mu_rest)

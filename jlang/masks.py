@@ -16,9 +16,10 @@ Formats:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,9 @@ class NeuronMasks:
                 raise MaskError(f"masks must be boolean (or 0/1), got dtype {m.dtype}")
             m = m.astype(bool)
         if m.shape[0] != len(self.languages):
-            raise MaskError(f"masks has {m.shape[0]} languages on axis 0 but {len(self.languages)} codes: {self.languages}")
+            raise MaskError(
+                f"masks has {m.shape[0]} languages on axis 0 but {len(self.languages)} codes: {self.languages}"
+            )
         self.masks = m
         if not isinstance(self.meta, dict):
             raise MaskError(f"meta must be a dict, got {type(self.meta).__name__}")
@@ -110,9 +113,13 @@ class NeuronMasks:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NeuronMasks):
             return NotImplemented
-        return self.languages == other.languages and self.masks.shape == other.masks.shape and bool((self.masks == other.masks).all())
+        return (
+            self.languages == other.languages
+            and self.masks.shape == other.masks.shape
+            and bool((self.masks == other.masks).all())
+        )
 
-    def select(self, languages: Sequence[str]) -> "NeuronMasks":
+    def select(self, languages: Sequence[str]) -> NeuronMasks:
         """Masks restricted to (and reordered as) `languages`."""
         idx = [self.index(x) for x in _languages(languages)]
         return NeuronMasks([self.languages[i] for i in idx], self.masks[idx], dict(self.meta))
@@ -216,7 +223,10 @@ class NeuronMasks:
 
     def to_indices(self) -> list[list[np.ndarray]]:
         """`List[List[int64 array]]`: `out[k][l]` = sorted neuron indices of language k in layer l."""
-        return [[np.flatnonzero(self.masks[k, l]).astype(np.int64) for l in range(self.num_layers)] for k in range(len(self.languages))]
+        return [
+            [np.flatnonzero(self.masks[k, l]).astype(np.int64) for l in range(self.num_layers)]
+            for k in range(len(self.languages))
+        ]
 
     @classmethod
     def from_indices(
@@ -226,7 +236,7 @@ class NeuronMasks:
         *,
         num_neurons: int | None = None,
         meta: dict | None = None,
-    ) -> "NeuronMasks":
+    ) -> NeuronMasks:
         """Build masks from `indices[k][l]` = neuron indices (any order, duplicates allowed).
 
         Fewer lists than languages: the missing trailing languages get empty masks
@@ -238,12 +248,16 @@ class NeuronMasks:
         if not isinstance(indices, (list, tuple)) or not indices:
             raise MaskError(f"expected a non-empty list (one entry per language), got {type(indices).__name__}")
         if len(indices) > len(langs):
-            raise MaskError(f"the mask holds {len(indices)} language lists but only {len(langs)} languages were named: {langs}")
+            raise MaskError(
+                f"the mask holds {len(indices)} language lists but only {len(langs)} languages were named: {langs}"
+            )
         rows: list[list[np.ndarray]] = []
         num_layers = None
         for k, per_layer in enumerate(indices):
             if not isinstance(per_layer, (list, tuple)):
-                raise MaskError(f"language {langs[k]!r}: expected a list of per-layer index tensors, got {type(per_layer).__name__}")
+                raise MaskError(
+                    f"language {langs[k]!r}: expected a list of per-layer index tensors, got {type(per_layer).__name__}"
+                )
             if num_layers is None:
                 num_layers = len(per_layer)
             elif len(per_layer) != num_layers:
@@ -251,9 +265,13 @@ class NeuronMasks:
             row = []
             for l, t in enumerate(per_layer):
                 if not isinstance(t, np.ndarray):
-                    raise MaskError(f"[{k}][{l}] ({langs[k]}, layer {l}) is {type(t).__name__}, not a tensor of neuron indices")
+                    raise MaskError(
+                        f"[{k}][{l}] ({langs[k]}, layer {l}) is {type(t).__name__}, not a tensor of neuron indices"
+                    )
                 if t.ndim != 1 or (t.dtype.kind not in "iu" and t.size):
-                    raise MaskError(f"[{k}][{l}] ({langs[k]}, layer {l}) must be a 1-D integer tensor, got {t.dtype} {t.shape}")
+                    raise MaskError(
+                        f"[{k}][{l}] ({langs[k]}, layer {l}) must be a 1-D integer tensor, got {t.dtype} {t.shape}"
+                    )
                 t = t.astype(np.int64)
                 if t.size and t.min() < 0:
                     raise MaskError(f"[{k}][{l}] ({langs[k]}, layer {l}) has negative neuron indices")
@@ -266,9 +284,9 @@ class NeuronMasks:
                 raise MaskError("the mask is empty; pass num_neurons= to size it")
             num_neurons = largest + 1
             meta["num_neurons_inferred"] = True
-            meta.setdefault(
-                "notes", []
-            ).append(f"F={num_neurons} inferred from the largest index; pass num_neurons= for the model's MLP size")
+            meta.setdefault("notes", []).append(
+                f"F={num_neurons} inferred from the largest index; pass num_neurons= for the model's MLP size"
+            )
         elif largest >= num_neurons:
             raise MaskShapeError(f"neuron index {largest} does not fit num_neurons={num_neurons}")
         masks = np.zeros((len(langs), num_layers, num_neurons), dtype=bool)
@@ -276,7 +294,7 @@ class NeuronMasks:
             for l, t in enumerate(row):
                 masks[k, l, t] = True
         if len(rows) < len(langs):
-            missing = langs[len(rows):]
+            missing = langs[len(rows) :]
             meta["missing_languages"] = missing
             meta.setdefault("notes", []).append(
                 f"file held {len(rows)} of {len(langs)} language lists; {missing} given empty masks "
@@ -289,11 +307,13 @@ class NeuronMasks:
     def save(self, path: str | os.PathLike) -> Path:
         """Write an `.npz` (compressed) openable by NumPy alone: `masks`, `languages`, `meta` (JSON). Atomic."""
         p = Path(path)
-        write_npz(p, format=_FORMAT, languages=self.languages, arrays={"masks": self.masks}, meta=self.meta, compressed=True)
+        write_npz(
+            p, format=_FORMAT, languages=self.languages, arrays={"masks": self.masks}, meta=self.meta, compressed=True
+        )
         return p
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "NeuronMasks":
+    def load(cls, path: str | os.PathLike) -> NeuronMasks:
         """Read a mask written by `save`."""
         try:
             arrays, languages, meta = read_npz(path, format_prefix="jlang.NeuronMasks/")
@@ -316,7 +336,7 @@ class NeuronMasks:
     @classmethod
     def from_lape_pt(
         cls, path: str | os.PathLike, languages: Sequence[str], *, num_neurons: int | None = None
-    ) -> "NeuronMasks":
+    ) -> NeuronMasks:
         """Read a LAPE/NJUNLP mask file (`List[List[LongTensor]]`), e.g. the published `*.neuron.pth`.
 
         Args:

@@ -23,9 +23,10 @@ torch is imported by this module only; the rest of jlang never needs it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ class Handle:
         while self.hooks:
             self.hooks.pop().remove()
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -148,7 +149,11 @@ def _make_hook(mask: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
     def hook(module, inputs, output):
         key = (output.dtype, output.device)
         if key not in cache:  # jlang casts scale and shift to the activation's dtype too
-            cache[key] = (mask.to(output.device), scale.to(output.device, output.dtype), shift.to(output.device, output.dtype))
+            cache[key] = (
+                mask.to(output.device),
+                scale.to(output.device, output.dtype),
+                shift.to(output.device, output.dtype),
+            )
         m, s, b = cache[key]
         return torch.where(m, output * s + b, output)
 
@@ -261,7 +266,9 @@ def apply(
         for l, act in enumerate(acts):
             if not mask[l].any():
                 continue  # nothing to edit: no hook, same result
-            hook = _make_hook(torch.from_numpy(mask[l].copy()), torch.from_numpy(scale[l].copy()), torch.from_numpy(shift[l].copy()))
+            hook = _make_hook(
+                torch.from_numpy(mask[l].copy()), torch.from_numpy(scale[l].copy()), torch.from_numpy(shift[l].copy())
+            )
             handle.hooks.append(act.register_forward_hook(hook))
             handle.layers.append(l)
     except BaseException:

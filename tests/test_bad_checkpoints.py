@@ -47,7 +47,9 @@ def test_extra_tensor_is_named(llama_dir):
 
 def test_wrong_shape_names_both_shapes(llama_dir):
     _rewrite(llama_dir, lambda t: t.update({"model.layers.2.self_attn.k_proj.weight": np.zeros((17, 48), np.float32)}))
-    with pytest.raises(CheckpointError, match=r"model\.layers\.2\.self_attn\.k_proj\.weight: expected \(16, 48\), found \(17, 48\)"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.layers\.2\.self_attn\.k_proj\.weight: expected \(16, 48\), found \(17, 48\)"
+    ):
         jlang.load_model(llama_dir, progress=False)
 
 
@@ -77,7 +79,10 @@ def test_sharded_index_names_missing_file(llama_dir):
     save_file({n: tensors[n] for n in names[:half]}, llama_dir / "model-00001-of-00002.safetensors")
     save_file({n: tensors[n] for n in names[half:]}, llama_dir / "model-00002-of-00002.safetensors")
     (llama_dir / "model.safetensors").unlink()
-    index = {"metadata": {}, "weight_map": {n: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, n in enumerate(names)}}
+    index = {
+        "metadata": {},
+        "weight_map": {n: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, n in enumerate(names)},
+    }
     (llama_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     jlang.load_model(llama_dir, progress=False)  # sharded checkpoints load
     (llama_dir / "model-00002-of-00002.safetensors").unlink()

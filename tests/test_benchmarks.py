@@ -69,12 +69,19 @@ def _run(args, tmp_path):
 
 def test_run_all_on_a_tiny_model(tmp_path):
     out = tmp_path / "run_all.json"
-    stdout = _run([str(BENCH / "run_all.py"), "--models", "synthetic-tiny", "--peak-n", "128", "--out", str(out)], tmp_path)
+    stdout = _run(
+        [str(BENCH / "run_all.py"), "--models", "synthetic-tiny", "--peak-n", "128", "--out", str(out)], tmp_path
+    )
     result = json.loads(out.read_text())
     m = result["models"]["synthetic-tiny"]
     assert m["jlang"]["tokens_sha256"] == m["torch"]["tokens_sha256"]
     rows = {r["row"]: r for r in m["rows"]}
-    for label in ("plain forward, logits", "stats pass vs model(ids)+hooks", "intervened forward, logits", "generate b=2, total"):
+    for label in (
+        "plain forward, logits",
+        "stats pass vs model(ids)+hooks",
+        "intervened forward, logits",
+        "generate b=2, total",
+    ):
         assert rows[label]["jlang_tokens_per_s"] > 0 and rows[label]["torch_tokens_per_s"] > 0, label
     assert rows["matmuls alone (jlang's floor)"]["jlang_tokens_per_s"] > 0
     assert rows["matmuls alone (jlang's floor)"]["torch_tokens_per_s"] is None
@@ -85,8 +92,22 @@ def test_run_all_on_a_tiny_model(tmp_path):
 
 def test_profile_stats_on_a_tiny_model(tmp_path):
     out = tmp_path / "profile.json"
-    _run([str(BENCH / "profile_stats.py"), "--model", "synthetic-tiny", "--batch", "2", "--seq", "16", "--steps", "1",
-          "--out", str(out)], tmp_path)  # fmt: skip
+    _run(
+        [
+            str(BENCH / "profile_stats.py"),
+            "--model",
+            "synthetic-tiny",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"stats", "hidden", "matmuls_alone"}
     for r in result["runs"].values():

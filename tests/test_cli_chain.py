@@ -27,14 +27,36 @@ def tiny_corpus(tmp_path):
 def test_stats_identify_export_show(tiny_dirs, tiny_corpus, tmp_path, capsys):
     model_dir, _ = tiny_dirs["llama2"]
     out = tmp_path / "stats"
-    assert main(["stats", "--model", str(model_dir), "--corpus", str(tiny_corpus), "--languages", "aa", "bb", "cc",
-                 "--batch-size", "4", "--seq-len", "32", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "stats",
+                "--model",
+                str(model_dir),
+                "--corpus",
+                str(tiny_corpus),
+                "--languages",
+                "aa",
+                "bb",
+                "cc",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stats = ActivationStats.load(out / "stats.npz")
     assert stats.languages == ["aa", "bb", "cc"] and stats.over_zero.shape == (3, 3, 83)
     assert (stats.tokens > 1000).all() and stats.meta["hook_point"] == "mlp.act"
 
     masks_path = tmp_path / "masks.npz"
-    assert main(["identify", "--stats", str(out), "--method", "lape", "--top-rate", "0.05", "--out", str(masks_path)]) == 0
+    assert (
+        main(["identify", "--stats", str(out), "--method", "lape", "--top-rate", "0.05", "--out", str(masks_path)]) == 0
+    )
     masks = NeuronMasks.load(masks_path)
     assert masks.masks.shape == (3, 3, 83) and masks.unique_count() == round(0.05 * 3 * 83)
     # NumPy alone opens it
@@ -59,10 +81,29 @@ def test_stats_identify_export_show(tiny_dirs, tiny_corpus, tmp_path, capsys):
 def test_run_config_chain(tiny_dirs, tiny_corpus, tmp_path):
     model_dir, _ = tiny_dirs["gemma3"]
     out = tmp_path / "run"
-    assert main(["run", "configs/lape_default.yaml", "--set", f"model.source={model_dir}", "--set",
-                 f"corpus.source={tiny_corpus}", "--set", "corpus.languages=[aa, bb, cc]", "--set",
-                 "stats.batch_size=4", "--set", "stats.seq_len=32", "--set", f"out={out}",
-                 "--set", "identify.top_rate=0.05"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "configs/lape_default.yaml",
+                "--set",
+                f"model.source={model_dir}",
+                "--set",
+                f"corpus.source={tiny_corpus}",
+                "--set",
+                "corpus.languages=[aa, bb, cc]",
+                "--set",
+                "stats.batch_size=4",
+                "--set",
+                "stats.seq_len=32",
+                "--set",
+                f"out={out}",
+                "--set",
+                "identify.top_rate=0.05",
+            ]
+        )
+        == 0
+    )
     for name in ("config.yaml", "stats.npz", "masks.npz", "masks.png", "summary.md"):
         assert (out / name).is_file(), name
     assert yaml.safe_load((out / "config.yaml").read_text())["corpus"]["languages"] == ["aa", "bb", "cc"]
@@ -73,19 +114,56 @@ def test_run_config_chain(tiny_dirs, tiny_corpus, tmp_path):
 def test_bad_inputs_fail_before_work(tiny_dirs, tiny_corpus, tmp_path, capsys):
     model_dir, _ = tiny_dirs["llama2"]
     # an unknown language code
-    rc = main(["stats", "--model", str(model_dir), "--corpus", str(tiny_corpus), "--languages", "aa", "xx",
-               "--out", str(tmp_path / "s")])
+    rc = main(
+        [
+            "stats",
+            "--model",
+            str(model_dir),
+            "--corpus",
+            str(tiny_corpus),
+            "--languages",
+            "aa",
+            "xx",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 2 and "xx" in capsys.readouterr().err and not (tmp_path / "s").exists()
     # a language whose corpus is too small for one window
     (tiny_corpus / "dd.txt").write_text("w5 w6\n")
-    rc = main(["stats", "--model", str(model_dir), "--corpus", str(tiny_corpus), "--languages", "aa", "dd",
-               "--seq-len", "64", "--out", str(tmp_path / "s")])
+    rc = main(
+        [
+            "stats",
+            "--model",
+            str(model_dir),
+            "--corpus",
+            str(tiny_corpus),
+            "--languages",
+            "aa",
+            "dd",
+            "--seq-len",
+            "64",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "dd" in err and not (tmp_path / "s" / "stats.npz").exists()
     # an empty corpus file
     (tiny_corpus / "ee.txt").write_text("")
-    rc = main(["stats", "--model", str(model_dir), "--corpus", str(tiny_corpus), "--languages", "ee",
-               "--out", str(tmp_path / "s")])
+    rc = main(
+        [
+            "stats",
+            "--model",
+            str(model_dir),
+            "--corpus",
+            str(tiny_corpus),
+            "--languages",
+            "ee",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 2 and "ee" in capsys.readouterr().err
     # a .pt holding something else than tensors and lists
     import pickle

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from jlang.data import code_corpus as cc
-from jlang.data.code_corpus import (
+from jlang.data.corpora import code as cc
+from jlang.data.corpora.code import (
     CodeCorpusError,
     build_code_corpus,
     clean_code,
@@ -22,25 +22,32 @@ from jlang.data.code_corpus import (
     strip_licence_header,
 )
 
-PY = "def function_{i}(x, y):\n    '''Add two numbers (file {i}).'''\n    if x is None:\n        return y\n" \
-     "    for k in range({i}):\n        x += k\n    return x + y\n\n\nclass Thing{i}:\n    pass\n"  # fmt: skip
-JS = "function handler{i}(event) {{\n  const node = document.getElementById('n{i}');\n  if (!node) {{ return; }}\n" \
-     "  node.addEventListener('click', () => console.log({i}));\n}}\nexport default handler{i};\n"  # fmt: skip
-HTML = "<div class=\"box-{i}\">\n  <ul>\n    <li><a href=\"/item/{i}\">Item {i}</a></li>\n    <li>Second</li>\n" \
-       "  </ul>\n  <p>Paragraph number {i} of the fake template.</p>\n</div>\n"  # fmt: skip
-C_H = "#ifndef FAKE_{i}_H\n#define FAKE_{i}_H\n#include <stddef.h>\ntypedef struct point{i} {{\n  int x;\n" \
-      "  int y;\n}} point{i};\nint area_{i}(const point{i} *p, size_t n);\n#endif\n"  # fmt: skip
-CPP_H = "#pragma once\n#include <vector>\nnamespace fake{i} {{\ntemplate <typename T>\nclass Box {{\n public:\n" \
-        "  explicit Box(T v) : v_(v) {{}}\n  T get() const {{ return v_; }}\n private:\n  T v_;\n}};\n}}\n"  # fmt: skip
-RS = "pub fn add_{i}(a: u32, b: u32) -> u32 {{\n    let mut s = a;\n    for _ in 0..b {{\n        s += 1;\n" \
-     "    }}\n    s\n}}\n\n#[cfg(test)]\nmod tests {{\n    #[test]\n    fn works() {{ assert_eq!(super::add_{i}(1, 2), 3); }}\n}}\n"  # fmt: skip
-LICENCE_HEADER = (
-    "# Copyright (c) 2024 Fake Authors\n# Licensed under the MIT License.\n"
+PY = (
+    "def function_{i}(x, y):\n    '''Add two numbers (file {i}).'''\n    if x is None:\n        return y\n"
+    "    for k in range({i}):\n        x += k\n    return x + y\n\n\nclass Thing{i}:\n    pass\n"
 )
-ENGLISH = [
-    f"This is English sentence number {i}, written for the corpus test with enough words."
-    for i in range(80)
-]
+JS = (
+    "function handler{i}(event) {{\n  const node = document.getElementById('n{i}');\n  if (!node) {{ return; }}\n"
+    "  node.addEventListener('click', () => console.log({i}));\n}}\nexport default handler{i};\n"
+)
+HTML = (
+    '<div class="box-{i}">\n  <ul>\n    <li><a href="/item/{i}">Item {i}</a></li>\n    <li>Second</li>\n'
+    "  </ul>\n  <p>Paragraph number {i} of the fake template.</p>\n</div>\n"
+)
+C_H = (
+    "#ifndef FAKE_{i}_H\n#define FAKE_{i}_H\n#include <stddef.h>\ntypedef struct point{i} {{\n  int x;\n"
+    "  int y;\n}} point{i};\nint area_{i}(const point{i} *p, size_t n);\n#endif\n"
+)
+CPP_H = (
+    "#pragma once\n#include <vector>\nnamespace fake{i} {{\ntemplate <typename T>\nclass Box {{\n public:\n"
+    "  explicit Box(T v) : v_(v) {{}}\n  T get() const {{ return v_; }}\n private:\n  T v_;\n}};\n}}\n"
+)
+RS = (
+    "pub fn add_{i}(a: u32, b: u32) -> u32 {{\n    let mut s = a;\n    for _ in 0..b {{\n        s += 1;\n"
+    "    }}\n    s\n}}\n\n#[cfg(test)]\nmod tests {{\n    #[test]\n    fn works() {{ assert_eq!(super::add_{i}(1, 2), 3); }}\n}}\n"
+)
+LICENCE_HEADER = "# Copyright (c) 2024 Fake Authors\n# Licensed under the MIT License.\n"
+ENGLISH = [f"This is English sentence number {i}, written for the corpus test with enough words." for i in range(80)]
 N = 30
 
 
@@ -48,16 +55,12 @@ def write_dist(site, name, files: dict[str, str], licence_lines: str):
     """A fake installed distribution: its files plus a dist-info with METADATA and RECORD."""
     info = site / f"{name}-1.0.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{licence_lines}\n"
-    )
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{licence_lines}\n")
     for rel, text in files.items():
         path = site / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    (info / "RECORD").write_text(
-        "".join(f"{rel},,\n" for rel in files) + f"{info.name}/METADATA,,\n"
-    )
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files) + f"{info.name}/METADATA,,\n")
 
 
 @pytest.fixture
@@ -76,8 +79,12 @@ def fake_site(tmp_path):
     files["fakepkg/with_header.py"] = LICENCE_HEADER + PY.format(i=1000)
     files["fakepkg/tiny.py"] = "x = 1\n"
     write_dist(site, "fakepkg", files, "License-Expression: MIT")
-    write_dist(site, "closedpkg", {f"closedpkg/secret_{i}.py": f"SECRET_{i} = 'do not read {i}'\n" * 30 for i in range(5)},
-               "License: Proprietary")  # fmt: skip
+    write_dist(
+        site,
+        "closedpkg",
+        {f"closedpkg/secret_{i}.py": f"SECRET_{i} = 'do not read {i}'\n" * 30 for i in range(5)},
+        "License: Proprietary",
+    )
     write_dist(site, "nolicence", {"nolicence/x.py": "UNLICENSED = 1\n" * 40}, "")
     cargo = tmp_path / "cargo"
     crate = cargo / "fakecrate-0.1.0"
@@ -91,9 +98,19 @@ def fake_site(tmp_path):
 
 
 def build(out, site, cargo, **kw):
-    args = dict(languages=["python", "c", "cpp", "javascript", "html", "rust", "english"], english=ENGLISH,
-                site_dirs=[site], stdlib=False, python_include=False, cargo_registry=cargo, min_documents=5, min_chars=50,
-                min_heldout_documents=1, heldout_fraction=0.25, progress=False)  # fmt: skip
+    args = dict(
+        languages=["python", "c", "cpp", "javascript", "html", "rust", "english"],
+        english=ENGLISH,
+        site_dirs=[site],
+        stdlib=False,
+        python_include=False,
+        cargo_registry=cargo,
+        min_documents=5,
+        min_chars=50,
+        min_heldout_documents=1,
+        heldout_fraction=0.25,
+        progress=False,
+    )
     args.update(kw)
     return build_code_corpus(out, **args)
 
@@ -115,36 +132,22 @@ def test_build_from_fake_packages(fake_site, tmp_path):
         "rust",
         "english",
     ]
-    all_rows = {lang: rows(out / "train" / f"{lang}.jsonl") + rows(out / "heldout" / f"{lang}.jsonl")
-                for lang in m["languages"]}  # fmt: skip
-    # every file of the licensed package (less the filtered ones) is used, in its language only
-    assert (
-        len(all_rows["python"]) == N + 1
-    )  # N modules + the one with a licence header; not gen/copy/tiny
-    assert len(all_rows["c"]) == N and all("c_" in r["path"] for r in all_rows["c"])
-    assert len(all_rows["cpp"]) == N and all(
-        "cpp_" in r["path"] for r in all_rows["cpp"]
-    )
-    assert len(all_rows["javascript"]) == N and not any(
-        "min.js" in r["path"] for r in all_rows["javascript"]
-    )
-    assert len(all_rows["rust"]) == N and {r["source"] for r in all_rows["rust"]} == {
-        "fakecrate"
+    all_rows = {
+        lang: rows(out / "train" / f"{lang}.jsonl") + rows(out / "heldout" / f"{lang}.jsonl") for lang in m["languages"]
     }
+    # every file of the licensed package (less the filtered ones) is used, in its language only
+    assert len(all_rows["python"]) == N + 1  # N modules + the one with a licence header; not gen/copy/tiny
+    assert len(all_rows["c"]) == N and all("c_" in r["path"] for r in all_rows["c"])
+    assert len(all_rows["cpp"]) == N and all("cpp_" in r["path"] for r in all_rows["cpp"])
+    assert len(all_rows["javascript"]) == N and not any("min.js" in r["path"] for r in all_rows["javascript"])
+    assert len(all_rows["rust"]) == N and {r["source"] for r in all_rows["rust"]} == {"fakecrate"}
     text = json.dumps(all_rows)
-    assert (
-        "SECRET_" not in text and "UNLICENSED" not in text
-    )  # rejected licences are never read
+    assert "SECRET_" not in text and "UNLICENSED" not in text  # rejected licences are never read
     assert {s["name"] for s in m["sources_rejected"]} == {"closedpkg", "nolicence"}
     assert m["skipped_files"]["python"] == {"generated": 1, "duplicate": 1, "short": 1}
     assert m["skipped_files"]["javascript"] == {"minified": 1}
-    header = next(
-        r for r in all_rows["python"] if r["path"] == "fakepkg/with_header.py"
-    )
-    assert (
-        header["text"].startswith("def function_1000")
-        and "Copyright" not in header["text"]
-    )
+    header = next(r for r in all_rows["python"] if r["path"] == "fakepkg/with_header.py")
+    assert header["text"].startswith("def function_1000") and "Copyright" not in header["text"]
     # the split is the documented hash rule, and both sides are used
     for lang in m["languages"]:
         held = rows(out / "heldout" / f"{lang}.jsonl")
@@ -152,9 +155,7 @@ def test_build_from_fake_packages(fake_site, tmp_path):
         assert held and train
         assert all(heldout_fraction_of(r["text"]) < 0.25 for r in held)
         assert all(heldout_fraction_of(r["text"]) >= 0.25 for r in train)
-    assert sum(
-        m["counts"]["english"][k] for k in ("train_documents", "heldout_documents")
-    ) == len(ENGLISH)
+    assert sum(m["counts"]["english"][k] for k in ("train_documents", "heldout_documents")) == len(ENGLISH)
     # the corpus reads back as a jlang Corpus with the files' newlines intact
     from jlang.data.sources import read_documents
 
@@ -182,8 +183,16 @@ def test_budget_is_spread_over_sources(fake_site, tmp_path):
         "License: BSD",
     )
     one_file = len(PY.format(i=10))
-    build(tmp_path / "c", site, cargo, languages=["python"], max_chars_per_language=10 * one_file,
-              heldout_fraction=0.01, min_documents=1, min_heldout_documents=0)  # fmt: skip
+    build(
+        tmp_path / "c",
+        site,
+        cargo,
+        languages=["python"],
+        max_chars_per_language=10 * one_file,
+        heldout_fraction=0.01,
+        min_documents=1,
+        min_heldout_documents=0,
+    )
     sources = [r["source"] for r in rows(tmp_path / "c" / "train" / "python.jsonl")]
     assert 9 <= len(sources) <= 11
     assert sources.count("smallpkg") >= 4
@@ -213,22 +222,25 @@ def test_bad_requests(fake_site, tmp_path):
 
 def test_ensure_reuses_and_rebuilds(fake_site, tmp_path):
     site, cargo = fake_site
-    kw = dict(languages=["python", "rust"], english=None, site_dirs=[site], stdlib=False, python_include=False,
-              cargo_registry=cargo, min_documents=5, min_heldout_documents=1, min_chars=50)  # fmt: skip
+    kw = dict(
+        languages=["python", "rust"],
+        english=None,
+        site_dirs=[site],
+        stdlib=False,
+        python_include=False,
+        cargo_registry=cargo,
+        min_documents=5,
+        min_heldout_documents=1,
+        min_chars=50,
+    )
     target = tmp_path / "cache" / "code"
     ensure_code_corpus(target, progress=False, **kw)
     stamp = os.stat(target / "manifest.json").st_mtime_ns
     ensure_code_corpus(target, progress=False, **kw)
-    assert (
-        os.stat(target / "manifest.json").st_mtime_ns == stamp
-    )  # same parameters: reused
+    assert os.stat(target / "manifest.json").st_mtime_ns == stamp  # same parameters: reused
     ensure_code_corpus(target, progress=False, **{**kw, "languages": ["python"]})
-    assert json.loads((target / "manifest.json").read_text())["languages"] == [
-        "python"
-    ]  # other parameters: rebuilt
-    assert not [
-        p for p in target.parent.iterdir() if p.name.startswith(".")
-    ]  # no temporary directory left
+    assert json.loads((target / "manifest.json").read_text())["languages"] == ["python"]  # other parameters: rebuilt
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temporary directory left
 
 
 def test_licence_verdicts():
@@ -237,9 +249,7 @@ def test_licence_verdicts():
         "Apache-2.0 AND Apache-2.0 WITH LLVM-exception AND BSD-3-Clause AND BSL-1.0",
         None,
     )[0]
-    assert licence_verdict("LicenseRef-Proprietary OR MIT", None)[
-        0
-    ]  # one open branch suffices
+    assert licence_verdict("LicenseRef-Proprietary OR MIT", None)[0]  # one open branch suffices
     assert not licence_verdict("MIT AND LicenseRef-Proprietary", None)[0]
     assert not licence_verdict("Commercial", None)[0]
     assert licence_verdict(None, "BSD", ["License :: OSI Approved :: BSD License"])[0]
@@ -247,31 +257,16 @@ def test_licence_verdicts():
     assert licence_verdict(None, "License agreement for matplotlib", [psf])[0]
     assert not licence_verdict(None, None)[0]
     assert not licence_verdict(None, "Other/Proprietary License")[0]
-    assert licence_verdict(
-        None, None, (), "                 Apache License\n Version 2.0"
-    )[0]
+    assert licence_verdict(None, None, (), "                 Apache License\n Version 2.0")[0]
 
 
 def test_languages_filters_and_cleaning():
-    assert (
-        language_of("a/b.py") == "python"
-        and language_of("x.RS") == "rust"
-        and language_of("x.txt") is None
-    )
+    assert language_of("a/b.py") == "python" and language_of("x.RS") == "rust" and language_of("x.txt") is None
     assert language_of("x.h", C_H.format(i=1)) == "c"
     assert language_of("x.h", CPP_H.format(i=1)) == "cpp"
-    assert (
-        language_of("x.h", "#include <string.h>\nstatic const int nullptr_count = 0;\n")
-        == "c"
-    )
-    assert (
-        reject_reason("a.min.js", "var a;\n" * 50, min_chars=10, max_line_chars=1000)
-        == "minified"
-    )
-    assert (
-        reject_reason("a.js", "x" * 2000, min_chars=10, max_line_chars=1000)
-        == "minified"
-    )
+    assert language_of("x.h", "#include <string.h>\nstatic const int nullptr_count = 0;\n") == "c"
+    assert reject_reason("a.min.js", "var a;\n" * 50, min_chars=10, max_line_chars=1000) == "minified"
+    assert reject_reason("a.js", "x" * 2000, min_chars=10, max_line_chars=1000) == "minified"
     assert (
         reject_reason(
             "a.py",
@@ -281,31 +276,17 @@ def test_languages_filters_and_cleaning():
         )
         == "generated"
     )
-    assert (
-        reject_reason("a.py", "x = 1\n", min_chars=10, max_line_chars=1000) == "short"
-    )
-    assert (
-        reject_reason("a.py", "x\x00y" * 10, min_chars=1, max_line_chars=1000)
-        == "binary"
-    )
-    assert (
-        reject_reason("a.py", "x = 1\n" * 50, min_chars=10, max_line_chars=1000) is None
-    )
+    assert reject_reason("a.py", "x = 1\n", min_chars=10, max_line_chars=1000) == "short"
+    assert reject_reason("a.py", "x\x00y" * 10, min_chars=1, max_line_chars=1000) == "binary"
+    assert reject_reason("a.py", "x = 1\n" * 50, min_chars=10, max_line_chars=1000) is None
     assert clean_code("\n\na = 1   \r\nb = 2\n\n", 100) == "a = 1\nb = 2"
-    assert (
-        clean_code("line one\nline two\nline three", 16) == "line one"
-    )  # cut at a line boundary
+    assert clean_code("line one\nline two\nline three", 16) == "line one"  # cut at a line boundary
     assert strip_licence_header("/* Copyright 2020 */\nint x;\n") == "int x;\n"
     lines = "\n".join(f"line {i:02d}" for i in range(20))
-    assert (
-        excerpt(lines, 30) == "line 08\nline 09\nline 10\nline 11"
-    )  # whole lines around the middle
+    assert excerpt(lines, 30) == "line 08\nline 09\nline 10\nline 11"  # whole lines around the middle
     assert excerpt("short", 30) == "short" and excerpt("x" * 100, 10) == "x" * 10
     assert strip_licence_header("<!-- BSD licence -->\n<p>x</p>") == "<p>x</p>"
-    assert (
-        strip_licence_header("# a normal comment\nx = 1\n")
-        == "# a normal comment\nx = 1\n"
-    )
+    assert strip_licence_header("# a normal comment\nx = 1\n") == "# a normal comment\nx = 1\n"
 
 
 def test_default_cache_dir_follows_jlang_cache(monkeypatch, tmp_path):
@@ -318,9 +299,25 @@ def test_cli_builds_and_summarises(fake_site, tmp_path, capsys):
 
     site, cargo = fake_site
     out = tmp_path / "cli"
-    argv = ["code-corpus", "--out", str(out), "--languages", "python", "rust", "--english", "none", "--site-dirs",
-            str(site), "--no-stdlib", "--no-python-include", "--cargo-registry", str(cargo), "--min-chars", "50",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "code-corpus",
+        "--out",
+        str(out),
+        "--languages",
+        "python",
+        "rust",
+        "--english",
+        "none",
+        "--site-dirs",
+        str(site),
+        "--no-stdlib",
+        "--no-python-include",
+        "--cargo-registry",
+        str(cargo),
+        "--min-chars",
+        "50",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "python" in printed and "fakecrate" in printed and str(out) in printed

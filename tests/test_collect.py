@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jlang
-from jlang.collect import Accumulator, run_stats
+from jlang.stats.collect import Accumulator, run_stats
 
 torch = pytest.importorskip("torch")
 
@@ -112,13 +112,16 @@ def test_collect_stats_one_device_equals_mesh(tiny_dirs, mode):
     """collect_stats end to end (tokenize -> batches -> pass) on 1 device and on a 2x4 mesh."""
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 fake devices")
-    from jlang.collect import collect_stats
+    from jlang.stats.collect import collect_stats
 
     # not qwen2: transformers 5 forces Qwen2Tokenizer, which ignores the tiny word-level tokenizer.json
     path, _ = tiny_dirs["mistral"]
     model = jlang.load_model(path, progress=False)
     rng = np.random.default_rng(1)
-    corpus = {lang: [" ".join(f"w{w}" for w in rng.integers(4, 130, rng.integers(3, 20))) for _ in range(30)] for lang in ("aa", "bb")}
+    corpus = {
+        lang: [" ".join(f"w{w}" for w in rng.integers(4, 130, rng.integers(3, 20))) for _ in range(30)]
+        for lang in ("aa", "bb")
+    }
     kw = dict(batch_size=6, seq_len=16, mode=mode, progress=False)
     one = collect_stats(model, corpus, **kw)
     mesh = collect_stats(model, corpus, mesh=jlang.parallel.make_mesh(data=2, model=4), **kw)
@@ -130,7 +133,7 @@ def test_collect_stats_one_device_equals_mesh(tiny_dirs, mode):
 
 def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):
     """Documents of exactly seq_len tokens (no BOS): packing and padding make the same rows."""
-    from jlang.collect import collect_stats
+    from jlang.stats.collect import collect_stats
 
     path, _ = tiny_dirs["gemma3"]
     model = jlang.load_model(path, progress=False)
@@ -146,7 +149,7 @@ def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):
 
 
 def test_repeated_passes_reuse_the_compiled_step(tiny_dirs):
-    from jlang.collect import _stats_step
+    from jlang.stats.collect import _stats_step
 
     path, _ = tiny_dirs["llama2"]
     model = jlang.load_model(path, progress=False)

@@ -10,14 +10,19 @@ def test_default_config_loads():
 
 
 def test_overrides_and_types(tmp_path):
-    cfg = load_config("configs/lape_default.yaml", RunConfig, ["stats.batch_size=2", "corpus.languages=[en, fr]", "identify.lam=0.1"])
+    cfg = load_config(
+        "configs/lape_default.yaml", RunConfig, ["stats.batch_size=2", "corpus.languages=[en, fr]", "identify.lam=0.1"]
+    )
     assert cfg.stats.batch_size == 2 and cfg.corpus.languages == ("en", "fr") and cfg.identify.lam == 0.1
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("stats: {batchsize: 4}", r"config.*stats: unknown key\(s\) \['batchsize'\]; allowed: \['batch_size', 'seq_len'\]"),
+        (
+            "stats: {batchsize: 4}",
+            r"config.*stats: unknown key\(s\) \['batchsize'\]; allowed: \['batch_size', 'seq_len'\]",
+        ),
         ("stats: {batch_size: four}", r"stats.batch_size: expected int, got str"),
         ("model: {dtype: float16}", r"model.dtype: 'float16' is not one of \['float32', 'bfloat16'\]"),
         ("corpus: {languages: en}", r"corpus.languages: expected a list"),

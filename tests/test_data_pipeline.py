@@ -25,8 +25,12 @@ def tok():
     t = Tokenizer(models.BPE(unk_token=None))
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     t.train_from_iterator(EN + FR + JA, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
@@ -82,7 +86,7 @@ def test_pad_rows_and_valid_mask(tok):
         ids = ([tok.bos_token_id] + encode(tok, docs[r]))[:seq]
         assert got["ids"][i][got["valid"][i]].tolist() == ids
         assert got["valid"][i].tolist() == [True] * len(ids) + [False] * (seq - len(ids))
-        assert (got["ids"][i][len(ids):] == tok.pad_token_id).all()
+        assert (got["ids"][i][len(ids) :] == tok.pad_token_id).all()
         assert got["lang"][i] == (0 if r < len(FR) else 1)
     assert b.tokens["fr"] == sum(min(seq, 1 + len(encode(tok, d))) for d in FR)
 
@@ -107,7 +111,9 @@ def test_prompt_response_from_jsonl(tok, tmp_path):
     corpus = Corpus({"en": path}, prompt_field="q", response_field="a")
     assert read_documents(corpus["en"]) == [("1+1=", " 2"), ("2+2=", " 4")]
     got = collect(single(corpus, tok, batch_size=2, seq_len=8, mode="pad"))
-    assert got["valid"].sum() == sum(len(encode(tok, p + r)) - len(encode(tok, p)) for p, r in [("1+1=", " 2"), ("2+2=", " 4")])
+    assert got["valid"].sum() == sum(
+        len(encode(tok, p + r)) - len(encode(tok, p)) for p, r in [("1+1=", " 2"), ("2+2=", " 4")]
+    )
 
 
 def test_partial_final_batch_is_padded_with_invalid_rows(tok):
@@ -132,12 +138,16 @@ def test_two_processes_split_the_rows_exactly(tok, mode, shuffle):
     assert not set(rows[0].tolist()) & set(rows[1].tolist())
     union = np.concatenate(rows)
     assert sorted(union.tolist()) == sorted(whole["row"][whole["row"] >= 0].tolist())
-    by_row = {int(r): (whole["ids"][i], whole["valid"][i], whole["lang"][i]) for i, r in enumerate(whole["row"]) if r >= 0}
+    by_row = {
+        int(r): (whole["ids"][i], whole["valid"][i], whole["lang"][i]) for i, r in enumerate(whole["row"]) if r >= 0
+    }
     for g in got:
         for i, r in enumerate(g["row"]):
             if r >= 0:
                 ids, valid, lang = by_row[int(r)]
-                assert np.array_equal(g["ids"][i], ids) and np.array_equal(g["valid"][i], valid) and g["lang"][i] == lang
+                assert (
+                    np.array_equal(g["ids"][i], ids) and np.array_equal(g["valid"][i], valid) and g["lang"][i] == lang
+                )
     assert sum(int(g["valid"].sum()) for g in got) == int(whole["valid"].sum())
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import jlang
-from jlang import generate as gen
-from jlang.generate import generate, greedy_reference
+from jlang.models import generate as gen
 from jlang.models.decoder import Edits, KVCache, forward, forward_cached
+from jlang.models.generate import generate, greedy_reference
 
 torch = pytest.importorskip("torch")
 
@@ -79,9 +79,13 @@ def _prefill_and_step(model, ids, n_prompt, edits, where_prompt, where_new, para
     )
     step_pos = jnp.full((b, 1), n_prompt)
     logits2, acts2, cache = _cached(
-        params, ids[:, n_prompt : n_prompt + 1], cache=cache, positions=step_pos,
-        edit_where=jnp.full((b, 1), where_new), **kw,
-    )  # fmt: skip
+        params,
+        ids[:, n_prompt : n_prompt + 1],
+        cache=cache,
+        positions=step_pos,
+        edit_where=jnp.full((b, 1), where_new),
+        **kw,
+    )
     return (logits1[:, pad:], logits2[:, 0]), (acts1[:, :, pad:], acts2[:, :, 0])
 
 
@@ -139,7 +143,9 @@ def test_per_layer_views_equal_the_stacked_parameters(load, name):
     views = layer_views(model.params)
     assert views is not None, "one CPU device: the views must be zero-copy aliases"
     stacked = np.asarray(model.params["layers.gate"])
-    assert [v.unsafe_buffer_pointer() for v in views["layers.gate"]] == [stacked[i].ctypes.data for i in range(len(stacked))]
+    assert [v.unsafe_buffer_pointer() for v in views["layers.gate"]] == [
+        stacked[i].ctypes.data for i in range(len(stacked))
+    ]
     assert model.unstacked_params() is model.unstacked_params()  # cached
     ids = jnp.asarray(np.random.default_rng(3).integers(4, model.config.vocab_size, (2, 10)), jnp.int32)
     edit = _random_edit(model)
@@ -175,7 +181,9 @@ def test_changing_edits_scope_and_penalty_does_not_recompile(load):
     texts = set()
     for seed, scope, penalty in [(1, "prompt", 1.0), (2, "generated", 1.1), (3, "all", 1.3)]:
         edit = _random_edit(model, seed, value=float(seed))
-        texts.add(tuple(generate(model, PROMPTS, max_new_tokens=N, edits=edit, edit_scope=scope, repetition_penalty=penalty)))
+        texts.add(
+            tuple(generate(model, PROMPTS, max_new_tokens=N, edits=edit, edit_scope=scope, repetition_penalty=penalty))
+        )
     assert (gen._prefill._cache_size(), gen._decode._cache_size()) == sizes
     assert len(texts) == 3  # the edits did change the text
 
@@ -242,7 +250,7 @@ def test_cli_generate(load, tiny_dirs, tmp_path, capsys):
     import argparse
     import json
 
-    from jlang.generate_cli import _generate_parser
+    from jlang.cli.generate import _generate_parser
     from jlang.masks import NeuronMasks
 
     model = load("llama2")

@@ -13,7 +13,6 @@ from jlang.masks import MaskShapeError, NeuronMasks, UnknownLanguageError
 from jlang.models.decoder import Edits
 from jlang.stats import ActivationStats
 
-
 # ----------------------------------------------------------------------------- hand-made inputs
 
 
@@ -146,8 +145,12 @@ def test_combine_by_hand():
     scale[0, 1] = 1.0
     _assert_edits(last, np.logical_or(MASK_A, MASK_B), scale, shift)
     # a value-setting later edit wins either way
-    _assert_edits(E.combine(steer, deact), np.logical_or(MASK_A, MASK_B), np.where(MASK_B, 0, 1),
-                  np.where(MASK_B, -1.0, np.where(MASK_A, 2 * s.mean[0], 0)))  # fmt: skip
+    _assert_edits(
+        E.combine(steer, deact),
+        np.logical_or(MASK_A, MASK_B),
+        np.where(MASK_B, 0, 1),
+        np.where(MASK_B, -1.0, np.where(MASK_A, 2 * s.mean[0], 0)),
+    )
 
 
 def test_combine_disjoint_is_exact():
@@ -155,7 +158,11 @@ def test_combine_disjoint_is_exact():
     rng = np.random.default_rng(1)
     owner = rng.integers(0, 3, (5, 7))  # 0: none, 1: first edit, 2: second edit
     e1 = E.set_to(owner == 1, None, rng.normal(size=(5, 7)))
-    e2 = Edits(mask=owner == 2, scale=rng.normal(size=(5, 7)).astype(np.float32), shift=rng.normal(size=(5, 7)).astype(np.float32))
+    e2 = Edits(
+        mask=owner == 2,
+        scale=rng.normal(size=(5, 7)).astype(np.float32),
+        shift=rng.normal(size=(5, 7)).astype(np.float32),
+    )
     for overlap in ("compose", "last"):
         c = E.combine(e1, e2, overlap=overlap)
         np.testing.assert_array_equal(c.mask, owner > 0)

@@ -37,7 +37,7 @@ def _sentences(seed, n, lo=3, hi=12):
 
 @pytest.mark.parametrize("name,chunks", [("llama2", (7, 32, 1000)), ("qwen2", (50,)), ("gemma2", (40,))])
 def test_chunked_nll_equals_full_logits(tiny, name, chunks):
-    from jlang.evals.scoring import Scorer
+    from jlang.models.scoring import Scorer
 
     model = tiny[name]
     ids = np.random.default_rng(1).integers(3, 131, size=(3, 13)).astype(np.int32)
@@ -50,8 +50,8 @@ def test_chunked_nll_equals_full_logits(tiny, name, chunks):
 
 
 def test_chunked_top_k_equals_full(tiny):
-    from jlang.evals.vocab import top_k
     from jlang.models.decoder import forward
+    from jlang.models.vocab import top_k
 
     model = tiny["gemma2"]
     ids = np.random.default_rng(2).integers(3, 131, size=(2, 9)).astype(np.int32)
@@ -64,8 +64,8 @@ def test_chunked_top_k_equals_full(tiny):
 
 
 def test_scorer_compiles_once_per_width_for_all_edits(tiny):
-    from jlang.evals import interventions as iv
-    from jlang.evals.scoring import Scorer, rows_from_token_lists
+    from jlang import edits as E
+    from jlang.models.scoring import Scorer, rows_from_token_lists
 
     model = tiny["llama2"]
     masks = _masks(model)
@@ -73,7 +73,7 @@ def test_scorer_compiles_once_per_width_for_all_edits(tiny):
     rows = rows_from_token_lists(toks, [0] * 4, [0] * 4)
     scorer = Scorer(model, vocab_chunk=64)
     base = scorer.row_sums(rows, None, batch_size=2)
-    for edits in (iv.deactivate(masks, "a"), iv.deactivate(masks, "b", -1.0), iv.amplify(masks, "a", 3.0)):
+    for edits in (E.deactivate(masks, "a"), E.deactivate(masks, "b", value=-1.0), E.amplify(masks, "a", 3.0)):
         assert not np.allclose(scorer.row_sums(rows, edits, batch_size=2), base)
     assert scorer._step._cache_size() == 2
 
@@ -90,8 +90,14 @@ def test_ppl_conventions_hand_computed():
     np.testing.assert_allclose(agg["nll_token"], [1.25, 2.0])  # token-weighted
     np.testing.assert_array_equal(agg["tokens"], [4, 2])
     np.testing.assert_array_equal(agg["rows"], [2, 1])
-    res = PPLResult(["none", "a"], ["a", "b"], np.array([agg["nll"], [2.5, 2.0]]), np.array([agg["nll_token"]] * 2),
-                    agg["tokens"], agg["rows"])
+    res = PPLResult(
+        ["none", "a"],
+        ["a", "b"],
+        np.array([agg["nll"], [2.5, 2.0]]),
+        np.array([agg["nll_token"]] * 2),
+        agg["tokens"],
+        agg["rows"],
+    )
     np.testing.assert_allclose(res.ppl[0], np.exp([1.5, 2.0]))  # NJUNLP: exp of the mean per-prompt NLL
     np.testing.assert_allclose(res.delta_ppl[1], [math.exp(2.5) - math.exp(1.5), 0.0])
     dom = res.diagonal_dominance()
@@ -166,8 +172,15 @@ def test_logit_lens_shares(tiny, tmp_path):
     from jlang.evals.logit_lens import logit_lens
 
     model = tiny["llama2"]
-    res = logit_lens(model, {"a": _sentences(6, 3), "b": _sentences(7, 2)}, k=3, max_texts=3, batch_size=2,
-                     vocab_chunk=64, progress=False)
+    res = logit_lens(
+        model,
+        {"a": _sentences(6, 3), "b": _sentences(7, 2)},
+        k=3,
+        max_texts=3,
+        batch_size=2,
+        vocab_chunk=64,
+        progress=False,
+    )
     assert res.shares.shape == (2, 2, model.num_layers, len(res.labels))
     np.testing.assert_allclose(res.shares.sum(-1), 1.0)
     # the tiny vocabulary is "w4".."w130" (Latin, but neither "a" nor "b" is a Latin language) and specials
@@ -180,10 +193,22 @@ def test_token_tagger_scripts_and_frequencies():
 
     langs = ["en", "zh", "fr", "es", "ru", "ja", "de", "ar", "ko", "id", "vi", "hi"]
     cases = {
-        " the": "Latin?", "中文": "Han?", "ひらがな": "ja", "カタカナ語": "ja", "漢字かな": "ja", "한국어": "ko",
-        " Привет": "ru", "مرحبا": "ar", "नमस्ते": "hi", "123": "none", " !?": "none", "<bos>": "none",
-        "Ελλάδα": "other", "": "none", "▁": "none",
-    }  # fmt: skip
+        " the": "Latin?",
+        "中文": "Han?",
+        "ひらがな": "ja",
+        "カタカナ語": "ja",
+        "漢字かな": "ja",
+        "한국어": "ko",
+        " Привет": "ru",
+        "مرحبا": "ar",
+        "नमस्ते": "hi",
+        "123": "none",
+        " !?": "none",
+        "<bos>": "none",
+        "Ελλάδα": "other",
+        "": "none",
+        "▁": "none",
+    }
     tagger = TokenTagger.from_texts(list(cases), langs)
     assert dict(zip(cases, tagger.labels_of(range(len(cases))))) == cases
     assert tagger.labels[-2:] == ["other", "none"] and "Latin?" in tagger.labels
@@ -194,15 +219,18 @@ def test_token_tagger_scripts_and_frequencies():
     counts = np.array([[90, 0, 5, 1], [0, 50, 40, 0], [0, 20, 40, 0]])
     t2 = TokenTagger.from_texts(texts, ["en", "fr", "es"], counts=counts, min_share=0.6, min_count=5)
     assert t2.labels_of(range(4)) == ["en", "fr", "Latin?", "Latin?"]
-    np.testing.assert_allclose(t2.shares(np.array([[0, 1], [1, -1]])), np.bincount(t2.tags[[0, 1, 1]], minlength=len(t2.labels)) / 3)
+    np.testing.assert_allclose(
+        t2.shares(np.array([[0, 1], [1, -1]])), np.bincount(t2.tags[[0, 1, 1]], minlength=len(t2.labels)) / 3
+    )
 
 
 # ----------------------------------------------------------------------------- LSS
 
 
 def test_lss_planted_difference():
-    from jlang.evals.lss import cloze_items, lss, lss_rate
     from tiny_models import tiny_tokenizer
+
+    from jlang.evals.lss import cloze_items, lss, lss_rate
 
     class Stub:
         tokenizer = tiny_tokenizer()
@@ -257,8 +285,14 @@ def test_steering_bookkeeping_with_stubs(tmp_path):
         m[k, :, 2 * k : 2 * k + 2] = True
     masks = NeuronMasks(langs, m)
     K, L, F = m.shape
-    stats = ActivationStats(languages=langs, tokens=np.full(K, 10), over_zero=np.zeros((K, L, F), np.int64),
-                            sum=np.full((K, L, F), 5.0), sum_sq=np.zeros((K, L, F)), max=np.zeros((K, L, F), np.float32))
+    stats = ActivationStats(
+        languages=langs,
+        tokens=np.full(K, 10),
+        over_zero=np.zeros((K, L, F), np.int64),
+        sum=np.full((K, L, F), 5.0),
+        sum_sq=np.zeros((K, L, F)),
+        max=np.zeros((K, L, F), np.float32),
+    )
 
     def generate(prompts, edits):
         """Answers in the activated language for the first prompt only; in the prompt's language otherwise."""
@@ -273,10 +307,17 @@ def test_steering_bookkeeping_with_stubs(tmp_path):
         assert deact == [src]
         return ["" for _ in prompts]  # deactivated only: no language
 
-    identify = lambda texts: [t.split(" ")[0] if t else "none" for t in texts]  # noqa: E731
+    identify = lambda texts: [t.split(" ")[0] if t else "none" for t in texts]
     prompts = {l: [f"{l}:{i}" for i in range(4)] for l in langs}
-    res = run_steering(masks, prompts, generate=generate, identify=identify, activation=Activation("additive", 2.0),
-                       stats=stats, progress=False)
+    res = run_steering(
+        masks,
+        prompts,
+        generate=generate,
+        identify=identify,
+        activation=Activation("additive", 2.0),
+        stats=stats,
+        progress=False,
+    )
     expected = np.full((3, 3), 0.25)
     np.fill_diagonal(expected, np.nan)
     np.testing.assert_array_equal(res.success, expected)
@@ -296,14 +337,22 @@ def test_steering_bookkeeping_with_stubs(tmp_path):
 def test_identifier_accuracy():
     from jlang.evals.langid import Py3LangID, identifier_accuracy
 
-    stub = lambda texts: [t[:2] for t in texts]  # noqa: E731
+    stub = lambda texts: [t[:2] for t in texts]
     acc = identifier_accuracy(stub, {"en": ["en x", "fr y", "en z", "en w"], "fr": ["fr a", "fr b"]})
     assert acc["per_language"] == {"en": 0.75, "fr": 1.0}
     assert acc["macro"] == pytest.approx(0.875) and acc["micro"] == pytest.approx(5 / 6)
     assert acc["confusion"]["en"] == {"en": 3, "fr": 1} and acc["n"] == {"en": 4, "fr": 2}
     lid = Py3LangID(["en", "fr", "ru", "ja"])
-    assert lid(["Ce champ ne peut pas être vide.", "Это поле не может быть пустым.", "このフィールドは必須です。",
-                "This field cannot be empty.", "", " 12 "]) == ["fr", "ru", "ja", "en", "none", "none"]
+    assert lid(
+        [
+            "Ce champ ne peut pas être vide.",
+            "Это поле не может быть пустым.",
+            "このフィールドは必須です。",
+            "This field cannot be empty.",
+            "",
+            " 12 ",
+        ]
+    ) == ["fr", "ru", "ja", "en", "none", "none"]
     with pytest.raises(ValueError, match="does not know"):
         Py3LangID(["en", "xx"])
 
@@ -312,7 +361,7 @@ def test_identifier_accuracy():
 
 
 def test_cli_ppl_and_lss(tiny_dirs, tmp_path, capsys):
-    from jlang.evals_cli import EVAL_COMMANDS
+    from jlang.cli.evals import EVAL_COMMANDS
 
     path = tiny_dirs["llama2"][0]
     model = jlang.load_model(path, progress=False)
@@ -322,17 +371,31 @@ def test_cli_ppl_and_lss(tiny_dirs, tmp_path, capsys):
     for lang, seed in (("a", 10), ("b", 11)):
         (corpus / "heldout" / f"{lang}.txt").write_text("\n".join(_sentences(seed, 4)) + "\n")
     parallel = tmp_path / "par.jsonl"
-    parallel.write_text("".join(json.dumps({"text": {"a": s, "b": t}}) + "\n" for s, t in zip(_sentences(12, 3), _sentences(13, 3))))
+    parallel.write_text(
+        "".join(json.dumps({"text": {"a": s, "b": t}}) + "\n" for s, t in zip(_sentences(12, 3), _sentences(13, 3)))
+    )
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     for register in EVAL_COMMANDS:
         register(sub)
-    common = ["--model", str(path), "--masks", str(masks_path), "--corpus", str(corpus), "--vocab-chunk", "64", "--no-progress"]
+    common = [
+        "--model",
+        str(path),
+        "--masks",
+        str(masks_path),
+        "--corpus",
+        str(corpus),
+        "--vocab-chunk",
+        "64",
+        "--no-progress",
+    ]
     args = parser.parse_args(["ppl", *common, "--out", str(tmp_path / "o"), "--batch-size", "2", "--seq-len", "32"])
     assert args.func(args) == 0
     assert "diagonal dominates" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "ppl.json").read_text())["rows"] == ["none", "a", "b"]
-    args = parser.parse_args(["lss", *common, "--out", str(tmp_path / "o"), "--parallel", str(parallel), "--factors", "2"])
+    args = parser.parse_args(
+        ["lss", *common, "--out", str(tmp_path / "o"), "--parallel", str(parallel), "--factors", "2"]
+    )
     assert args.func(args) == 0
     assert (tmp_path / "o" / "lss.png").is_file()
     assert sorted(p.__name__ for p in EVAL_COMMANDS) == ["_lens_parser", "_lss_parser", "_ppl_parser", "_steer_parser"]
@@ -379,21 +442,51 @@ def test_reproduction_end_to_end_on_tiny_model(tiny_dirs, tmp_path):
     )
     out = tmp_path / "out"
     sets = [
-        f"out={out}", f"lape.out={tmp_path / 'lape'}", f"lape.model.source={path}", f"lape.corpus.source={corpus}",
-        "lape.corpus.languages=[en, fr]", "lape.stats.seq_len=16", "lape.identify.top_rate=0.05",
-        "ppl.batch_size=4", "ppl.seq_len=16", "ppl.vocab_chunk=64", "steering.prompts_per_language=2",
-        "steering.max_new_tokens=3", "lss.items=2", "lss.factors=[2.0]", "lss.alphas=[1.0]", "lss.bases=null", "lss.batch_size=4",
-        "lens.max_texts=2", "lens.k=3",
-    ]  # fmt: skip
+        f"out={out}",
+        f"lape.out={tmp_path / 'lape'}",
+        f"lape.model.source={path}",
+        f"lape.corpus.source={corpus}",
+        "lape.corpus.languages=[en, fr]",
+        "lape.stats.seq_len=16",
+        "lape.identify.top_rate=0.05",
+        "ppl.batch_size=4",
+        "ppl.seq_len=16",
+        "ppl.vocab_chunk=64",
+        "steering.prompts_per_language=2",
+        "steering.max_new_tokens=3",
+        "lss.items=2",
+        "lss.factors=[2.0]",
+        "lss.alphas=[1.0]",
+        "lss.bases=null",
+        "lss.batch_size=4",
+        "lens.max_texts=2",
+        "lens.k=3",
+    ]
     assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets), [])]) == 0
     text = (out / "report.md").read_text()
-    for needle in ("Deactivation perplexity", "Does the diagonal dominate?", "Language steering", "Identifier accuracy",
-                   "Language Steering Score", "Logit lens"):
+    for needle in (
+        "Deactivation perplexity",
+        "Does the diagonal dominate?",
+        "Language steering",
+        "Identifier accuracy",
+        "Language Steering Score",
+        "Logit lens",
+    ):
         assert needle in text
-    assert {p.name for p in out.iterdir()} >= {"ppl.json", "ppl.png", "steering.json", "lss_scale.json", "lss_additive.json",
-                                               "lens.json", "report.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "ppl.json",
+        "ppl.png",
+        "steering.json",
+        "lss_scale.json",
+        "lss_additive.json",
+        "lens.json",
+        "report.md",
+    }
     # a second run reuses every result (no model work beyond loading) and rewrites the same report
-    assert mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets + ["reuse_results=true"]), [])]) == 0
-    section = lambda t: t.split("## Deactivation perplexity")[1].split("## Wall time")[0]  # noqa: E731
+    assert (
+        mod.main(["configs/lape_reproduction.yaml", *sum((["--set", s] for s in sets + ["reuse_results=true"]), [])])
+        == 0
+    )
+    section = lambda t: t.split("## Deactivation perplexity")[1].split("## Wall time")[0]
     assert section((out / "report.md").read_text()) == section(text)
     assert "reused" in (out / "report.md").read_text()

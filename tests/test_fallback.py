@@ -83,13 +83,9 @@ def test_most_common_breaks_ties_by_first_appearance():
 
 
 def test_distinct_ratio_flags_loops():
-    assert distinct_ratio("si si si si si") == pytest.approx(
-        3 / 12
-    )  # "si ", "i s", " si" over 12 trigrams
+    assert distinct_ratio("si si si si si") == pytest.approx(3 / 12)  # "si ", "i s", " si" over 12 trigrams
     assert distinct_ratio("abcdef") == 1.0
-    assert distinct_ratio("ab\n  cd") == pytest.approx(
-        1.0
-    )  # whitespace runs collapse to one space
+    assert distinct_ratio("ab\n  cd") == pytest.approx(1.0)  # whitespace runs collapse to one space
     assert np.isnan(distinct_ratio(" a "))
 
 
@@ -109,9 +105,7 @@ def _fake_generator(masks, value, calls):
         mask = np.asarray(edits.mask)
         if mask.any():  # step 0 passes the identity edit
             scale, shift = np.asarray(edits.scale), np.asarray(edits.shift)
-            assert (scale[mask] == 0).all() and np.allclose(
-                shift[mask], value
-            )  # a = value on the union
+            assert (scale[mask] == 0).all() and np.allclose(shift[mask], value)  # a = value on the union
             assert (scale[~mask] == 1).all() and (shift[~mask] == 0).all()
             off = {l for l in masks.languages if (mask | ~masks[l]).all()}
             calls.append((src, sorted(off), int(mask.sum())))
@@ -126,13 +120,18 @@ def _identify(texts):
 
 
 def test_fallback_chain_with_fake_model_and_identifier(tmp_path):
-    masks = _masks(
-        {"en": 2, "fr": 3, "de": 1, "ja": 4}, shared=[("en", "fr")]
-    )  # en and fr share one neuron
+    masks = _masks({"en": 2, "fr": 3, "de": 1, "ja": 4}, shared=[("en", "fr")])  # en and fr share one neuron
     calls = []
     prompts = {l: [f"{l}:{i}" for i in range(3)] for l in ("ja", "fr")}
-    res = run_fallback(masks, prompts, generate=_fake_generator(masks, -1.5, calls), identify=_identify,
-                       order="paper", value=-1.5, progress=False)  # fmt: skip
+    res = run_fallback(
+        masks,
+        prompts,
+        generate=_fake_generator(masks, -1.5, calls),
+        identify=_identify,
+        order="paper",
+        value=-1.5,
+        progress=False,
+    )
     # paper order restricted to the masks: en fr de ja; the prompt's language first
     assert res.steps["ja"] == [
         [],
@@ -169,8 +168,16 @@ def test_fallback_chain_with_fake_model_and_identifier(tmp_path):
     assert "| ja | none: **ja** 0.67 | +ja: **en** 0.67 |" in res.table()
 
     # without prompt_first the explicit order is followed as given, for every prompt language
-    res2 = run_fallback(masks, {"fr": prompts["fr"]}, generate=_fake_generator(masks, 0.0, []), identify=_identify,
-                        order=["de", "fr"], prompt_first=False, value=0.0, progress=False)  # fmt: skip
+    res2 = run_fallback(
+        masks,
+        {"fr": prompts["fr"]},
+        generate=_fake_generator(masks, 0.0, []),
+        identify=_identify,
+        order=["de", "fr"],
+        prompt_first=False,
+        value=0.0,
+        progress=False,
+    )
     assert res2.steps["fr"] == [[], ["de"], ["de", "fr"]] and res2.fallback("fr") == [
         "fr",
         "fr",
@@ -180,22 +187,14 @@ def test_fallback_chain_with_fake_model_and_identifier(tmp_path):
     paths = res.save(tmp_path / "fallback")
     assert paths["png"].stat().st_size > 0
     back = FallbackResult.from_dict(json.loads(paths["json"].read_text()))
-    assert (
-        back.fallback("fr") == res.fallback("fr")
-        and back.steps == res.steps
-        and back.neurons == res.neurons
-    )
-    assert (
-        json.loads(paths["json"].read_text())["summary"]["ja"][1]["most_common"] == "en"
-    )
+    assert back.fallback("fr") == res.fallback("fr") and back.steps == res.steps and back.neurons == res.neurons
+    assert json.loads(paths["json"].read_text())["summary"]["ja"][1]["most_common"] == "en"
 
 
 def test_run_fallback_rejects_empty_prompts():
     masks = _masks({"en": 1, "fr": 1})
     with pytest.raises(ValueError, match="no prompts"):
-        run_fallback(
-            masks, {"en": []}, generate=None, identify=_identify, progress=False
-        )
+        run_fallback(masks, {"en": []}, generate=None, identify=_identify, progress=False)
     with pytest.raises(ValueError, match="no prompt language"):
         run_fallback(masks, {}, generate=None, identify=_identify, progress=False)
 
@@ -212,13 +211,11 @@ def tiny_llama(tiny_dirs):
 
 
 def test_cli_fallback(tiny_llama, tmp_path, capsys):
-    from jlang.studies_cli import COMMANDS
+    from jlang.cli.studies import COMMANDS
 
     path, model = tiny_llama
     rng = np.random.default_rng(1)
-    masks = NeuronMasks(
-        ["en", "fr"], rng.random((2, model.num_layers, model.num_neurons)) < 0.4
-    )
+    masks = NeuronMasks(["en", "fr"], rng.random((2, model.num_layers, model.num_neurons)) < 0.4)
     masks_path = masks.save(tmp_path / "m.npz")
     corpus = tmp_path / "corpus"
     (corpus / "heldout").mkdir(parents=True)
@@ -227,10 +224,31 @@ def test_cli_fallback(tiny_llama, tmp_path, capsys):
     sub = parser.add_subparsers()
     for register in COMMANDS:
         register(sub)
-    args = parser.parse_args(["fallback", "--model", str(path), "--masks", str(masks_path), "--corpus", str(corpus),
-                              "--prompt-languages", "en", "--prompts-per-language", "2", "--max-new-tokens", "4",
-                              "--order", "fr,en", "--identify-languages", "en", "fr", "--out", str(tmp_path / "o"),
-                              "--no-progress"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "fallback",
+            "--model",
+            str(path),
+            "--masks",
+            str(masks_path),
+            "--corpus",
+            str(corpus),
+            "--prompt-languages",
+            "en",
+            "--prompts-per-language",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--order",
+            "fr,en",
+            "--identify-languages",
+            "en",
+            "fr",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     assert "| en |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "o" / "fallback.json").read_text())
@@ -242,7 +260,5 @@ def test_cli_fallback(tiny_llama, tmp_path, capsys):
     ]
     outs = [[g["output"] for g in step] for step in saved["generations"]["en"]]
     assert len(outs) == 3 and all(len(o) == 2 for o in outs)
-    assert (
-        outs[2] != outs[0]
-    )  # 40 % of the neurons at -1.5 change the greedy continuations
+    assert outs[2] != outs[0]  # 40 % of the neurons at -1.5 change the greedy continuations
     assert (tmp_path / "o" / "fallback.png").is_file()

@@ -21,8 +21,8 @@ import yaml
 
 import jlang
 from jlang.config import ConfigError, ModelSection
+from jlang.io.checkpoint import ResumeError
 from jlang.masks import MaskShapeError, NeuronMasks, UnknownLanguageError
-from jlang.resumable import ResumeError
 from jlang.train.data import (
     batch_dataset,
     eval_batches,
@@ -48,8 +48,11 @@ def parallel_file(tmp_path_factory) -> Path:
     rows = []
     for _ in range(48):
         words = rng.integers(4, 40, int(rng.integers(3, 7)))
-        text = {"aa": " ".join(f"w{w}" for w in words), "bb": " ".join(f"w{w + 40}" for w in words),
-                "cc": " ".join(f"w{w + 80}" for w in words[::-1])}  # fmt: skip
+        text = {
+            "aa": " ".join(f"w{w}" for w in words),
+            "bb": " ".join(f"w{w + 40}" for w in words),
+            "cc": " ".join(f"w{w + 80}" for w in words[::-1]),
+        }
         rows.append({"id": str(len(rows)), "text": text})
     path = tmp_path_factory.mktemp("pairs") / "parallel.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -58,8 +61,13 @@ def parallel_file(tmp_path_factory) -> Path:
 
 def tiny_config(model_dir, parallel_file, out, **overrides) -> FinetuneConfig:
     """A short run on a tiny model; `overrides` replace top-level fields, `train`/`data` dicts merge."""
-    data = {"source": str(parallel_file), "languages": ("bb", "cc"), "source_language": "aa",
-            "template": "{source} w3\n", "seq_len": 20}  # fmt: skip
+    data = {
+        "source": str(parallel_file),
+        "languages": ("bb", "cc"),
+        "source_language": "aa",
+        "template": "{source} w3\n",
+        "seq_len": 20,
+    }
     train = {
         "steps": 8,
         "batch_size": 4,
@@ -69,8 +77,13 @@ def tiny_config(model_dir, parallel_file, out, **overrides) -> FinetuneConfig:
     }
     data.update(overrides.pop("data", {}))
     train.update(overrides.pop("train", {}))
-    return FinetuneConfig(out=str(out), model=ModelSection(source=str(model_dir)), data=DataSection(**data),
-                          train=TrainSection(**train), **overrides)  # fmt: skip
+    return FinetuneConfig(
+        out=str(out),
+        model=ModelSection(source=str(model_dir)),
+        data=DataSection(**data),
+        train=TrainSection(**train),
+        **overrides,
+    )
 
 
 def params_of(path) -> dict[str, np.ndarray]:
@@ -91,8 +104,15 @@ def test_pairs_rows_and_order(tiny_dirs, parallel_file):
     from jlang.train.data import read_jsonl
 
     rows = [r["text"] for r in read_jsonl(parallel_file)]
-    train, ev = translation_pairs(rows, ["bb", "cc"], source_language="aa", template="{source} w3\n",
-                                  pairs_per_language=20, eval_pairs_per_language=5, seed=1)  # fmt: skip
+    train, ev = translation_pairs(
+        rows,
+        ["bb", "cc"],
+        source_language="aa",
+        template="{source} w3\n",
+        pairs_per_language=20,
+        eval_pairs_per_language=5,
+        seed=1,
+    )
     assert [len(train[k]) for k in ("bb", "cc")] == [20, 20] and [len(ev[k]) for k in ("bb", "cc")] == [5, 5]
     assert not set(train["bb"]) & set(ev["bb"])  # held-out pairs never train
     prompt, response = train["bb"][0]
@@ -246,8 +266,14 @@ def test_loss_goes_down_and_outputs_load(reference, tiny_dirs):
 
 def test_freeze_keeps_named_parameters(tiny_dirs, parallel_file, tmp_path):
     model_dir, _ = tiny_dirs["qwen3"]
-    cfg = tiny_config(model_dir, parallel_file, tmp_path / "run", freeze=("embed", "lm_head", "final_norm"),
-                      export_hf=True, train={"steps": 2})  # fmt: skip
+    cfg = tiny_config(
+        model_dir,
+        parallel_file,
+        tmp_path / "run",
+        freeze=("embed", "lm_head", "final_norm"),
+        export_hf=True,
+        train={"steps": 2},
+    )
     tuned, base = params_of(finetune(cfg, progress=False)), params_of(model_dir)
     for k in base:
         assert np.array_equal(tuned[k], base[k]) == (k in cfg.freeze), k
@@ -262,8 +288,16 @@ def test_neurons_mode_changes_only_their_weights(tiny_dirs, parallel_file, tmp_p
     masks = NeuronMasks(["bb", "cc", "dd"], rng.random((3, L, F)) < 0.1, {"family": "gemma3"})
     masks.save(tmp_path / "masks.npz")
     # weight decay would move every weight of a plain adamw step: the update mask must stop it
-    cfg = tiny_config(model_dir, parallel_file, tmp_path / "run", trainable="neurons", masks=str(tmp_path / "masks.npz"),
-                      mask_languages=("bb", "cc"), export_hf=True, train={"steps": 3, "weight_decay": 0.1})  # fmt: skip
+    cfg = tiny_config(
+        model_dir,
+        parallel_file,
+        tmp_path / "run",
+        trainable="neurons",
+        masks=str(tmp_path / "masks.npz"),
+        mask_languages=("bb", "cc"),
+        export_hf=True,
+        train={"steps": 3, "weight_decay": 0.1},
+    )
     tuned = params_of(finetune(cfg, progress=False))
     chosen = masks["bb"] | masks["cc"]  # [L, F]
     for k in base:
@@ -292,11 +326,19 @@ def _committed(directory: Path) -> list[int]:
 
 def _launch(config: Path, log: Path, *extra: str) -> subprocess.Popen:
     # The launches share JAX's persistent compilation cache: the later ones skip compiling the step.
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
     with open(log, "ab") as f:  # a file, not a pipe: a full pipe would stall the run
-        return subprocess.Popen([sys.executable, "-m", "jlang.finetune_cli", "finetune", str(config), *extra],
-                                cwd=REPO, env={**os.environ, **cache}, stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "jlang.cli.finetune", "finetune", str(config), *extra],
+            cwd=REPO,
+            env={**os.environ, **cache},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 180) -> None:
@@ -375,8 +417,11 @@ def test_two_processes_equal_one_process(tiny_dirs, parallel_file, tmp_path):
     # plain SGD: the update is linear in the gradient, so the two runs differ by rounding only (Adam's
     # g / sqrt(v) would turn rounding noise in a near-zero gradient into a step of the learning rate)
     train = {"steps": 3, "checkpoint_every": 2, "optimizer": "sgd", "learning_rate": 0.3}
-    run = json.loads(json.dumps(jlang.config.to_dict(tiny_config(model_dir, parallel_file, tmp_path / "two",
-                                                                  export_hf=True, train=train))))  # fmt: skip
+    run = json.loads(
+        json.dumps(
+            jlang.config.to_dict(tiny_config(model_dir, parallel_file, tmp_path / "two", export_hf=True, train=train))
+        )
+    )
     config = tmp_path / "two.yaml"
     config.write_text(yaml.safe_dump(run))
     logs = run_two_processes(tmp_path, [["finetune", str(config), "--no-progress"]], devices=1)
@@ -385,8 +430,9 @@ def test_two_processes_equal_one_process(tiny_dirs, parallel_file, tmp_path):
     assert result["processes"] == 2 and not (tmp_path / "two" / "train-checkpoint").exists()
     one = finetune(tiny_config(model_dir, parallel_file, tmp_path / "one", train=train), progress=False)
     expected = json.loads((tmp_path / "one" / "loss.json").read_text())
-    np.testing.assert_allclose([h["loss"] for h in result["history"]], [h["loss"] for h in expected["history"]],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        [h["loss"] for h in result["history"]], [h["loss"] for h in expected["history"]], rtol=1e-5
+    )
     two, single = params_of(tmp_path / "two" / "checkpoint"), params_of(one)
     for k in single:
         np.testing.assert_allclose(two[k], single[k], atol=1e-6, rtol=0, err_msg=k)
@@ -398,7 +444,7 @@ def test_two_processes_equal_one_process(tiny_dirs, parallel_file, tmp_path):
 
 @pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "gemma", "gemma2"])
 def test_export_of_every_other_family(tiny_dirs, tmp_path, family):
-    from jlang.train.export_hf import save_hf
+    from jlang.models.export import save_hf
 
     model = jlang.load_model(tiny_dirs[family][0], progress=False)
     save_hf(model, tmp_path / "hf")
@@ -411,7 +457,7 @@ def test_bfloat16_export_keeps_the_weights(tiny_dirs, tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    from jlang.train.export_hf import save_hf
+    from jlang.models.export import save_hf
 
     model = jlang.load_model(tiny_dirs["gemma3"][0], dtype="bfloat16", progress=False)
     save_hf(model, tmp_path / "hf")
@@ -430,7 +476,7 @@ def test_export_of_a_gguf_source_undoes_its_quirks(tmp_path, arch):
     from safetensors.numpy import load_file
     from test_gguf import TINY, write_tiny_gguf
 
-    from jlang.train.export_hf import save_hf
+    from jlang.models.export import save_hf
 
     path = tmp_path / f"tiny-{arch}.gguf"
     hf_weights = write_tiny_gguf(path, TINY[arch])
@@ -439,8 +485,11 @@ def test_export_of_a_gguf_source_undoes_its_quirks(tmp_path, arch):
     ids = np.random.default_rng(2).integers(3, 200, (2, 9))
     np.testing.assert_allclose(_hf_logits(tmp_path / "hf", ids), model.logits(ids), atol=1e-4, rtol=0)
     written = load_file(tmp_path / "hf" / "model.safetensors")
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                 "model.layers.0.input_layernorm.weight"):  # fmt: skip
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+    ):
         # stored as F32 (norms as w + 1): equal up to float32 rounding; a wrong row order or offset is off by O(0.1)
         np.testing.assert_allclose(written[name], hf_weights[name], atol=1e-6, rtol=0, err_msg=name)
 
@@ -474,14 +523,26 @@ def test_bad_configs_fail_before_loading(tmp_path, parallel_file):
 def test_bad_masks_and_data_are_named(tiny_dirs, parallel_file, tmp_path):
     model_dir, _ = tiny_dirs["llama2"]
     NeuronMasks(["bb"], np.ones((1, 5, 10), bool), {"model": "another"}).save(tmp_path / "other.npz")
-    cfg = tiny_config(model_dir, parallel_file, tmp_path / "a", trainable="neurons", masks=str(tmp_path / "other.npz"),
-                      mask_languages=("bb",))  # fmt: skip
+    cfg = tiny_config(
+        model_dir,
+        parallel_file,
+        tmp_path / "a",
+        trainable="neurons",
+        masks=str(tmp_path / "other.npz"),
+        mask_languages=("bb",),
+    )
     with pytest.raises(MaskShapeError, match="5 layers x 10 neurons"):
         finetune(cfg, progress=False)
     L, F = 3, 83
     NeuronMasks(["bb", "cc"], np.ones((2, L, F), bool)).save(tmp_path / "fits.npz")
-    cfg = tiny_config(model_dir, parallel_file, tmp_path / "b", trainable="neurons", masks=str(tmp_path / "fits.npz"),
-                      mask_languages=("fr",))  # fmt: skip
+    cfg = tiny_config(
+        model_dir,
+        parallel_file,
+        tmp_path / "b",
+        trainable="neurons",
+        masks=str(tmp_path / "fits.npz"),
+        mask_languages=("fr",),
+    )
     with pytest.raises(UnknownLanguageError, match="unknown language 'fr'"):
         finetune(cfg, progress=False)
     from jlang.data.sources import CorpusError
@@ -541,13 +602,18 @@ def test_short_run_on_the_default_model_reduces_loss(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    overrides = [f"out={out}", f"train.steps={SLOW_DEFAULT_STEPS}", "train.checkpoint_every=0",
-                 "data.eval_pairs_per_language=4"]  # fmt: skip
+    overrides = [
+        f"out={out}",
+        f"train.steps={SLOW_DEFAULT_STEPS}",
+        "train.checkpoint_every=0",
+        "data.eval_pairs_per_language=4",
+    ]
     # Its own process: `peak_rss_gb` is the process's high-water mark, which earlier tests in this
     # pytest process would otherwise set (the slow suite reached 5.09 GB before this test ran).
     log = tmp_path / "finetune.log"
-    proc = _launch(REPO / "configs" / "align_default.yaml", log, "--no-progress",
-                   *[a for o in overrides for a in ("--set", o)])  # fmt: skip
+    proc = _launch(
+        REPO / "configs" / "align_default.yaml", log, "--no-progress", *[a for o in overrides for a in ("--set", o)]
+    )
     assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
     result = json.loads((out / "loss.json").read_text())
     losses = [h["loss"] for h in result["history"]]

@@ -1,7 +1,7 @@
 import pytest
 
 import jlang
-from jlang.generate import greedy
+from jlang.models.generate import greedy
 
 torch = pytest.importorskip("torch")
 

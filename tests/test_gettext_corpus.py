@@ -9,8 +9,8 @@ import pytest
 
 polib = pytest.importorskip("polib")
 
-from jlang.data import gettext_corpus as gc  # noqa: E402
-from jlang.data.gettext_corpus import (  # noqa: E402
+from jlang.data.corpora import gettext as gc  # noqa: E402
+from jlang.data.corpora.gettext import (  # noqa: E402
     CorpusBuildError,
     build_gettext_corpus,
     clean_message,
@@ -47,7 +47,10 @@ for i in range(60):
         "zh_Hans": f"已保存列表中的第 {i} 项。",
     }
 MESSAGES["Your changes were saved just now."] = {"fr": "Modifications enregistrées.", "zh_Hans": "已保存更改。"}
-MESSAGES["All of your changes have been saved."] = {"fr": "Modifications enregistrées.", "zh_Hans": "所有更改均已保存。"}
+MESSAGES["All of your changes have been saved."] = {
+    "fr": "Modifications enregistrées.",
+    "zh_Hans": "所有更改均已保存。",
+}
 
 
 def write_package(root, with_mo_for=()):
@@ -62,8 +65,11 @@ def write_package(root, with_mo_for=()):
             elif loc in tr:
                 text = tr[loc]
                 po.append(polib.POEntry(msgid=msgid, msgstr=text or "", flags=["fuzzy"] if text is None else []))
-        po.append(polib.POEntry(msgid="An obsolete message that should be skipped.", msgstr="Obsolète, à ignorer.",
-                                obsolete=True))
+        po.append(
+            polib.POEntry(
+                msgid="An obsolete message that should be skipped.", msgstr="Obsolète, à ignorer.", obsolete=True
+            )
+        )
         target = root / "pkg" / "locale" / loc / "LC_MESSAGES"
         target.mkdir(parents=True)
         if loc in with_mo_for:
@@ -109,8 +115,9 @@ def test_build_on_a_small_package(tmp_path):
     src = write_package(tmp_path / "src", with_mo_for=("ja",))
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="dropped ja"):
-        m = build_gettext_corpus(out, ["en", "fr", "zh", "ja"], packages=[src], min_sentences=20,
-                                 heldout_fraction=0.25, progress=False)
+        m = build_gettext_corpus(
+            out, ["en", "fr", "zh", "ja"], packages=[src], min_sentences=20, heldout_fraction=0.25, progress=False
+        )
     assert m["languages"] == ["en", "fr", "zh"]
     assert m["dropped"]["ja"]["train_sentences"] < 20 and "min_sentences" in m["dropped"]["ja"]["reason"]
     assert not (out / "train" / "ja.txt").exists()

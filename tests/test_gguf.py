@@ -99,7 +99,7 @@ def _vocabulary() -> tuple[list[str], list[int]]:
 def hf_state_dict(tiny: Tiny, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float32 weights with the names and layouts of the Hugging Face checkpoint."""
     rng = np.random.default_rng(seed)
-    normal = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    normal = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)
     # Gemma norms are zero-centred (the layer computes x * (1 + w)), Llama ones are around 1
     norm = (lambda n: normal(n)) if tiny.four_norms else (lambda n: 1 + normal(n))
     q, kv = tiny.heads * tiny.head_dim, tiny.kv_heads * tiny.head_dim
@@ -122,7 +122,10 @@ def hf_state_dict(tiny: Tiny, vocab: int, seed: int = 0) -> dict[str, np.ndarray
         if tiny.qkv_bias:
             sd |= {p + f"self_attn.{x}_proj.bias": normal(n) for x, n in (("q", q), ("k", kv), ("v", kv))}
         if tiny.qk_norm:
-            sd |= {p + "self_attn.q_norm.weight": norm(tiny.head_dim), p + "self_attn.k_norm.weight": norm(tiny.head_dim)}
+            sd |= {
+                p + "self_attn.q_norm.weight": norm(tiny.head_dim),
+                p + "self_attn.k_norm.weight": norm(tiny.head_dim),
+            }
         if tiny.four_norms:
             sd |= {
                 p + "pre_feedforward_layernorm.weight": norm(tiny.hidden),
@@ -307,8 +310,13 @@ def test_gemma_names_and_norm_offset(tiny_files):
     path, hf = tiny_files["gemma3"]
     source = GGUFSource(path)
     names = set(source.tensor_shapes())
-    for leaf in ("pre_feedforward_layernorm", "post_feedforward_layernorm", "post_attention_layernorm",
-                 "self_attn.q_norm", "self_attn.k_norm"):
+    for leaf in (
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "post_attention_layernorm",
+        "self_attn.q_norm",
+        "self_attn.k_norm",
+    ):
         assert f"model.layers.1.{leaf}.weight" in names
     # stored as w + 1, read back as w (zero-centred)
     np.testing.assert_allclose(source.read("model.norm.weight"), hf["model.norm.weight"], atol=1e-6)

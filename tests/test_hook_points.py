@@ -64,12 +64,19 @@ def test_probe_sees_every_hook_point_with_its_shape(tiny):
     c, ids = tiny.config, _ids(tiny)
     b, t = ids.shape
     expect = {
-        "attn.q": (b, t, c.num_heads, c.head_dim), "attn.k": (b, t, c.num_kv_heads, c.head_dim),
-        "attn.v": (b, t, c.num_kv_heads, c.head_dim), "attn.allowed": (b, t, t),
-        "attn.z": (b, t, c.num_heads * c.head_dim), "attn.out": (b, t, c.d_model), "mlp.in": (b, t, c.d_model),
-        "mlp.up": (b, t, c.d_ff), "mlp.act": (b, t, c.d_ff), "mlp.hidden": (b, t, c.d_ff),
-        "mlp.out": (b, t, c.d_model), "resid.post": (b, t, c.d_model),
-    }  # fmt: skip
+        "attn.q": (b, t, c.num_heads, c.head_dim),
+        "attn.k": (b, t, c.num_kv_heads, c.head_dim),
+        "attn.v": (b, t, c.num_kv_heads, c.head_dim),
+        "attn.allowed": (b, t, t),
+        "attn.z": (b, t, c.num_heads * c.head_dim),
+        "attn.out": (b, t, c.d_model),
+        "mlp.in": (b, t, c.d_model),
+        "mlp.up": (b, t, c.d_ff),
+        "mlp.act": (b, t, c.d_ff),
+        "mlp.hidden": (b, t, c.d_ff),
+        "mlp.out": (b, t, c.d_model),
+        "resid.post": (b, t, c.d_model),
+    }
     assert set(expect) == set(HOOK_POINTS)
     _, probes = tiny.forward(ids, probe=lambda points, valid: {k: v for k, v in points.items()})
     for k, shape in expect.items():

@@ -2,7 +2,7 @@
 (no statistics, masks, checkpoint or stray file) is written.
 
 Every case builds its bad input under `tmp_path/in`, runs one command (the `jlang` CLI, the
-`stats` command of `jlang.stats_cli`, or a library call), and the test checks the exit code,
+`stats` command of `jlang.cli.stats`, or a library call), and the test checks the exit code,
 that the message matches, that `tmp_path/out` holds no file, and that no pickle payload ran.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from test_multihost import LANGS, write_corpus
 
-from jlang import cli, stats_cli
+from jlang import cli
+from jlang.cli import stats as stats_cli
 from jlang.masks import MaskError, NeuronMasks
 from jlang.stats import ActivationStats
 
@@ -67,8 +68,22 @@ class Ctx:
         return write_corpus(self.inp / "corpus", lines=12)
 
     def stats_argv(self, *, model: Path | None = None, corpus: Path | None = None, languages=LANGS, extra=()) -> list:
-        return ["stats", "--model", str(model or self.llama), "--corpus", str(corpus or self.corpus()),
-                "--languages", *languages, "--batch-size", "2", "--seq-len", "16", "--out", str(self.out), *extra]  # fmt: skip
+        return [
+            "stats",
+            "--model",
+            str(model or self.llama),
+            "--corpus",
+            str(corpus or self.corpus()),
+            "--languages",
+            *languages,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
 
     def stats_file(self, tokens=(400, 380, 390), layers: int = 3, model: str = "llama2") -> Path:
         rng = np.random.default_rng(0)
@@ -246,12 +261,25 @@ def stats_wrong_kind(c: Ctx):
 
 
 def stats_from_another_model(c: Ctx):
-    return jlang_cli, ["identify", "--stats", str(c.stats_file()), "--model", str(c.gemma2),
-                       "--out", str(c.out / "masks.npz")]  # fmt: skip
+    return jlang_cli, [
+        "identify",
+        "--stats",
+        str(c.stats_file()),
+        "--model",
+        str(c.gemma2),
+        "--out",
+        str(c.out / "masks.npz"),
+    ]
 
 
 def stats_empty_language(c: Ctx):
-    return jlang_cli, ["identify", "--stats", str(c.stats_file(tokens=(400, 0, 390))), "--out", str(c.out / "masks.npz")]
+    return jlang_cli, [
+        "identify",
+        "--stats",
+        str(c.stats_file(tokens=(400, 0, 390))),
+        "--out",
+        str(c.out / "masks.npz"),
+    ]
 
 
 def mask_pt_with_code(c: Ctx):
@@ -291,7 +319,7 @@ def mask_from_another_model(c: Ctx):
 
 
 def checkpoint_without_resume(c: Ctx):
-    from jlang.resumable import CheckpointStore
+    from jlang.stats.resumable import CheckpointStore
 
     store = CheckpointStore(c.inp / "ckpt")
     store.save(3, {"tokens": np.zeros(3, np.int64)}, {"next_index": 3}, {"model": "llama2"})
@@ -300,7 +328,7 @@ def checkpoint_without_resume(c: Ctx):
 
 
 def checkpoint_of_another_run(c: Ctx):
-    from jlang.resumable import FORMAT, CheckpointStore
+    from jlang.stats.resumable import FORMAT, CheckpointStore
 
     store = CheckpointStore(c.inp / "ckpt")
     store.save(3, {"tokens": np.zeros(3, np.int64)}, {"next_index": 3}, {"format": FORMAT, "model": "other-model"})
@@ -310,19 +338,31 @@ def checkpoint_of_another_run(c: Ctx):
 
 # name -> (builder, what the message must say)
 CASES: dict[str, tuple[Callable, str]] = {
-    "config: unknown key": (config_unknown_key, r"stats: unknown key\(s\) \['batch_sise'\]; allowed: \['batch_size', 'seq_len'\]"),
+    "config: unknown key": (
+        config_unknown_key,
+        r"stats: unknown key\(s\) \['batch_sise'\]; allowed: \['batch_size', 'seq_len'\]",
+    ),
     "config: wrong type": (config_wrong_type, r"stats\.batch_size: expected int, got str 'eight'"),
     "config: not YAML": (config_not_yaml, r"run\.yaml: not valid YAML"),
     "config: missing file": (config_missing_file, r"nope\.yaml: no such config file"),
-    "config: mesh larger than the devices": (config_mesh_too_big, r"mesh data=3 x model=5 needs 15 devices, there are \d+"),
+    "config: mesh larger than the devices": (
+        config_mesh_too_big,
+        r"mesh data=3 x model=5 needs 15 devices, there are \d+",
+    ),
     "config: partial multi-process flags": (config_partial_distributed, r"missing --coordinator, --process-id"),
     "model: missing": (model_missing, r"no-model: no such file or directory"),
     "model: unknown architecture": (model_unknown_architecture, r"FalconForCausalLM.*LlamaForCausalLM"),
     "model: truncated safetensors": (model_truncated_safetensors, r"model\.safetensors"),
     "model: truncated GGUF": (model_truncated_gguf, r"cut\.gguf: truncated"),
     "model: NaN weights": (model_nan_weights, r"model\.layers\.1\.mlp\.up_proj\.weight holds NaN"),
-    "model: pickled .bin weights with code": (model_pickle_checkpoint_with_code, r"no \*\.safetensors files \(PyTorch \.bin checkpoints are not read"),
-    "model: mismatched tokenizer": (model_mismatched_tokenizer, r"tokenizes to id 1\d\d, but model model has a vocabulary of 131: the tokenizer \(200 tokens\) does not belong"),
+    "model: pickled .bin weights with code": (
+        model_pickle_checkpoint_with_code,
+        r"no \*\.safetensors files \(PyTorch \.bin checkpoints are not read",
+    ),
+    "model: mismatched tokenizer": (
+        model_mismatched_tokenizer,
+        r"tokenizes to id 1\d\d, but model model has a vocabulary of 131: the tokenizer \(200 tokens\) does not belong",
+    ),
     "corpus: missing directory": (corpus_missing_directory, r"no-corpus does not exist"),
     "corpus: missing language": (corpus_missing_language, r"has no file for \['xx'\]"),
     "corpus: empty language file": (corpus_empty_language, r"language 'ee': corpus file .*ee\.txt is empty"),
@@ -332,15 +372,30 @@ CASES: dict[str, tuple[Callable, str]] = {
     "corpus: too small for one window": (corpus_too_small, r"language 'dd' has \d tokens, fewer than one window"),
     "corpus: token-id pickle with code": (corpus_token_ids_with_code, r"id\.zz\.train\.llama.*refusing.*system"),
     "stats: truncated file": (stats_truncated, r"stats\.npz: not a readable \.npz file"),
-    "stats: a masks file": (stats_wrong_kind, r"expected a 'jlang\.ActivationStats/' file, found format 'jlang\.NeuronMasks/1'"),
-    "stats: from another model": (stats_from_another_model, r"statistics have 3 layers x 83 neurons, but model gemma2 has 4 x 83: they come from another model"),
+    "stats: a masks file": (
+        stats_wrong_kind,
+        r"expected a 'jlang\.ActivationStats/' file, found format 'jlang\.NeuronMasks/1'",
+    ),
+    "stats: from another model": (
+        stats_from_another_model,
+        r"statistics have 3 layers x 83 neurons, but model gemma2 has 4 x 83: they come from another model",
+    ),
     "stats: a language with no tokens": (stats_empty_language, r"languages \['bb'\] have 0 tokens"),
     "masks: .pt pickle with code": (mask_pt_with_code, r"evil\.pt.*refusing.*system"),
     "masks: .pt that is not a mask": (mask_pt_not_masks, r"dict\.pt: expected List\[List\[LongTensor\]\], found dict"),
     "masks: truncated file": (mask_truncated, r"masks\.npz: not a readable \.npz file"),
-    "masks: from another model": (mask_from_another_model, r"mask of 4 layers x 83 neurons \(\['aa'\], made for gemma2\) does not fit llama2 with 3 layers x 83 MLP neurons"),
-    "checkpoint: present without --resume": (checkpoint_without_resume, r"holds a checkpoint of an interrupted run \(3 batches done\); pass --resume"),
-    "checkpoint: another run's": (checkpoint_of_another_run, r"checkpoint of a different run \(.*model: checkpoint 'other-model', this run 'llama2'"),
+    "masks: from another model": (
+        mask_from_another_model,
+        r"mask of 4 layers x 83 neurons \(\['aa'\], made for gemma2\) does not fit llama2 with 3 layers x 83 MLP neurons",
+    ),
+    "checkpoint: present without --resume": (
+        checkpoint_without_resume,
+        r"holds a checkpoint of an interrupted run \(3 batches done\); pass --resume",
+    ),
+    "checkpoint: another run's": (
+        checkpoint_of_another_run,
+        r"checkpoint of a different run \(.*model: checkpoint 'other-model', this run 'llama2'",
+    ),
 }
 
 

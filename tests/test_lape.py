@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from shared_data import shared_fixtures
 
 from jlang.methods import MethodError, lape, lape_entropy, lape_fixed_count, lape_probs
 from jlang.methods.common import kthvalue, lowest_k
 from jlang.stats import ActivationStats
-from shared_data import shared_fixtures
 
 NJU_LANGS = ["en", "ru", "es", "fr", "de", "zh", "ja", "bn", "th", "sw"]
 

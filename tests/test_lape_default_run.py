@@ -15,7 +15,9 @@ def test_main_job_end_to_end(tmp_path):
     out = tmp_path / "lape_default"
     proc = subprocess.run(
         [sys.executable, "-m", "jlang.cli", "run", "configs/lape_default.yaml", "--set", f"out={out}"],
-        capture_output=True, text=True, timeout=3600,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = ActivationStats.load(out / "stats.npz")

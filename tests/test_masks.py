@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from shared_data import shared_fixtures
 
 from jlang.io import torchfile
 from jlang.masks import MaskError, MaskShapeError, NeuronMasks, UnknownLanguageError
-from shared_data import shared_fixtures
 
 LAPE_LANGS = ["en", "zh", "fr", "es", "vi", "id", "ja"]
 # model -> (layers, intermediate size); methods.md §1.3
@@ -132,7 +132,13 @@ def test_published_lape_masks(model):
     assert m.unique_count() == round(0.01 * num_layers * inter)  # LAPE selects exactly 1% of L·I
     if model == "LLaMA-2-7B":
         assert dict(zip(LAPE_LANGS, m.counts().sum(1).tolist())) == {
-            "en": 95, "zh": 583, "fr": 1022, "es": 838, "vi": 836, "id": 1068, "ja": 582
+            "en": 95,
+            "zh": 583,
+            "fr": 1022,
+            "es": 838,
+            "vi": 836,
+            "id": 1068,
+            "ja": 582,
         }
         assert round(100 * (m.language_count() > 1).sum() / m.unique_count(), 1) == 32.0
     if model in ("LLaMA-2-70B", "Mistral-7B", "BLOOM-7B", "OPT-6.7B", "Phi-2-2.7B"):  # six lists in the file

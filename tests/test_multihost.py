@@ -1,6 +1,6 @@
 """Two `jax.distributed` processes on 127.0.0.1 (CPU) give the statistics and masks of one process.
 
-Each process runs `jlang stats` (`jlang.stats_cli.main`) on its grain shard of a tiny
+Each process runs `jlang stats` (`jlang.cli.stats.main`) on its grain shard of a tiny
 corpus; the mesh spans both processes' devices, so every batch is one global batch.
 Process 0 alone writes `stats.npz`.
 
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import jlang
-from jlang import distributed
+from jlang.parallel import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("aa", "bb", "cc")
@@ -60,7 +60,7 @@ def write_corpus(root: Path, lines: int = 40, words: int = 30) -> Path:
 # jax.distributed set-up are paid once; the second command's initialisation is a no-op).
 _WORKER = """
 import sys
-from jlang.stats_cli import main
+from jlang.cli.stats import main
 
 commands, current = [], []
 for arg in sys.argv[1:]:
@@ -73,8 +73,9 @@ sys.exit(max(main(c) for c in commands + [current]))
 """
 
 
-def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, timeout: float = 200,
-                      *, layout_first: bool = False) -> list[str]:
+def run_two_processes(
+    tmp_path: Path, commands: list[list[str]], devices: int, timeout: float = 200, *, layout_first: bool = False
+) -> list[str]:
     """Run the `jlang` COMMANDS in turn on 2 processes with `devices` CPU devices each; return their logs.
 
     The process layout goes after each sub-command's name, or with `layout_first` before it
@@ -89,8 +90,11 @@ def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, t
         split = 0 if layout_first else 1
         argv = [a for c in commands for a in (*c[:split], *layout, *c[split:], "--then")][:-1]
         with open(log, "wb") as f:  # files, not pipes: a full pipe would stall one process, and both with it
-            procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, *argv], cwd=REPO, env=env, stdout=f,
-                                          stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WORKER, *argv], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT
+                )
+            )
     deadline = time.monotonic() + timeout
     try:
         codes = [p.wait(timeout=max(deadline - time.monotonic(), 1)) for p in procs]
@@ -104,8 +108,22 @@ def run_two_processes(tmp_path: Path, commands: list[list[str]], devices: int, t
 
 
 def _stats_argv(model_dir, corpus_dir, out, batch_size, *extra) -> list[str]:
-    return ["stats", "--model", str(model_dir), "--corpus", str(corpus_dir), "--languages", *LANGS,
-            "--batch-size", str(batch_size), "--seq-len", "16", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "stats",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus_dir),
+        "--languages",
+        *LANGS,
+        "--batch-size",
+        str(batch_size),
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_two_processes_equal_one_process(tiny_dirs, tmp_path):
@@ -116,21 +134,25 @@ def test_two_processes_equal_one_process(tiny_dirs, tmp_path):
     """
     if len(jax.devices()) < 2:
         pytest.skip("needs 2 fake devices for the same-layout reference")
-    from jlang.collect import collect_stats, run_stats
     from jlang.data.pipeline import make_batches
+    from jlang.data.sources import resolve_corpus
     from jlang.methods import lape
-    from jlang.runs import resolve_corpus
     from jlang.stats import ActivationStats
+    from jlang.stats.collect import collect_stats, run_stats
 
     model_dir, _ = tiny_dirs["llama2"]  # heads shard over model (48 / 2); 83 neurons do not, and stay replicated
     corpus_dir = write_corpus(tmp_path / "corpus", lines=16)  # 496 tokens per language: 31 rows of 16
     per_process = 2
     out_a, out_b = tmp_path / "data-parallel", tmp_path / "model-parallel"
-    logs = run_two_processes(tmp_path, [
-        # checkpoints every 8 batches exercise orbax's collective save on 2 processes
-        _stats_argv(model_dir, corpus_dir, out_a, per_process, "--checkpoint-every", "8"),
-        _stats_argv(model_dir, corpus_dir, out_b, 2 * per_process, "--mesh", "1,2", "--checkpoint-every", "0"),
-    ], devices=1)  # fmt: skip
+    logs = run_two_processes(
+        tmp_path,
+        [
+            # checkpoints every 8 batches exercise orbax's collective save on 2 processes
+            _stats_argv(model_dir, corpus_dir, out_a, per_process, "--checkpoint-every", "8"),
+            _stats_argv(model_dir, corpus_dir, out_b, 2 * per_process, "--mesh", "1,2", "--checkpoint-every", "0"),
+        ],
+        devices=1,
+    )
     assert logs[0].count("wrote") == 2 and "wrote" not in logs[1]  # results written once, by process 0
     for out in (out_a, out_b):
         assert not (out / "stats-checkpoint").exists()  # checkpoints are removed once the result is written
@@ -143,8 +165,18 @@ def test_two_processes_equal_one_process(tiny_dirs, tmp_path):
     model = jlang.load_model(model_dir, progress=False)
 
     # A1. the same global batches on a 2-device mesh in one process: bit-for-bit equal
-    shards = [make_batches(corpus, model.tokenizer, batch_size=per_process, seq_len=16, process_index=p,
-                           process_count=2, progress=False) for p in range(2)]  # fmt: skip
+    shards = [
+        make_batches(
+            corpus,
+            model.tokenizer,
+            batch_size=per_process,
+            seq_len=16,
+            process_index=p,
+            process_count=2,
+            progress=False,
+        )
+        for p in range(2)
+    ]
     global_batches = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*shards)]
     mesh = jlang.parallel.make_mesh(data=2, model=1, devices=jax.devices()[:2])
     acc = run_stats(model.with_mesh(mesh), global_batches, len(LANGS), progress=False)

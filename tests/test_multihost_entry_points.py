@@ -86,9 +86,9 @@ def _close(a, b, **kw):
 
 
 def test_entry_points_on_two_processes_equal_one_process(tiny_dirs, tmp_path):
-    from jlang.collect import collect_stats
+    from jlang.data.sources import resolve_corpus
     from jlang.masks import NeuronMasks
-    from jlang.runs import resolve_corpus
+    from jlang.stats.collect import collect_stats
 
     model_dir, _ = tiny_dirs["llama2"]
     corpus = write_corpus(tmp_path / "corpus")
@@ -104,18 +104,67 @@ def test_entry_points_on_two_processes_equal_one_process(tiny_dirs, tmp_path):
         common = [*model, "--corpus", str(corpus), "--masks", str(masks), "--no-progress", "--vocab-chunk", "64"]
         ppl = ["ppl", *common, "--seq-len", "16", "--batch-size", "2" if multi else "4"]  # rows per shard, as in stats
         # generate with the shapes and settings of steer's generations, which then reuse its compiled programs
-        generate = ["generate", *model, "--prompt", "w5 w9 w11 w4 w7 w8", "--prompt", "w100 w7", "--masks", str(masks),
-                    "--max-new-tokens", "4", "--stop", "w17", "--deactivate", "fr", "--repetition-penalty", "1.1",
-                    "--json"]  # fmt: skip
+        generate = [
+            "generate",
+            *model,
+            "--prompt",
+            "w5 w9 w11 w4 w7 w8",
+            "--prompt",
+            "w100 w7",
+            "--masks",
+            str(masks),
+            "--max-new-tokens",
+            "4",
+            "--stop",
+            "w17",
+            "--deactivate",
+            "fr",
+            "--repetition-penalty",
+            "1.1",
+            "--json",
+        ]
         lens = ["lens", *common, "--max-texts", "3", "--seq-len", "16", "--batch-size", "4", "--k", "3"]
         lss = ["lss", *common, "--parallel", str(parallel), "--items", "2", "--factors", "4", "--batch-size", "4"]
-        steer = ["steer", *common, "--stats", str(stats), "--languages", "en", "fr", "--prompts-per-language", "2",
-                 "--deactivate-value", "none", "--max-new-tokens", "4"]  # fmt: skip
+        steer = [
+            "steer",
+            *common,
+            "--stats",
+            str(stats),
+            "--languages",
+            "en",
+            "fr",
+            "--prompts-per-language",
+            "2",
+            "--deactivate-value",
+            "none",
+            "--max-new-tokens",
+            "4",
+        ]
         # two tiny models of the same shapes and tokenizer stand in for a base and an aligned checkpoint
-        compare = ["compare", "--base", str(model_dir), "--aligned", str(tiny_dirs["mistral"][0]), "--corpus",
-                   str(corpus), "--languages", *LANGS, "--aligned-languages", "fr", "--no-progress", "--vocab-chunk", "64",
-                   "--batch-size", "2" if multi else "4", "--seq-len", "16", "--ppl-seq-len", "16", "--top-rate",
-                   "0.05"]  # fmt: skip
+        compare = [
+            "compare",
+            "--base",
+            str(model_dir),
+            "--aligned",
+            str(tiny_dirs["mistral"][0]),
+            "--corpus",
+            str(corpus),
+            "--languages",
+            *LANGS,
+            "--aligned-languages",
+            "fr",
+            "--no-progress",
+            "--vocab-chunk",
+            "64",
+            "--batch-size",
+            "2" if multi else "4",
+            "--seq-len",
+            "16",
+            "--ppl-seq-len",
+            "16",
+            "--top-rate",
+            "0.05",
+        ]
         return [
             ["identify", "--stats", str(stats), "--top-rate", "0.05", "--out", str(out / "masks.npz")],
             [*ppl, "--out", str(out / "ppl-data")],
@@ -133,7 +182,14 @@ def test_entry_points_on_two_processes_equal_one_process(tiny_dirs, tmp_path):
         assert main(cmd) == 0, cmd
 
     # results are reported once, by process 0; the other process exits cleanly with the same result
-    markers = ("diagonal dominates", '"continuation"', "share of the prompt's language", "mean LSS", "mean success", "% of L·F")
+    markers = (
+        "diagonal dominates",
+        '"continuation"',
+        "share of the prompt's language",
+        "mean LSS",
+        "mean success",
+        "% of L·F",
+    )
     for marker in markers:
         assert marker in logs[0] and marker not in logs[1], marker
     outputs = ("ppl-data/ppl.json", "ppl-model/ppl.png", "generate.jsonl", "lens/lens.json", "lss/lss.png")
@@ -191,7 +247,7 @@ def test_entry_points_on_two_processes_equal_one_process(tiny_dirs, tmp_path):
 
 
 def test_merge_plans_gives_every_shard_the_same_batches_and_widths():
-    from jlang.evals.scoring import merge_plans, plan_batches
+    from jlang.models.scoring import merge_plans, plan_batches
 
     # shard 0 has three rows (two batches of 2), shard 1 one long row (one batch)
     plans = [plan_batches(np.array([3, 40, 5]), 2, 64), plan_batches(np.array([20]), 2, 64)]
@@ -204,9 +260,8 @@ def test_merge_plans_gives_every_shard_the_same_batches_and_widths():
 def test_single_process_helpers(tiny_dirs):
     import jax
 
-    from jlang import distributed
-    from jlang.evals.scoring import Scorer, rows_from_token_lists
-    from jlang.parallel import make_mesh
+    from jlang.models.scoring import Scorer, rows_from_token_lists
+    from jlang.parallel import distributed, make_mesh
 
     x = np.arange(6, dtype=np.int64).reshape(3, 2)
     assert [a.tolist() for a in distributed.gather_shards(x, None)] == [x.tolist()]

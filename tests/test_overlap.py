@@ -1,4 +1,4 @@
-"""Overlap analyses (jlang.analysis.overlap), the language table and code-mixing (jlang.data.codemix).
+"""Overlap analyses (jlang.analysis.overlap), the language table and code-mixing (jlang.data.corpora.codemix).
 
 Every test has an answer known in advance: hand-made sets, planted neurons, planted
 block structure, or small parallel corpora with a known translation of each word.
@@ -62,14 +62,10 @@ def test_layer_and_overall_iou():
 # ----------------------------------------------------------------------------- clustering
 
 
-def _blocks(
-    groups: list[int], within: float = 0.6, between: float = 0.05, seed: int = 0
-) -> np.ndarray:
+def _blocks(groups: list[int], within: float = 0.6, between: float = 0.05, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     g = np.asarray(groups)
-    s = np.where(g[:, None] == g[None, :], within, between) + rng.uniform(
-        0, 0.02, (len(g), len(g))
-    )
+    s = np.where(g[:, None] == g[None, :], within, between) + rng.uniform(0, 0.02, (len(g), len(g)))
     s = (s + s.T) / 2
     np.fill_diagonal(s, 1.0)
     return s
@@ -100,9 +96,7 @@ def test_numpy_upgma_equals_scipy():
         s = rng.random((k, k))
         s = (s + s.T) / 2
         d = _distance(s)
-        np.testing.assert_allclose(
-            average_linkage(d), linkage(squareform(d, checks=False), method="average")
-        )
+        np.testing.assert_allclose(average_linkage(d), linkage(squareform(d, checks=False), method="average"))
         assert cluster_order(s, use_scipy=True) == cluster_order(s, use_scipy=False)
 
 
@@ -116,9 +110,7 @@ def test_group_relation_planted():
     assert rel["same_pairs"] == 12 and rel["diff_pairs"] == 16
     assert rel["mean_same"] > 0.5 and rel["mean_diff"] < 0.12
     assert rel["r"] > 0.95
-    assert (
-        rel["p_value"] < 0.05
-    )  # only 35 distinct splits of 8 languages into 4 + 4: p >= 1/35
+    assert rel["p_value"] < 0.05  # only 35 distinct splits of 8 languages into 4 + 4: p >= 1/35
     # the opposite planting: more sharing across scripts -> negative r, large p
     rel2 = group_relation(1.0 - s, labels, permutations=999, seed=0)
     assert rel2["r"] < -0.95 and rel2["p_value"] > 0.5
@@ -160,18 +152,13 @@ def test_langinfo_table():
         assert langinfo.info(code) is not None, code
     assert langinfo.script_of("zh_CN") == "Han"
     assert langinfo.script_of("fr_en_0.25") == "Latin"
-    assert (
-        langinfo.family_of("hi") == "Indo-European"
-        and langinfo.family_of("hi", "branch") == "Indo-Aryan"
-    )
+    assert langinfo.family_of("hi") == "Indo-European" and langinfo.family_of("hi", "branch") == "Indo-Aryan"
     assert langinfo.family_of("xx") is None
     labels, same = langinfo.same_group(["fr", "es", "ru", "xx"], "script")
     assert labels == ["Latin", "Latin", "Cyrillic", None]
     assert same[0][1] is True and same[0][2] is False and same[0][3] is None
     assert langinfo.text_script_share("Привет, мир", "Cyrillic") == 1.0
-    assert langinfo.text_script_share("Привет world", "Cyrillic") == pytest.approx(
-        6 / 11
-    )
+    assert langinfo.text_script_share("Привет world", "Cyrillic") == pytest.approx(6 / 11)
 
 
 def test_overlap_on_planted_masks(tmp_path):
@@ -193,26 +180,18 @@ def test_overlap_on_planted_masks(tmp_path):
     np.testing.assert_array_equal(res.sizes[:, 1], [10, 0, 10, 0])
     paths = res.save(tmp_path / "overlap")
     assert json.loads(paths["json"].read_text())["cluster_order"] == names
-    assert (
-        paths["png"].stat().st_size > 1000 and paths["layers_png"].stat().st_size > 1000
-    )
+    assert paths["png"].stat().st_size > 1000 and paths["layers_png"].stat().st_size > 1000
 
 
 # ----------------------------------------------------------------------------- specialisation (Aya / Tan et al.)
 
 
 def test_specialized_neurons_cumulative_threshold():
-    counts = np.array(
-        [[[5, 50, 10, 30, 5]]], dtype=np.int64
-    )  # shares after sorting: .5 .8 .9 .95 1
+    counts = np.array([[[5, 50, 10, 30, 5]]], dtype=np.int64)  # shares after sorting: .5 .8 .9 .95 1
     kept = specialized_neurons(counts, 0.9)
     np.testing.assert_array_equal(kept[0, 0], [False, True, True, True, False])
-    np.testing.assert_array_equal(
-        specialized_neurons(counts, 0.5)[0, 0], [False, True, False, False, False]
-    )
-    assert not specialized_neurons(
-        np.zeros((1, 1, 5)), 0.9
-    ).any()  # no activity: nothing kept
+    np.testing.assert_array_equal(specialized_neurons(counts, 0.5)[0, 0], [False, True, False, False, False])
+    assert not specialized_neurons(np.zeros((1, 1, 5)), 0.9).any()  # no activity: nothing kept
     with pytest.raises(ValueError, match="threshold"):
         specialized_neurons(counts, 0.0)
 
@@ -221,9 +200,7 @@ def test_specialization_finds_a_planted_neuron_and_removes_shared_ones():
     rng = np.random.default_rng(0)
     k, l, f = 3, 2, 40
     counts = rng.integers(20, 40, (k, l, f))  # background
-    counts[:, :, 0] = (
-        1000  # fires for every direction -> kept by all -> removed as shared
-    )
+    counts[:, :, 0] = 1000  # fires for every direction -> kept by all -> removed as shared
     counts[:, 1, 7] = 0
     counts[1, 1, 7] = 800  # fires only for direction 1 in layer 1 (the planted neuron)
     res = specialization(counts, ["aa", "bb", "cc"], threshold=0.9)
@@ -234,20 +211,14 @@ def test_specialization_finds_a_planted_neuron_and_removes_shared_ones():
     np.testing.assert_array_equal(res.shared_removed, kept_by_all.sum(axis=1))
     assert res.per_layer.shape == (l, k, k)
     # keeping the shared neuron changes the sets
-    assert (
-        specialization(counts, ["aa", "bb", "cc"], threshold=0.9, remove_shared=False)
-        .masks[:, :, 0]
-        .all()
-    )
+    assert specialization(counts, ["aa", "bb", "cc"], threshold=0.9, remove_shared=False).masks[:, :, 0].all()
 
 
 def test_specialization_from_stats_uses_over_zero():
     over = np.zeros((2, 1, 6), np.int64)
     over[0, 0] = [90, 5, 3, 1, 1, 0]
     over[1, 0] = [0, 1, 1, 3, 5, 90]
-    stats = ActivationStats(
-        ["x", "y"], np.array([100, 100]), over, meta={"hook_point": "mlp.act"}
-    )
+    stats = ActivationStats(["x", "y"], np.array([100, 100]), over, meta={"hook_point": "mlp.act"})
     res = specialization(stats, threshold=0.9)
     np.testing.assert_array_equal(np.flatnonzero(res.masks[0, 0]), [0])
     np.testing.assert_array_equal(np.flatnonzero(res.masks[1, 0]), [5])
@@ -301,15 +272,13 @@ def _toy_parallel(n: int = 12) -> list[dict[str, str]]:
 
 
 def test_codemix_substitutes_known_translations():
-    from jlang.data.codemix import build_codemix
+    from jlang.data.corpora.codemix import build_codemix
 
     rows, fr_en = _toy_parallel()
     cm = build_codemix(rows, ["fr"], ["en"], [0.0, 1 / 3, 1.0], seed=3)
     assert cm.sets["fr-en@0"] == cm.sets["fr"]
     for mixed, base in zip(cm.sets["fr-en@1"], cm.sets["fr"]):
-        assert mixed == " ".join(
-            fr_en[w] for w in base.split()
-        )  # every word replaced by its translation
+        assert mixed == " ".join(fr_en[w] for w in base.split())  # every word replaced by its translation
     for mixed, base in zip(cm.sets["fr-en@0.333333"], cm.sets["fr"]):
         changed = [(m, b) for m, b in zip(mixed.split(), base.split()) if m != b]
         assert len(changed) == 1 and fr_en[changed[0][1]] == changed[0][0]
@@ -317,7 +286,7 @@ def test_codemix_substitutes_known_translations():
 
 
 def test_codemix_is_deterministic_and_seeded():
-    from jlang.data.codemix import build_codemix
+    from jlang.data.corpora.codemix import build_codemix
 
     rows, _ = _toy_parallel(30)
     a = build_codemix(rows, ["fr"], ["en"], [0.5], seed=0)
@@ -328,7 +297,7 @@ def test_codemix_is_deterministic_and_seeded():
 
 
 def test_codemix_units_and_spacing():
-    from jlang.data.codemix import build_codemix, units
+    from jlang.data.corpora.codemix import build_codemix, units
 
     assert [("页码小于 1")[a:b] for a, b in units("页码小于 1", "zh")] == [
         "页",
@@ -358,7 +327,7 @@ def test_codemix_units_and_spacing():
 
 
 def test_codemix_errors():
-    from jlang.data.codemix import CodeMixError, build_codemix
+    from jlang.data.corpora.codemix import CodeMixError, build_codemix
 
     rows, _ = _toy_parallel()
     with pytest.raises(CodeMixError, match="no parallel row"):
@@ -370,7 +339,7 @@ def test_codemix_errors():
 def test_codemix_on_the_default_parallel_corpus():
     """The real parallel split: ratios are met (within the linkable words) and text is in both languages."""
     pytest.importorskip("polib")
-    from jlang.data.codemix import build_codemix, read_parallel
+    from jlang.data.corpora.codemix import build_codemix, read_parallel
 
     try:
         rows = read_parallel()
@@ -383,9 +352,7 @@ def test_codemix_on_the_default_parallel_corpus():
     cm = build_codemix(rows, ["fr"], ["en", "ja"], max_rows=60)
     shares = [cm.info[f"fr-en@{r:g}"]["replaced_share"] for r in (0.25, 0.5, 0.75)]
     assert shares == sorted(shares) and abs(shares[1] - 0.5) < 0.1
-    assert any(
-        langinfo.text_script_share(t, "Japanese") > 0.2 for t in cm.sets["fr-ja@0.5"]
-    )
+    assert any(langinfo.text_script_share(t, "Japanese") > 0.2 for t in cm.sets["fr-ja@0.5"])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -396,16 +363,22 @@ def test_overlap_cli(tmp_path, capsys):
 
     m = np.zeros((3, 2, 20), bool)
     m[0, 0, :5] = m[1, 0, 2:7] = m[2, 1, 10:15] = True
-    NeuronMasks(["de", "nl", "ja"], m, {"method": "planted"}).save(
-        tmp_path / "masks.npz"
-    )
+    NeuronMasks(["de", "nl", "ja"], m, {"method": "planted"}).save(tmp_path / "masks.npz")
     over = np.ones((3, 2, 20), np.int64)
-    ActivationStats(["de", "nl", "ja"], np.array([5, 5, 5]), over).save(
-        tmp_path / "stats.npz"
-    )
+    ActivationStats(["de", "nl", "ja"], np.array([5, 5, 5]), over).save(tmp_path / "stats.npz")
     out = tmp_path / "out"
-    rc = main(["overlap", str(tmp_path / "masks.npz"), "--stats", str(tmp_path / "stats.npz"), "--out", str(out),
-               "--permutations", "9"])  # fmt: skip
+    rc = main(
+        [
+            "overlap",
+            str(tmp_path / "masks.npz"),
+            "--stats",
+            str(tmp_path / "stats.npz"),
+            "--out",
+            str(out),
+            "--permutations",
+            "9",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "de-nl 0.429" in text  # 3 shared of 7

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jlang
-from jlang.generate import greedy
+from jlang.models.generate import greedy
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -48,7 +48,9 @@ def test_packaged_model_matches_transformers(name, record_property):
         out = model.logits(ids)
         rel = np.abs(out - ref).max() / np.abs(ref).max()
         worst = max(worst, rel)
-        print(f"{name}: max|Δ|={np.abs(out - ref).max():.2e} max|logit|={np.abs(ref).max():.1f} rel={rel:.2e}  {sentence!r}")
+        print(
+            f"{name}: max|Δ|={np.abs(out - ref).max():.2e} max|logit|={np.abs(ref).max():.1f} rel={rel:.2e}  {sentence!r}"
+        )
     record_property("max_rel_delta", worst)
     assert worst <= 1e-3
 

@@ -16,9 +16,9 @@ import pytest
 from test_multihost import LANGS, REPO, write_corpus
 
 import jlang
-from jlang import resumable, stats_cli
-from jlang.collect import Accumulator
-from jlang.stats import ActivationStats, StatsError
+from jlang.cli import stats as stats_cli
+from jlang.stats import ActivationStats, StatsError, resumable
+from jlang.stats.collect import Accumulator
 
 ARRAYS = ("tokens", "over_zero", "sum", "sum_sq", "max")
 
@@ -31,19 +31,35 @@ def _committed_steps(directory: Path) -> list[int]:
 
 
 def test_sigterm_then_resume_gives_identical_counts(tiny_dirs, tmp_path, capsys):
-    from jlang.collect import collect_stats
-    from jlang.runs import resolve_corpus
+    from jlang.data.sources import resolve_corpus
+    from jlang.stats.collect import collect_stats
 
     model_dir, _ = tiny_dirs["llama2"]
     corpus_dir = write_corpus(tmp_path / "corpus", lines=24)  # 24 x 31 tokens per language: 46 rows of 16
     out, ckpt = tmp_path / "out", tmp_path / "out" / "stats-checkpoint"
-    argv = ["stats", "--model", str(model_dir), "--corpus", str(corpus_dir), "--languages", *LANGS,
-            "--batch-size", "1", "--seq-len", "16", "--out", str(out), "--checkpoint-every", "2"]  # fmt: skip
+    argv = [
+        "stats",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus_dir),
+        "--languages",
+        *LANGS,
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "2",
+    ]
 
     log = tmp_path / "run.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "jlang.stats_cli", *argv], cwd=REPO, stdout=f,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jlang.cli.stats", *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 120
         while not _committed_steps(ckpt):
@@ -63,8 +79,20 @@ def test_sigterm_then_resume_gives_identical_counts(tiny_dirs, tmp_path, capsys)
     total = 3 * 46  # one row per batch
     assert 0 < stopped_at < total, f"the run was not interrupted part way ({stopped_at} of {total})"
 
-    common = ["--model", str(model_dir), "--corpus", str(corpus_dir), "--languages", *LANGS, "--seq-len", "16",
-              "--out", str(out), "--checkpoint-every", "10"]  # how often to checkpoint is not part of the run's identity
+    common = [
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus_dir),
+        "--languages",
+        *LANGS,
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "10",
+    ]  # how often to checkpoint is not part of the run's identity
     # without --resume, the half-done run is not clobbered
     assert stats_cli.main(["stats", *common, "--batch-size", "1"]) == 2
     assert "pass --resume" in capsys.readouterr().err
@@ -183,8 +211,12 @@ def test_a_killed_write_never_leaves_a_file_that_loads(tmp_path, kind):
             else:
                 NeuronMasks(["a"], np.zeros((1, 2, 3), bool)).save(target)
         before = target.read_bytes() if previous else None
-        proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, kind, str(target)], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, kind, str(target)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert proc.stdout.readline().strip() == b"writing", proc.stderr.read().decode()[-2000:]
             proc.send_signal(signal.SIGKILL)

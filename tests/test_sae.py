@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jlang.resumable import ResumeError
+from jlang.io.checkpoint import ResumeError
 from jlang.sae import classify as C
 from jlang.sae import lape as LP
 from jlang.sae import model as M
@@ -68,8 +68,10 @@ def tiny_corpus(seed=0, n=120):
     """Three made-up languages over disjoint word ranges."""
     rng = np.random.default_rng(seed)
     ranges = {"aa": (4, 40), "bb": (40, 80), "cc": (80, 131)}
-    return {lang: [" ".join(f"w{rng.integers(lo, hi)}" for _ in range(rng.integers(3, 10))) for _ in range(n)]
-            for lang, (lo, hi) in ranges.items()}  # fmt: skip
+    return {
+        lang: [" ".join(f"w{rng.integers(lo, hi)}" for _ in range(rng.integers(3, 10))) for _ in range(n)]
+        for lang, (lo, hi) in ranges.items()
+    }
 
 
 # ----------------------------------------------------------------------------- the SAE maps
@@ -85,8 +87,9 @@ def test_topk_keeps_exactly_k_and_they_are_the_largest():
     assert ((acts > 0).sum(-1) == 5).all()
     pre = np.asarray(M.pre_activations(params, x))
     top = np.argsort(-pre, axis=-1)[..., :5]
-    np.testing.assert_array_equal(np.sort(np.nonzero(acts.reshape(-1, 20))[1].reshape(-1, 5), -1),
-                                  np.sort(top.reshape(-1, 5), -1))  # fmt: skip
+    np.testing.assert_array_equal(
+        np.sort(np.nonzero(acts.reshape(-1, 20))[1].reshape(-1, 5), -1), np.sort(top.reshape(-1, 5), -1)
+    )
     np.testing.assert_allclose(np.take_along_axis(acts, top, -1), np.take_along_axis(pre, top, -1), rtol=1e-6)
     # negative pre-activations are never kept, even among the top k
     params["b_enc"] = jnp.full((20,), -100.0)
@@ -129,8 +132,12 @@ def test_decoder_constraint_unit_rows_and_tangent_gradient():
 def test_topk_sae_recovers_planted_features():
     x, D = planted()
     cfg = M.SAEConfig(d_in=24, num_features=64, kind="topk", k=3)
-    res = T.train_sae(T.ArrayStream(x, 1024), cfg, T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20,
-                                                                  dead_window=4000, log_every=50), progress=False)  # fmt: skip
+    res = T.train_sae(
+        T.ArrayStream(x, 1024),
+        cfg,
+        T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20, dead_window=4000, log_every=50),
+        progress=False,
+    )
     cos = best_cosines(D, res.sae)
     assert cos[0] > 0.9  # the planted direction 0 has a decoder row along it
     assert (cos > 0.9).mean() >= 0.9 and np.median(cos) > 0.95, np.sort(cos)[:5]
@@ -143,8 +150,12 @@ def test_topk_sae_recovers_planted_features():
 def test_relu_l1_sae_recovers_a_planted_feature():
     x, D = planted(n=8000, d=12, num=8, active=2, seed=1)
     cfg = M.SAEConfig(d_in=12, num_features=32, kind="relu")
-    res = T.train_sae(T.ArrayStream(x, 1024), cfg, T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20,
-                                                                  l1_coeff=2.0, log_every=50), progress=False)  # fmt: skip
+    res = T.train_sae(
+        T.ArrayStream(x, 1024),
+        cfg,
+        T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20, l1_coeff=2.0, log_every=50),
+        progress=False,
+    )
     cos = best_cosines(D, res.sae)
     assert cos[0] > 0.9 and np.median(cos) > 0.9, np.sort(cos)
     assert res.history[-1]["l0"] < 8  # sparse: far fewer than the 32 features fire per token
@@ -174,7 +185,7 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
     import os
     import signal
 
-    from jlang.resumable import RunInterrupted
+    from jlang.io.checkpoint import RunInterrupted
 
     class Killed(T.ArrayStream):
         def next(self):
@@ -185,8 +196,9 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
     with pytest.raises(RunInterrupted) as info:
         T.train_sae(Killed(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", progress=False)
     assert info.value.done == 32 and info.value.exit_code == 128 + signal.SIGTERM
-    again = T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", resume=True,
-                        progress=False)  # fmt: skip
+    again = T.train_sae(
+        T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", resume=True, progress=False
+    )
     assert again.resumed_from == 32
     np.testing.assert_array_equal(again.sae.params["W_dec"], full.sae.params["W_dec"])
 
@@ -225,8 +237,9 @@ def test_sharded_training_matches_one_device_and_resumes_exactly(tmp_path):
         np.testing.assert_allclose(many.sae.params[k], one.sae.params[k], rtol=1e-4, atol=1e-5, err_msg=k)
     # a sharded run restores its state onto the same shardings and ends where the uninterrupted one does
     T.train_sae(T.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", stop_after=4, progress=False)
-    rest = T.train_sae(T.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", resume=True,
-                       progress=False)  # fmt: skip
+    rest = T.train_sae(
+        T.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", resume=True, progress=False
+    )
     for k in M.PARAM_NAMES:
         np.testing.assert_array_equal(rest.sae.params[k], many.sae.params[k], err_msg=k)
 
@@ -402,8 +415,9 @@ def test_feature_stats_from_the_model_count_exactly(tiny):
     ntok = np.zeros(3, np.int64)
     n, w = rows.ids.shape
     pos = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), (n, w))
-    acts = T.hook_activations(tiny.params, jnp.asarray(rows.ids), pos, jnp.asarray(rows.attend), cfg=tiny.config,
-                              layer=1, point="mlp.out")  # fmt: skip
+    acts = T.hook_activations(
+        tiny.params, jnp.asarray(rows.ids), pos, jnp.asarray(rows.attend), cfg=tiny.config, layer=1, point="mlp.out"
+    )
     codes = sae.encode(np.asarray(acts))
     for i in range(n):
         a = codes[i, 1 : rows.lengths[i]]  # position 0 is BOS; right padding left out
@@ -474,22 +488,46 @@ def test_bad_inputs_are_named():
     with pytest.raises(M.SAEError, match="hook_point"):
         M.SAEConfig(d_in=4, num_features=8, k=2, hook_point="mlp.act")
     with pytest.raises(M.SAEError, match="wrong shapes"):
-        M.SAE(M.SAEConfig(d_in=4, num_features=8, k=2), {"W_enc": np.zeros((4, 7)), "b_enc": np.zeros(8),
-                                                     "W_dec": np.zeros((8, 4)), "b_dec": np.zeros(4)})  # fmt: skip
+        M.SAE(
+            M.SAEConfig(d_in=4, num_features=8, k=2),
+            {"W_enc": np.zeros((4, 7)), "b_enc": np.zeros(8), "W_dec": np.zeros((8, 4)), "b_dec": np.zeros(4)},
+        )
     with pytest.raises(M.SAEError, match="sae_batch"):
         T.steps_per_batch(1000, T.TrainConfig(sae_batch=256))
     with pytest.raises(M.SAEError, match="TrainConfig"):
         T.TrainConfig(steps=0)
     with pytest.raises(M.SAEError, match="width"):
-        T.train_sae(T.ArrayStream(np.zeros((64, 5)), 32), M.SAEConfig(d_in=4, num_features=8, k=2),
-                    T.TrainConfig(steps=1, sae_batch=32), progress=False)  # fmt: skip
+        T.train_sae(
+            T.ArrayStream(np.zeros((64, 5)), 32),
+            M.SAEConfig(d_in=4, num_features=8, k=2),
+            T.TrainConfig(steps=1, sae_batch=32),
+            progress=False,
+        )
     st = handmade_stats()
     with pytest.raises(M.SAEError, match="exceeds num_tokens"):
-        LP.FeatureStats(st.languages, [0], np.full(3, 10), st.num_examples, st.over_zero_token, st.over_zero_example,
-                        st.sum, st.max, st.min)  # fmt: skip
+        LP.FeatureStats(
+            st.languages,
+            [0],
+            np.full(3, 10),
+            st.num_examples,
+            st.over_zero_token,
+            st.over_zero_example,
+            st.sum,
+            st.max,
+            st.min,
+        )
     with pytest.raises(M.SAEError, match=r"must be \[K=3, L=1"):
-        LP.FeatureStats(st.languages, [0], st.num_tokens, st.num_examples, st.over_zero_token[:2], st.over_zero_example,
-                        st.sum, st.max, st.min)  # fmt: skip
+        LP.FeatureStats(
+            st.languages,
+            [0],
+            st.num_tokens,
+            st.num_examples,
+            st.over_zero_token[:2],
+            st.over_zero_example,
+            st.sum,
+            st.max,
+            st.min,
+        )
     with pytest.raises(M.SAEError, match="threshold_ratio"):
         LP.identify(st, threshold_ratio=0.0)
     feats = LP.identify(st)
@@ -536,19 +574,94 @@ def test_cli_train_identify_classify_steer_chain(tiny, tmp_path, capsys):
     model_dir = tiny.source
     common = ["--model", model_dir, "--corpus", str(corpus), "--languages", "en", "fr", "de", "--no-progress"]
     out = tmp_path / "run"
-    assert main(["sae", "train", *common, "--out", str(out), "--layer", "1", "--features", "32", "--k", "4",
-                 "--steps", "8", "--sae-batch", "32", "--batch-size", "2", "--seq-len", "16", "--no-eval"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sae",
+                "train",
+                *common,
+                "--out",
+                str(out),
+                "--layer",
+                "1",
+                "--features",
+                "32",
+                "--k",
+                "4",
+                "--steps",
+                "8",
+                "--sae-batch",
+                "32",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "16",
+                "--no-eval",
+            ]
+        )
+        == 0
+    )
     assert M.SAE.load(out / "sae.npz").config.num_features == 32
-    assert main(["sae", "identify", *common, "--sae", str(out / "sae.npz"), "--out", str(out),
-                 "--example-rate", "0", "--token-rate", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sae",
+                "identify",
+                *common,
+                "--sae",
+                str(out / "sae.npz"),
+                "--out",
+                str(out),
+                "--example-rate",
+                "0",
+                "--token-rate",
+                "0",
+            ]
+        )
+        == 0
+    )
     feats = LP.SAELapeFeatures.load(out / "features.npz")
     assert feats.languages == ["en", "fr", "de"] and sum(feats.counts().values()) > 0
-    assert main(["sae", "classify", *common, "--sae", str(out / "sae.npz"), "--features", str(out / "features.npz"),
-                 "--out", str(out), "--sentences-per-language", "5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sae",
+                "classify",
+                *common,
+                "--sae",
+                str(out / "sae.npz"),
+                "--features",
+                str(out / "features.npz"),
+                "--out",
+                str(out),
+                "--sentences-per-language",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert (out / "classify.png").is_file()
     target = next(lang for lang, n in feats.counts().items() if n)
-    assert main(["sae", "steer", *common, "--sae", str(out / "sae.npz"), "--features", str(out / "features.npz"),
-                 "--target", target, "--prompt", "w5 w6", "--max-new-tokens", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sae",
+                "steer",
+                *common,
+                "--sae",
+                str(out / "sae.npz"),
+                "--features",
+                str(out / "features.npz"),
+                "--target",
+                target,
+                "--prompt",
+                "w5 w6",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "sae-count" in text and "steered:" in text
 
@@ -565,9 +678,17 @@ def test_experiment_runs_on_the_default_model(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    sets = [f"out={tmp_path / 'run'}", "train.steps=64", "eval.sentences_per_language=4",
-            "lape.sentences_per_language=30", "classify.sentences_per_language=10", "steering.prompts=1",
-            "steering.targets=[fr, ja]", "steering.multipliers=[2.0]", "steering.max_new_tokens=8"]  # fmt: skip
+    sets = [
+        f"out={tmp_path / 'run'}",
+        "train.steps=64",
+        "eval.sentences_per_language=4",
+        "lape.sentences_per_language=30",
+        "classify.sentences_per_language=10",
+        "steering.prompts=1",
+        "steering.targets=[fr, ja]",
+        "steering.multipliers=[2.0]",
+        "steering.max_new_tokens=8",
+    ]
     cmd = [sys.executable, "experiments/sae_lape.py", "configs/sae_default.yaml"] + [
         a for s in sets for a in ("--set", s)
     ]

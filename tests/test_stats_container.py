@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from shared_data import shared_fixtures
 
 from jlang.io import torchfile
 from jlang.stats import ActivationStats, StatsError
-from shared_data import shared_fixtures
 
 LANGS = ["en", "zh", "fr"]
 
@@ -17,7 +16,9 @@ def make_stats(k=3, l=2, f=4, seed=0, **kw) -> ActivationStats:
     rng = np.random.default_rng(seed)
     tokens = np.array([100, 200, 50, 70, 90][:k])
     over_zero = np.stack([rng.integers(0, n + 1, size=(l, f)) for n in tokens])
-    return ActivationStats(languages=LANGS[:k] if k <= 3 else [f"l{i}" for i in range(k)], tokens=tokens, over_zero=over_zero, **kw)
+    return ActivationStats(
+        languages=LANGS[:k] if k <= 3 else [f"l{i}" for i in range(k)], tokens=tokens, over_zero=over_zero, **kw
+    )
 
 
 # -- construction and validation ----------------------------------------------------------------------
@@ -93,8 +94,11 @@ def test_subtract_clamps_counts_like_the_ternary_code():
 
 @pytest.mark.parametrize("name", ["stats.npz", "stats_dir"])
 def test_save_load_roundtrip(tmp_path, name):
-    s = make_stats(sum=np.random.default_rng(1).normal(size=(3, 2, 4)), max=np.ones((3, 2, 4), np.float32),
-                   meta={"model": "tiny", "n": np.int64(3), "nested": {"a": (1, 2)}})
+    s = make_stats(
+        sum=np.random.default_rng(1).normal(size=(3, 2, 4)),
+        max=np.ones((3, 2, 4), np.float32),
+        meta={"model": "tiny", "n": np.int64(3), "nested": {"a": (1, 2)}},
+    )
     path = tmp_path / name
     s.save(path)
     t = ActivationStats.load(path)
@@ -149,9 +153,18 @@ def test_from_lape_files_both_styles_and_average_activations(tmp_path):
     for i, lang in enumerate(LANGS):
         oz = rng.integers(0, 50, size=(2, 5))
         if i == 1:
-            obj = {"total_tokens": 50, "over_zero": oz.astype(np.int64), "average_activations": np.full((2, 5), 0.5, np.float32)}
+            obj = {
+                "total_tokens": 50,
+                "over_zero": oz.astype(np.int64),
+                "average_activations": np.full((2, 5), 0.5, np.float32),
+            }
         else:
-            obj = {"n": 50, "over_zero": oz.astype(np.int32), "average_activations": np.full((2, 5), 0.5, np.float32), "sum1": oz * 1.0}
+            obj = {
+                "n": 50,
+                "over_zero": oz.astype(np.int32),
+                "average_activations": np.full((2, 5), 0.5, np.float32),
+                "sum1": oz * 1.0,
+            }
         paths[lang] = tmp_path / f"activation.{lang}.train.llama-7b"
         torchfile.save(paths[lang], obj)
     s = ActivationStats.from_lape_files(paths, meta={"model": "m"})

@@ -5,7 +5,7 @@ zh, id; hand-written paragraphs below) is tokenised, packed into 64-token rows
 (LAPE packs documents into fixed rows with no padding; here only each language's
 last row is right-padded, with `valid=False`), and counted twice:
 
-* by jlang: `jlang.collect.run_stats` (JAX, float32);
+* by jlang: `jlang.stats.collect.run_stats` (JAX, float32);
 * by transformers loading the same GGUF in float32, with forward hooks on every
   layer's `mlp.act_fn` (the hook output is `act(gate_proj x)`, the tensor LAPE
   counts, methods.md §1.1), counting `> 0` per language on valid tokens only.
@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 import jlang
-from jlang.collect import run_stats
 from jlang.methods import lape
 from jlang.stats import ActivationStats
+from jlang.stats.collect import run_stats
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -146,11 +146,13 @@ def build_batches(tokenizer) -> list[dict[str, np.ndarray]]:
     batches = []
     for start in range(0, len(rows), BATCH_ROWS):
         group = rows[start : start + BATCH_ROWS]
-        batches.append({
-            "ids": np.stack([r[0] for r in group]),
-            "valid": np.stack([r[1] for r in group]),
-            "lang": np.asarray([r[2] for r in group], np.int64),
-        })  # fmt: skip
+        batches.append(
+            {
+                "ids": np.stack([r[0] for r in group]),
+                "valid": np.stack([r[1] for r in group]),
+                "lang": np.asarray([r[2] for r in group], np.int64),
+            }
+        )
     return batches
 
 

@@ -31,11 +31,17 @@ def _run(name: str, config: str, sets: list[str]) -> int:
 def test_overlap_experiment_on_default_model(tmp_path):
     out = tmp_path / "overlap"
     sets = [
-        f"out={out}", f"reuse={tmp_path / 'missing'}", f"lape.out={out / 'lape'}",
-        "lape.corpus.languages=[en, fr, zh, ja]", "lape.corpus.max_tokens_per_language=2048",
-        "overlap.permutations=99", "codemix.bases=[fr]", "codemix.partners=[en]", "codemix.ratios=[0.5]",
+        f"out={out}",
+        f"reuse={tmp_path / 'missing'}",
+        f"lape.out={out / 'lape'}",
+        "lape.corpus.languages=[en, fr, zh, ja]",
+        "lape.corpus.max_tokens_per_language=2048",
+        "overlap.permutations=99",
+        "codemix.bases=[fr]",
+        "codemix.partners=[en]",
+        "codemix.ratios=[0.5]",
         "codemix.max_rows=16",
-    ]  # fmt: skip
+    ]
     assert _run("overlap", "overlap_default.yaml", sets) == 0
     report = (out / "report.md").read_text()
     assert "IoU" in report and "Neuron specialisation" in report
@@ -45,10 +51,14 @@ def test_overlap_experiment_on_default_model(tmp_path):
 def test_culture_experiment_on_default_model(tmp_path):
     out = tmp_path / "culture"
     sets = [
-        f"out={out}", "cultures=[en_US=en, de_DE=de, ja_JP=ja]", "culture_corpus.train_lines=60",
-        "culture_corpus.heldout_lines=10", f"language.reuse_stats={tmp_path / 'missing.npz'}",
-        "language.max_tokens_per_language=2048", "ppl.max_tokens=128",
-    ]  # fmt: skip
+        f"out={out}",
+        "cultures=[en_US=en, de_DE=de, ja_JP=ja]",
+        "culture_corpus.train_lines=60",
+        "culture_corpus.heldout_lines=10",
+        f"language.reuse_stats={tmp_path / 'missing.npz'}",
+        "language.max_tokens_per_language=2048",
+        "ppl.max_tokens=128",
+    ]
     assert _run("culture", "culture_default.yaml", sets) == 0
     report = (out / "report.md").read_text()
     assert "pure" in report and "compound" in report

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from shared_data import shared_fixtures
 
 from jlang.masks import NeuronMasks
 from jlang.methods import MethodError, ternary, ternary_probs, ternary_scores, ternary_terms
 from jlang.methods.ternary import norm_max
 from jlang.stats import ActivationStats
-from shared_data import shared_fixtures
 
 NJU_LANGS = ["en", "ru", "es", "fr", "de", "zh", "ja", "bn", "th", "sw"]
 
@@ -40,7 +39,16 @@ def test_fixed_lambda_reproduces_mask_pth_exactly(mgsm):
     assert m.meta["selected_unassigned"] == 4588 - 3219
     assert m.meta["num_general"] == 0 and m.meta["num_specific"] == 1866
     assert dict(zip(NJU_LANGS, m.counts().sum(1).tolist())) == {
-        "en": 142, "ru": 556, "es": 523, "fr": 821, "de": 941, "zh": 412, "ja": 676, "bn": 948, "th": 622, "sw": 666
+        "en": 142,
+        "ru": 556,
+        "es": 523,
+        "fr": 821,
+        "de": 941,
+        "zh": 412,
+        "ja": 676,
+        "bn": 948,
+        "th": 622,
+        "sw": 666,
     }
     assert m.meta["tokens"]["en"] == 583_261 - 263_330  # response tokens
 

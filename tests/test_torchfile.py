@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import shared_fixtures
 
 from jlang.io import torchfile
 from jlang.io.torchfile import TorchFileError
-from shared_data import shared_fixtures
-
 
 # -- reading what torch writes ----------------------------------------------------------------------
 
@@ -34,7 +33,15 @@ def _torch_examples(torch):
         "scalar": torch.tensor(7),
         "param": torch.nn.Parameter(torch.ones(2)),
         "shared_views": [shared[2:], shared.view(2, 4).t()],
-        "meta": {"n": 12345, "name": "x", "ratio": 0.5, "flag": True, "none": None, "tup": (1, 2, 3, 4), "bytes": b"ab"},
+        "meta": {
+            "n": 12345,
+            "name": "x",
+            "ratio": 0.5,
+            "flag": True,
+            "none": None,
+            "tup": (1, 2, 3, 4),
+            "bytes": b"ab",
+        },
     }
 
 
@@ -52,7 +59,13 @@ def _expected(torch, value):
 def _assert_same(got, want, where="obj"):
     if isinstance(want, np.ndarray):
         assert isinstance(got, np.ndarray), where
-        assert got.dtype == want.dtype and got.shape == want.shape, (where, got.dtype, want.dtype, got.shape, want.shape)
+        assert got.dtype == want.dtype and got.shape == want.shape, (
+            where,
+            got.dtype,
+            want.dtype,
+            got.shape,
+            want.shape,
+        )
         np.testing.assert_array_equal(got, want, err_msg=where)
         assert got.flags.writeable  # an owned array, not a read-only view of the file's bytes
     elif isinstance(want, dict):

@@ -15,10 +15,18 @@ VOCAB = 131
 
 def _common(**kw):
     base = dict(
-        vocab_size=VOCAB, hidden_size=48, intermediate_size=83, num_hidden_layers=3, num_attention_heads=6,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=83,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
-    )  # fmt: skip
+    )
     base.update(kw)
     return base
 
@@ -26,26 +34,37 @@ def _common(**kw):
 def family_configs() -> dict:
     """name -> transformers config, one per family variant that parity must cover."""
     from transformers import (
-        Gemma2Config, Gemma3TextConfig, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config,
-    )  # fmt: skip
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     return {
         "llama2": LlamaConfig(**_common(tie_word_embeddings=False)),
         "llama3": LlamaConfig(
             **_common(tie_word_embeddings=False),
             rope_parameters=dict(
-                rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
                 original_max_position_embeddings=16,
             ),
-        ),  # fmt: skip
+        ),
         "mistral": MistralConfig(**_common(tie_word_embeddings=False, sliding_window=5)),
         "qwen2": Qwen2Config(**_common(tie_word_embeddings=True)),
         "qwen3": Qwen3Config(**_common(tie_word_embeddings=False, head_dim=16)),
         "gemma": GemmaConfig(**_common(head_dim=16, hidden_act="gelu_pytorch_tanh")),
         "gemma2": Gemma2Config(
             **_common(head_dim=16, sliding_window=4, query_pre_attn_scalar=24, num_hidden_layers=4),
-            attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
-        ),  # fmt: skip
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
         "gemma3": Gemma3TextConfig(
             **_common(head_dim=16, sliding_window=4, query_pre_attn_scalar=24, num_hidden_layers=4),
             layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],

@@ -41,9 +41,9 @@ import numpy as np
 
 from jlang.analysis.code_keywords import CASE_INSENSITIVE, KEYWORDS
 from jlang.evals.logit_lens import lens_top_k
-from jlang.evals.report import new_figure, save_figure, save_heatmaps, write_json
-from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
 from jlang.models.decoder import Edits
+from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = [
     "KeywordLensResult",
@@ -103,16 +103,12 @@ class KeywordTagger:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def from_texts(
-        cls, texts: Sequence[str], languages: Sequence[str], *, special_ids=frozenset()
-    ) -> KeywordTagger:
+    def from_texts(cls, texts: Sequence[str], languages: Sequence[str], *, special_ids=frozenset()) -> KeywordTagger:
         """Tag decoded token texts (index = token id); special tokens are never keywords."""
         languages = list(languages)
         unknown = [l for l in languages if l not in KEYWORDS]
         if unknown:
-            raise ValueError(
-                f"no keyword table for {unknown}; tables exist for {sorted(KEYWORDS)}"
-            )
+            raise ValueError(f"no keyword table for {unknown}; tables exist for {sorted(KEYWORDS)}")
         member = np.zeros((len(texts), len(languages)), bool)
         for v, text in enumerate(texts):
             if v in special_ids:
@@ -125,35 +121,27 @@ class KeywordTagger:
         programming = np.array([l != ENGLISH for l in languages])
         exclusive = np.zeros_like(member)
         for i, lang in enumerate(languages):
-            rivals = [
-                j
-                for j in range(len(languages))
-                if programming[j] and family[j] != family[i]
-            ]
-            claimed = (
-                member[:, rivals].any(axis=1) if rivals else np.zeros(len(texts), bool)
-            )
+            rivals = [j for j in range(len(languages)) if programming[j] and family[j] != family[i]]
+            claimed = member[:, rivals].any(axis=1) if rivals else np.zeros(len(texts), bool)
             if lang == ENGLISH:
                 claimed = member[:, programming].any(axis=1)
             exclusive[:, i] = member[:, i] & ~claimed
-        meta = {"keyword_tokens": {l: int(member[:, i].sum()) for i, l in enumerate(languages)},
-                "exclusive_tokens": {l: int(exclusive[:, i].sum()) for i, l in enumerate(languages)},
-                "rule": "decoded token stripped of whitespace and leading </#@.:$!-, compared with the table "
-                        "(lowercase for html, english)"}  # fmt: skip
+        meta = {
+            "keyword_tokens": {l: int(member[:, i].sum()) for i, l in enumerate(languages)},
+            "exclusive_tokens": {l: int(exclusive[:, i].sum()) for i, l in enumerate(languages)},
+            "rule": "decoded token stripped of whitespace and leading </#@.:$!-, compared with the table "
+            "(lowercase for html, english)",
+        }
         return cls(languages, member, exclusive, meta)
 
     @classmethod
-    def from_tokenizer(
-        cls, tokenizer, languages: Sequence[str], *, vocab_size: int | None = None
-    ) -> KeywordTagger:
+    def from_tokenizer(cls, tokenizer, languages: Sequence[str], *, vocab_size: int | None = None) -> KeywordTagger:
         """Tag the vocabulary of a `transformers` tokenizer, decoded token by token."""
         from jlang.evals.token_lang import token_texts
 
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        return cls.from_texts(
-            token_texts(tokenizer, vocab_size), languages, special_ids=special
-        )
+        return cls.from_texts(token_texts(tokenizer, vocab_size), languages, special_ids=special)
 
     def labels_of(self, token_id: int) -> list[str]:
         return [l for i, l in enumerate(self.languages) if self.member[token_id, i]]
@@ -161,11 +149,7 @@ class KeywordTagger:
     def shares(self, ids: np.ndarray) -> np.ndarray:
         """float64 `[K]`: share of the ids (any shape) that are keywords of each language."""
         flat = np.asarray(ids, np.int64).ravel()
-        return (
-            self.member[flat].mean(axis=0)
-            if flat.size
-            else np.full(len(self.languages), np.nan)
-        )
+        return self.member[flat].mean(axis=0) if flat.size else np.full(len(self.languages), np.nan)
 
 
 # --------------------------------------------------------------------------- the lens
@@ -214,33 +198,47 @@ class KeywordLensResult:
     def peak_layers(self, which: str = "exclusive") -> dict[str, int | None]:
         """prompt language -> layer where its own keyword share peaks (None without a table or a keyword)."""
         own = self.own(which)
-        return {l: (int(np.nanargmax(own[:, p])) if np.nanmax(own[:, p], initial=0.0) > 0 else None)
-                for p, l in enumerate(self.languages)}  # fmt: skip
+        return {
+            l: (int(np.nanargmax(own[:, p])) if np.nanmax(own[:, p], initial=0.0) > 0 else None)
+            for p, l in enumerate(self.languages)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "jlang.KeywordLensResult/1", "languages": self.languages,
-            "keyword_languages": self.keyword_languages, "shares": self.shares, "exclusive": self.exclusive,
-            "any_share": self.any_share, "text_shares": self.text_shares, "positions": self.positions,
-            "own": self.own("shares"), "own_exclusive": self.own("exclusive"), "top_keywords": self.top_keywords,
+            "format": "jlang.KeywordLensResult/1",
+            "languages": self.languages,
+            "keyword_languages": self.keyword_languages,
+            "shares": self.shares,
+            "exclusive": self.exclusive,
+            "any_share": self.any_share,
+            "text_shares": self.text_shares,
+            "positions": self.positions,
+            "own": self.own("shares"),
+            "own_exclusive": self.own("exclusive"),
+            "top_keywords": self.top_keywords,
             "meta": self.meta,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> KeywordLensResult:
         arr = lambda x: np.array(x, dtype=object).astype(np.float64)
-        return cls(languages=list(d["languages"]), keyword_languages=list(d["keyword_languages"]),
-                   shares=arr(d["shares"]), exclusive=arr(d["exclusive"]), any_share=arr(d["any_share"]),
-                   text_shares=arr(d["text_shares"]), positions=np.asarray(d["positions"], np.int64),
-                   top_keywords=d.get("top_keywords", {}), meta=dict(d.get("meta", {})))  # fmt: skip
+        return cls(
+            languages=list(d["languages"]),
+            keyword_languages=list(d["keyword_languages"]),
+            shares=arr(d["shares"]),
+            exclusive=arr(d["exclusive"]),
+            any_share=arr(d["any_share"]),
+            text_shares=arr(d["text_shares"]),
+            positions=np.asarray(d["positions"], np.int64),
+            top_keywords=d.get("top_keywords", {}),
+            meta=dict(d.get("meta", {})),
+        )
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json`; `{prefix}.png`: per prompt language, every keyword language's share by layer (own
         language bold, its level in the text dashed); `{prefix}_own.png`: own-keyword share, layer x language."""
         prefix = Path(path_prefix)
-        out = {
-            "json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())
-        }
+        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         P, L = len(self.languages), self.shares.shape[1]
         ncols = min(4, P)
         nrows = -(-P // ncols)
@@ -259,12 +257,8 @@ class KeywordLensResult:
                     label=kl,
                 )
                 if own:
-                    ax.axhline(
-                        self.text_shares[p, k], color=colors[kl], ls="--", lw=1.0
-                    )
-            ax.set_title(
-                f"{lang} text: top-{self.meta.get('k')} keyword shares", fontsize=9
-            )
+                    ax.axhline(self.text_shares[p, k], color=colors[kl], ls="--", lw=1.0)
+            ax.set_title(f"{lang} text: top-{self.meta.get('k')} keyword shares", fontsize=9)
             ax.set_xlabel("layer")
             ax.set_ylabel("share")
             ax.set_ylim(bottom=0)
@@ -273,11 +267,24 @@ class KeywordLensResult:
         out["png"] = save_figure(fig, prefix.with_name(prefix.name + ".png"))
         layers = [str(l) for l in range(L)]
         panels = [
-            dict(matrix=self.own(w), rows=layers, cols=self.languages, vmin=0.0, annotate=True, fmt="{:.2f}",
-                 title=title, cbar_label="share", xlabel="text language", ylabel="layer", origin="lower")
-            for w, title in (("shares", "own-language keywords in top-k"),
-                             ("exclusive", "keywords of the own language only"))
-        ]  # fmt: skip
+            dict(
+                matrix=self.own(w),
+                rows=layers,
+                cols=self.languages,
+                vmin=0.0,
+                annotate=True,
+                fmt="{:.2f}",
+                title=title,
+                cbar_label="share",
+                xlabel="text language",
+                ylabel="layer",
+                origin="lower",
+            )
+            for w, title in (
+                ("shares", "own-language keywords in top-k"),
+                ("exclusive", "keywords of the own language only"),
+            )
+        ]
         out["own_png"] = save_heatmaps(
             prefix.with_name(prefix.name + "_own.png"),
             panels,
@@ -319,13 +326,9 @@ def keyword_lens(
         keyword_languages = [l for l in languages if l in KEYWORDS]
     keyword_languages = list(keyword_languages)
     if tagger is None:
-        tagger = KeywordTagger.from_tokenizer(
-            model.tokenizer, keyword_languages, vocab_size=model.config.vocab_size
-        )
+        tagger = KeywordTagger.from_tokenizer(model.tokenizer, keyword_languages, vocab_size=model.config.vocab_size)
     if tagger.languages != keyword_languages:
-        raise ValueError(
-            f"the tagger covers {tagger.languages}, not {keyword_languages}"
-        )
+        raise ValueError(f"the tagger covers {tagger.languages}, not {keyword_languages}")
     if tagger.member.shape[0] != model.config.vocab_size:
         raise ValueError(
             f"the tagger covers {tagger.member.shape[0]} tokens but the model has {model.config.vocab_size}"
@@ -355,9 +358,7 @@ def keyword_lens(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=-(-len(windows) // batch_size), desc="code logit lens", unit="batch"
-        )
+        bar = tqdm(total=-(-len(windows) // batch_size), desc="code logit lens", unit="batch")
     for start in range(0, len(windows), batch_size):
         idx = range(start, min(start + batch_size, len(windows)))
         ids = np.zeros((batch_size, width), np.int32)
@@ -366,9 +367,15 @@ def keyword_lens(
             ids[r, : len(windows[i])] = windows[i]
             valid[r, : len(windows[i])] = True
         top = lens_top_k(
-            model, ids, valid, k=k, vocab_chunk=vocab_chunk, edits=edits,
-            variants=("final_norm",), _cache=cache,
-        )["final_norm"]  # fmt: skip
+            model,
+            ids,
+            valid,
+            k=k,
+            vocab_chunk=vocab_chunk,
+            edits=edits,
+            variants=("final_norm",),
+            _cache=cache,
+        )["final_norm"]
         for r, i in enumerate(idx):
             p = group[i]
             decoded = valid[r].copy()
@@ -391,12 +398,27 @@ def keyword_lens(
     denom = np.maximum(positions, 1)[:, None, None] * k
     decode = lambda i: tok.decode([i])
     return KeywordLensResult(
-        languages=languages, keyword_languages=keyword_languages, shares=hit / denom, exclusive=excl / denom,
-        any_share=any_pl / denom[..., 0], text_shares=text_hit / np.maximum(text_n, 1)[:, None], positions=positions,
-        top_keywords={languages[p]: [[(decode(i), n) for i, n in c.most_common(5)] for c in counters[p]] for p in range(P)},
-        meta={"model": model.name, "k": k, "seq_len": seq_len, "texts": {l: len(texts[l]) for l in languages},
-              "windows": len(windows), "vocab_chunk": vocab_chunk, "edited": edits is not None, "tagger": tagger.meta,
-              "seconds": time.perf_counter() - t0,
-              "reference": "cisnlp/code-logitlens (Kargaran et al. 2025): softmax(lm_head(norm(h_l))) top-10, "
-                           "matched against keyword lists"},
-    )  # fmt: skip
+        languages=languages,
+        keyword_languages=keyword_languages,
+        shares=hit / denom,
+        exclusive=excl / denom,
+        any_share=any_pl / denom[..., 0],
+        text_shares=text_hit / np.maximum(text_n, 1)[:, None],
+        positions=positions,
+        top_keywords={
+            languages[p]: [[(decode(i), n) for i, n in c.most_common(5)] for c in counters[p]] for p in range(P)
+        },
+        meta={
+            "model": model.name,
+            "k": k,
+            "seq_len": seq_len,
+            "texts": {l: len(texts[l]) for l in languages},
+            "windows": len(windows),
+            "vocab_chunk": vocab_chunk,
+            "edited": edits is not None,
+            "tagger": tagger.meta,
+            "seconds": time.perf_counter() - t0,
+            "reference": "cisnlp/code-logitlens (Kargaran et al. 2025): softmax(lm_head(norm(h_l))) top-10, "
+            "matched against keyword lists",
+        },
+    )

@@ -56,9 +56,10 @@ def identify_code_neurons(
     """LAPE (identify.py defaults) and the fixed-count variant (N per language) on the same statistics."""
     return CodeNeurons(
         lape=lape(stats, top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio),
-        fixed_count=lape_fixed_count(stats, num_per_language=num_per_language, filter_rate=filter_rate,
-                                     activation_bar_ratio=activation_bar_ratio),
-    )  # fmt: skip
+        fixed_count=lape_fixed_count(
+            stats, num_per_language=num_per_language, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio
+        ),
+    )
 
 
 def layer_bands(masks: NeuronMasks, bands: int = 3) -> tuple[list[str], np.ndarray]:
@@ -70,19 +71,13 @@ def layer_bands(masks: NeuronMasks, bands: int = 3) -> tuple[list[str], np.ndarr
     edges = np.linspace(0, L, bands + 1).round().astype(int)
     names = [f"L{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
     counts = masks.counts()  # [K, L]
-    per_band = np.stack(
-        [counts[:, a:b].sum(axis=1) for a, b in itertools.pairwise(edges)], axis=1
-    ).astype(float)
+    per_band = np.stack([counts[:, a:b].sum(axis=1) for a, b in itertools.pairwise(edges)], axis=1).astype(float)
     total = per_band.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return names, np.where(
-            total > 0, per_band / np.where(total > 0, total, 1), np.nan
-        )
+        return names, np.where(total > 0, per_band / np.where(total > 0, total, 1), np.nan)
 
 
-def specificity(
-    stats: ActivationStats, masks: NeuronMasks
-) -> dict[str, dict[str, float]]:
+def specificity(stats: ActivationStats, masks: NeuronMasks) -> dict[str, dict[str, float]]:
     """Per language k of `masks`: how much more often its neurons fire on k than on the other languages.
 
     `p_own` = mean over k's neurons of p_k (activation probability `a > 0` on k's tokens); `p_other_mean`
@@ -95,8 +90,13 @@ def specificity(
         m = masks[lang]
         k = stats.index(lang)
         if not m.any():
-            out[lang] = {"neurons": 0, "p_own": float("nan"), "p_other_mean": float("nan"),
-                         "p_other_max": float("nan"), "ratio": float("nan")}  # fmt: skip
+            out[lang] = {
+                "neurons": 0,
+                "p_own": float("nan"),
+                "p_other_mean": float("nan"),
+                "p_other_max": float("nan"),
+                "ratio": float("nan"),
+            }
             continue
         sel = p[:, m]  # [K, n]
         others = np.delete(sel, k, axis=0)
@@ -106,34 +106,30 @@ def specificity(
             "neurons": int(m.sum()),
             "p_own": own,
             "p_other_mean": other_mean,
-            "p_other_max": float(others.max(axis=0).mean())
-            if others.size
-            else float("nan"),
+            "p_other_max": float(others.max(axis=0).mean()) if others.size else float("nan"),
             "ratio": own / other_mean if other_mean > 0 else float("inf"),
         }
     return out
 
 
-def top_neurons(
-    stats: ActivationStats, masks: NeuronMasks, language: str, n: int = 5
-) -> list[dict]:
+def top_neurons(stats: ActivationStats, masks: NeuronMasks, language: str, n: int = 5) -> list[dict]:
     """The `n` lowest-entropy neurons of `language`'s mask: layer, index, LAPE entropy, p on every language."""
     p = lape_probs(stats)
     entropy = lape_entropy(p)
     layers, neurons = np.nonzero(masks[language])
-    order = np.lexsort(
-        (layers * masks.num_neurons + neurons, entropy[layers, neurons])
-    )[:n]
+    order = np.lexsort((layers * masks.num_neurons + neurons, entropy[layers, neurons]))[:n]
     return [
-        {"layer": int(layers[i]), "neuron": int(neurons[i]), "entropy": float(entropy[layers[i], neurons[i]]),
-         "p": {lang: float(p[j, layers[i], neurons[i]]) for j, lang in enumerate(stats.languages)}}
+        {
+            "layer": int(layers[i]),
+            "neuron": int(neurons[i]),
+            "entropy": float(entropy[layers[i], neurons[i]]),
+            "p": {lang: float(p[j, layers[i], neurons[i]]) for j, lang in enumerate(stats.languages)},
+        }
         for i in order
-    ]  # fmt: skip
+    ]
 
 
-def shared_counts(
-    masks: NeuronMasks, languages: Sequence[str] | None = None
-) -> np.ndarray:
+def shared_counts(masks: NeuronMasks, languages: Sequence[str] | None = None) -> np.ndarray:
     """int64 `[K, K]`: neurons in both languages' masks (the diagonal: each mask's size)."""
     languages = list(languages or masks.languages)
     flat = np.stack([masks[l].ravel() for l in languages]).astype(np.int64)

@@ -85,11 +85,7 @@ class CultureMasks:
     def counts(self) -> dict[str, dict[str, int]]:
         """Neurons per entry of every mask kind."""
         return {
-            k: {
-                lang: int(m.sum())
-                for lang, m in zip(self.kind(k).languages, self.kind(k).masks)
-            }
-            for k in self.KINDS
+            k: {lang: int(m.sum()) for lang, m in zip(self.kind(k).languages, self.kind(k).masks)} for k in self.KINDS
         }
 
     def combined(self, separator: str = ":") -> NeuronMasks:
@@ -99,9 +95,7 @@ class CultureMasks:
             m = self.kind(k)
             names += [f"{k}{separator}{x}" for x in m.languages]
             arrays.append(m.masks)
-        return NeuronMasks(
-            names, np.concatenate(arrays), {**self.meta, "kinds": list(self.KINDS)}
-        )
+        return NeuronMasks(names, np.concatenate(arrays), {**self.meta, "kinds": list(self.KINDS)})
 
     def save(self, directory: str | Path) -> dict[str, Path]:
         """`{directory}/{kind}.npz` for every kind (NumPy-only NeuronMasks files)."""
@@ -110,9 +104,7 @@ class CultureMasks:
         return {k: self.kind(k).save(d / f"{k}.npz") for k in self.KINDS}
 
     @classmethod
-    def load(
-        cls, directory: str | Path, culture_languages: Mapping[str, str | Sequence[str]]
-    ) -> CultureMasks:
+    def load(cls, directory: str | Path, culture_languages: Mapping[str, str | Sequence[str]]) -> CultureMasks:
         """Read the `{kind}.npz` files written by `save`."""
         d = Path(directory)
         kinds = {k: NeuronMasks.load(d / f"{k}.npz") for k in cls.KINDS}
@@ -124,17 +116,17 @@ class CultureMasks:
 
     def summary_table(self) -> str:
         """Markdown: per culture, neurons of C_c, its language(s), compound, pure, and their share of C_c."""
-        lines = ["| culture | language(s) | culture C | language L | compound C∧L | pure C∖L | pure / C |",
-                 "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines = [
+            "| culture | language(s) | culture C | language L | compound C∧L | pure C∖L | pure / C |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for c in self.culture.languages:
             langs = self.culture_languages[c]
             n_c = int(self.culture[c].sum())
             n_l = int(np.logical_or.reduce([self.language[l] for l in langs]).sum())
             n_comp, n_pure = int(self.compound[c].sum()), int(self.pure[c].sum())
             share = f"{n_pure / n_c:.2f}" if n_c else "–"
-            lines.append(
-                f"| {c} | {', '.join(langs)} | {n_c} | {n_l} | {n_comp} | {n_pure} | {share} |"
-            )
+            lines.append(f"| {c} | {', '.join(langs)} | {n_c} | {n_l} | {n_comp} | {n_pure} | {share} |")
         lines.append(f"| generic ⋂ pure | | | | | {int(self.generic.masks.sum())} | |")
         return "\n".join(lines)
 
@@ -146,9 +138,7 @@ def _normalise_mapping(
     for c, langs in culture_languages.items():
         langs = [langs] if isinstance(langs, str) else list(langs)
         if not langs:
-            raise CultureError(
-                f"culture {c!r} names no language; give the language(s) it is written in"
-            )
+            raise CultureError(f"culture {c!r} names no language; give the language(s) it is written in")
         out[str(c)] = [str(x) for x in langs]
     if not out:
         raise CultureError("no culture given")
@@ -178,20 +168,13 @@ def culture_masks(
         )
     missing = [c for c in culture.languages if c not in mapping]
     if missing:
-        raise CultureError(
-            f"cultures {missing} have no language in culture_languages (it maps {sorted(mapping)})"
-        )
-    unknown = sorted(
-        {
-            l
-            for c in culture.languages
-            for l in mapping[c]
-            if l not in language.languages
-        }
-    )
+        raise CultureError(f"cultures {missing} have no language in culture_languages (it maps {sorted(mapping)})")
+    unknown = sorted({l for c in culture.languages for l in mapping[c] if l not in language.languages})
     if unknown:
-        raise CultureError(f"languages {unknown} are not in the language masks ({language.languages}); "
-                           "run LAPE on a language corpus for them")  # fmt: skip
+        raise CultureError(
+            f"languages {unknown} are not in the language masks ({language.languages}); "
+            "run LAPE on a language corpus for them"
+        )
     mapping = {c: mapping[c] for c in culture.languages}
     compound, pure = [], []
     for c in culture.languages:
@@ -200,17 +183,27 @@ def culture_masks(
         pure.append(culture[c] & ~lang_union)
     pure_arr = np.stack(pure)
     generic = pure_arr.all(axis=0)[None]
-    base = {"model": culture.meta.get("model") or language.meta.get("model"), "hook_point": HOOK_POINT,
-            "culture_languages": mapping, "reference": "namazifard/Culture_Neurons make_compound_and_pure.py, "
-                                                      "make_generic_mask.py"}  # fmt: skip
+    base = {
+        "model": culture.meta.get("model") or language.meta.get("model"),
+        "hook_point": HOOK_POINT,
+        "culture_languages": mapping,
+        "reference": "namazifard/Culture_Neurons make_compound_and_pure.py, make_generic_mask.py",
+    }
     return CultureMasks(
-        language=language, culture=culture,
-        compound=NeuronMasks(list(culture.languages), np.stack(compound), {**base, "method": "culture-compound",
-                                                                            "rule": "C_c & OR_{l in c} L_l"}),
-        pure=NeuronMasks(list(culture.languages), pure_arr, {**base, "method": "culture-pure", "rule": "C_c & ~OR_{l in c} L_l"}),
+        language=language,
+        culture=culture,
+        compound=NeuronMasks(
+            list(culture.languages),
+            np.stack(compound),
+            {**base, "method": "culture-compound", "rule": "C_c & OR_{l in c} L_l"},
+        ),
+        pure=NeuronMasks(
+            list(culture.languages), pure_arr, {**base, "method": "culture-pure", "rule": "C_c & ~OR_{l in c} L_l"}
+        ),
         generic=NeuronMasks(["generic"], generic, {**base, "method": "culture-generic", "rule": "AND_c pure_c"}),
-        culture_languages=mapping, meta=base,
-    )  # fmt: skip
+        culture_languages=mapping,
+        meta=base,
+    )
 
 
 def identify_culture_neurons(
@@ -244,17 +237,17 @@ def identify_culture_neurons(
             f"language statistics are {language_stats.num_layers} x {language_stats.num_neurons} but culture statistics "
             f"{culture_stats.num_layers} x {culture_stats.num_neurons}: both must come from the same model"
         )
-    langs = list(
-        dict.fromkeys(l for c in culture_stats.languages for l in mapping.get(c, []))
-    )
+    langs = list(dict.fromkeys(l for c in culture_stats.languages for l in mapping.get(c, [])))
     missing = [l for l in langs if l not in language_stats.languages]
     if missing:
         raise CultureError(
             f"languages {missing} have no statistics (language statistics hold {language_stats.languages})"
         )
     if len(langs) < 2 or culture_stats.num_languages < 2:
-        raise CultureError("LAPE compares at least two languages and two cultures; "
-                           f"got languages {langs} and cultures {culture_stats.languages}")  # fmt: skip
+        raise CultureError(
+            "LAPE compares at least two languages and two cultures; "
+            f"got languages {langs} and cultures {culture_stats.languages}"
+        )
     params: dict[str, Any] = {
         "top_rate": top_rate,
         "filter_rate": filter_rate,
@@ -316,18 +309,18 @@ class CulturePPL:
         own, other, own_lang, other_lang = [], [], [], []
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
-                mine = (
-                    (c == r)
-                    if kind != "language"
-                    else (r in self.culture_languages.get(c, []))
-                )
+                mine = (c == r) if kind != "language" else (r in self.culture_languages.get(c, []))
                 (own if mine else other).append(m[i, j])
             langs = self.culture_languages.get(r, [r]) if kind != "language" else [r]
             for j, l in enumerate(lcols):
                 (own_lang if l in langs else other_lang).append(lm[i, j])
         mean = lambda v: float(np.nanmean(v)) if v else float("nan")
-        return {"own_culture": mean(own), "other_cultures": mean(other), "own_language": mean(own_lang),
-                "other_languages": mean(other_lang)}  # fmt: skip
+        return {
+            "own_culture": mean(own),
+            "other_cultures": mean(other),
+            "own_language": mean(own_lang),
+            "other_languages": mean(other_lang),
+        }
 
     def own_dominant(self, kind: str, which: str = "delta_nll") -> tuple[int, int]:
         """(rows whose largest Δ on culture text is on the row's own culture, rows) for culture-keyed kinds."""
@@ -336,14 +329,22 @@ class CulturePPL:
         return sum(int(np.nanargmax(m[i]) == j) for i, j in own), len(own)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": "jlang.CulturePPL/1", "ppl": self.result.to_dict(),
-                               "culture_languages": self.culture_languages, "kinds": {}}  # fmt: skip
+        out: dict[str, Any] = {
+            "format": "jlang.CulturePPL/1",
+            "ppl": self.result.to_dict(),
+            "culture_languages": self.culture_languages,
+            "kinds": {},
+        }
         for kind in CultureMasks.KINDS:
             entry = {}
             for group in ("culture", "language"):
                 rows, cols, m = self.matrix(kind, group)
-                entry[group] = {"rows": rows, "columns": cols, "delta_ppl": m,
-                                "delta_nll": self.matrix(kind, group, "delta_nll")[2]}  # fmt: skip
+                entry[group] = {
+                    "rows": rows,
+                    "columns": cols,
+                    "delta_ppl": m,
+                    "delta_nll": self.matrix(kind, group, "delta_nll")[2],
+                }
             entry["own_vs_other"] = self.own_vs_other(kind)
             entry["own_vs_other_delta_nll"] = self.own_vs_other(kind, "delta_nll")
             out["kinds"][kind] = entry
@@ -362,25 +363,31 @@ class CulturePPL:
             "|---" + "|---:" * len(cols) + "|",
         ]
         for i, r in enumerate(rows):
-            lines.append(
-                f"| {r} | "
-                + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i])
-                + " |"
-            )
+            lines.append(f"| {r} | " + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i]) + " |")
         return "\n".join(lines)
 
     def save(self, prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` and `{prefix}.png` (ΔNLL heat maps: one row of panels per mask kind)."""
-        from jlang.evals.report import save_heatmaps, write_json
+        from jlang.io.report import save_heatmaps, write_json
 
         p = Path(prefix)
         panels = []
         for kind in CultureMasks.KINDS:
             for group in ("culture", "language"):
                 rows, cols, m = self.matrix(kind, group, "delta_nll")
-                panels.append({"matrix": m, "rows": rows, "cols": cols, "title": f"{kind} masks on {group} text: ΔNLL",
-                                   "cbar_label": "ΔNLL (nats)", "fmt": "{:.2f}", "diverging": True,
-                                   "xlabel": f"evaluated {group} text", "ylabel": f"{kind} mask deactivated"})  # fmt: skip
+                panels.append(
+                    {
+                        "matrix": m,
+                        "rows": rows,
+                        "cols": cols,
+                        "title": f"{kind} masks on {group} text: ΔNLL",
+                        "cbar_label": "ΔNLL (nats)",
+                        "fmt": "{:.2f}",
+                        "diverging": True,
+                        "xlabel": f"evaluated {group} text",
+                        "ylabel": f"{kind} mask deactivated",
+                    }
+                )
         k = max(len(self.columns_of("culture")), len(self.columns_of("language")))
         png = save_heatmaps(
             p.with_name(p.name + ".png"),
@@ -422,13 +429,22 @@ def culture_ppl(
 
     sources = {f"culture:{c}": culture_corpus[c] for c in masks.culture.languages}
     if language_corpus is not None:
-        langs = list(
-            dict.fromkeys(l for ls in masks.culture_languages.values() for l in ls)
-        )
+        langs = list(dict.fromkeys(l for ls in masks.culture_languages.values() for l in ls))
         sources.update({f"language:{l}": language_corpus[l] for l in langs})
     combined = masks.combined()
     kwargs = {} if vocab_chunk is None else {"vocab_chunk": vocab_chunk}
-    result = ppl_matrix(model, combined, Corpus(sources), languages=list(sources), deactivate=list(combined.languages),
-                        batch_size=batch_size, seq_len=seq_len, mode=mode, edit_value=edit_value, max_tokens=max_tokens,
-                        progress=progress, **kwargs)  # fmt: skip
+    result = ppl_matrix(
+        model,
+        combined,
+        Corpus(sources),
+        languages=list(sources),
+        deactivate=list(combined.languages),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=mode,
+        edit_value=edit_value,
+        max_tokens=max_tokens,
+        progress=progress,
+        **kwargs,
+    )
     return CulturePPL(result=result, culture_languages=dict(masks.culture_languages))

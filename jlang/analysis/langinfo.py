@@ -150,9 +150,7 @@ _ROWS: list[tuple[str, str, str, tuple[str, str]]] = [
     ("eo", "Esperanto", "Latin", ("Constructed", "Constructed")),
 ]
 
-LANGUAGES: dict[str, LangInfo] = {
-    code: LangInfo(name, script, *fam) for code, name, script, fam in _ROWS
-}
+LANGUAGES: dict[str, LangInfo] = {code: LangInfo(name, script, *fam) for code, name, script, fam in _ROWS}
 
 _SPLIT = re.compile(r"[_\-@.]")
 
@@ -182,9 +180,7 @@ def family_of(code: str, level: str = "family") -> str | None:
     return getattr(entry, level)
 
 
-def same_group(
-    codes: Iterable[str], key: str
-) -> tuple[list[str | None], list[list[bool | None]]]:
+def same_group(codes: Iterable[str], key: str) -> tuple[list[str | None], list[list[bool | None]]]:
     """Labels and the pairwise same-label matrix for `key` in {"script", "family", "branch"}; None where unknown."""
     codes = list(codes)
     if key == "script":
@@ -193,9 +189,7 @@ def same_group(
         labels = [family_of(c, key) for c in codes]
     else:
         raise ValueError(f"key must be 'script', 'family' or 'branch', got {key!r}")
-    matrix = [
-        [None if a is None or b is None else a == b for b in labels] for a in labels
-    ]
+    matrix = [[None if a is None or b is None else a == b for b in labels] for a in labels]
     return labels, matrix
 
 

@@ -98,9 +98,7 @@ def _distance(similarity: np.ndarray) -> np.ndarray:
     """`1 - similarity` with NaN (no information) as the largest distance, 1, and a zero diagonal."""
     s = np.asarray(similarity, np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
-        raise ValueError(
-            f"similarity must be a square [K, K] matrix, got shape {s.shape}"
-        )
+        raise ValueError(f"similarity must be a square [K, K] matrix, got shape {s.shape}")
     d = 1.0 - np.where(np.isfinite(s), s, 0.0)
     d = (d + d.T) / 2.0
     np.fill_diagonal(d, 0.0)
@@ -155,9 +153,7 @@ def _leaves(z: np.ndarray, n: int) -> list[int]:
     return out
 
 
-def cluster_order(
-    similarity: np.ndarray, *, use_scipy: bool | None = None
-) -> list[int]:
+def cluster_order(similarity: np.ndarray, *, use_scipy: bool | None = None) -> list[int]:
     """Leaf order of average-linkage clustering of `1 - similarity` `[K, K]` (the heat map's row/column order).
 
     `use_scipy`: None = SciPy when importable, else the NumPy UPGMA; True/False forces one.
@@ -177,10 +173,7 @@ def cluster_order(
         from scipy.cluster.hierarchy import leaves_list, linkage
         from scipy.spatial.distance import squareform
 
-        return [
-            int(i)
-            for i in leaves_list(linkage(squareform(d, checks=False), method="average"))
-        ]
+        return [int(i) for i in leaves_list(linkage(squareform(d, checks=False), method="average"))]
     return _leaves(average_linkage(d), n)
 
 
@@ -269,8 +262,12 @@ class OverlapResult:
 
     def top_pairs(self, n: int = 5) -> list[tuple[str, str, float]]:
         k = len(self.languages)
-        pairs = [(self.languages[i], self.languages[j], float(self.overall[i, j]))
-                 for i in range(k) for j in range(i + 1, k) if np.isfinite(self.overall[i, j])]  # fmt: skip
+        pairs = [
+            (self.languages[i], self.languages[j], float(self.overall[i, j]))
+            for i in range(k)
+            for j in range(i + 1, k)
+            if np.isfinite(self.overall[i, j])
+        ]
         return sorted(pairs, key=lambda p: -p[2])[:n]
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,16 +293,12 @@ class OverlapResult:
             "|---" + "|---:" * len(langs) + "|",
         ]
         for i, lang in enumerate(langs):
-            lines.append(
-                f"| {lang} | "
-                + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i])
-                + " |"
-            )
+            lines.append(f"| {lang} | " + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i]) + " |")
         return "\n".join(lines)
 
     def save(self, prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json`, `{prefix}.png` (clustered heat map) and `{prefix}_layers.png` (IoU per layer)."""
-        from jlang.evals.report import write_json
+        from jlang.io.report import write_json
 
         p = Path(prefix)
         return {
@@ -315,9 +308,7 @@ class OverlapResult:
         }
 
 
-def overlap(
-    masks, *, permutations: int = 9999, seed: int = 0, use_scipy: bool | None = None
-) -> OverlapResult:
+def overlap(masks, *, permutations: int = 9999, seed: int = 0, use_scipy: bool | None = None) -> OverlapResult:
     """IoU of the languages of `masks` (a `NeuronMasks`), clustering and script/family relations.
 
     Languages outside the `langinfo` table get no label (left out of the relation tests).
@@ -337,11 +328,19 @@ def overlap(
         rel["labels"] = dict(zip(languages, labels))
         relations[key] = rel
     return OverlapResult(
-        languages=languages, overall=overall, per_layer=layer_iou(m), sizes=m.sum(axis=2).astype(np.int64),
-        order=cluster_order(overall, use_scipy=use_scipy), relations=relations,
-        meta={"method": masks.meta.get("method"), "model": masks.meta.get("model"), "measure": "IoU (Jaccard)",
-              "clustering": "average linkage on 1 - IoU"},
-    )  # fmt: skip
+        languages=languages,
+        overall=overall,
+        per_layer=layer_iou(m),
+        sizes=m.sum(axis=2).astype(np.int64),
+        order=cluster_order(overall, use_scipy=use_scipy),
+        relations=relations,
+        meta={
+            "method": masks.meta.get("method"),
+            "model": masks.meta.get("model"),
+            "measure": "IoU (Jaccard)",
+            "clustering": "average linkage on 1 - IoU",
+        },
+    )
 
 
 def _label(code: str) -> str:
@@ -353,37 +352,47 @@ def _label(code: str) -> str:
 
 def plot_clustered(result: OverlapResult, path: str | Path) -> Path:
     """Heat map of the overall IoU, rows and columns in cluster order, labels with the script."""
-    from jlang.evals.report import save_heatmaps
+    from jlang.io.report import save_heatmaps
 
     order = result.order
     m = result.overall[np.ix_(order, order)].copy()
     np.fill_diagonal(m, np.nan)  # the diagonal (1.0) would wash out the colour scale
     labels = [_label(result.languages[i]) for i in order]
     k = len(labels)
-    return save_heatmaps(path, [{"matrix": m, "rows": labels, "cols": labels, "title": "neuron-set IoU (clustered, average linkage)",
-                                     "cbar_label": "IoU", "fmt": "{:.2f}"}],
-                         ncols=1, panel_size=(0.55 * k + 3.0, 0.5 * k + 2.0))  # fmt: skip
+    return save_heatmaps(
+        path,
+        [
+            {
+                "matrix": m,
+                "rows": labels,
+                "cols": labels,
+                "title": "neuron-set IoU (clustered, average linkage)",
+                "cbar_label": "IoU",
+                "fmt": "{:.2f}",
+            }
+        ],
+        ncols=1,
+        panel_size=(0.55 * k + 3.0, 0.5 * k + 2.0),
+    )
 
 
 def plot_layers(result: OverlapResult, path: str | Path) -> Path:
     """Mean IoU per layer (all pairs, same-script pairs, different-script pairs) and neurons per layer."""
     from jlang.analysis.langinfo import script_of
-    from jlang.evals.report import new_figure, save_figure
+    from jlang.io.report import new_figure, save_figure
 
     langs = result.languages
     scripts = [script_of(c) for c in langs]
     k, L = len(langs), result.per_layer.shape[0]
     same = np.array(
+        [[scripts[i] is not None and scripts[i] == scripts[j] and i != j for j in range(k)] for i in range(k)]
+    )
+    diff = np.array(
         [
-            [
-                scripts[i] is not None and scripts[i] == scripts[j] and i != j
-                for j in range(k)
-            ]
+            [scripts[i] is not None and scripts[j] is not None and scripts[i] != scripts[j] for j in range(k)]
             for i in range(k)
         ]
     )
-    diff = np.array([[scripts[i] is not None and scripts[j] is not None and scripts[i] != scripts[j] for j in range(k)]
-                     for i in range(k)])  # fmt: skip
 
     def mean_where(sel):
         out = []
@@ -423,9 +432,7 @@ def plot_layers(result: OverlapResult, path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- neuron specialisation (§8.2)
 
 
-def specialized_neurons(
-    counts: np.ndarray, threshold: float = 0.9, *, remove_shared: bool = True
-) -> np.ndarray:
+def specialized_neurons(counts: np.ndarray, threshold: float = 0.9, *, remove_shared: bool = True) -> np.ndarray:
     """bool `[K, L, F]`: each direction's specialised neurons per layer (Tan et al. 2024 `get_specialized_neurons`).
 
     Args:
@@ -503,9 +510,7 @@ def specialization(
         info = {
             "hook_point": stats_or_counts.meta.get("hook_point", "mlp.act"),
             "count": "a > 0",
-            "tokens": dict(
-                zip(stats_or_counts.languages, stats_or_counts.tokens.tolist())
-            ),
+            "tokens": dict(zip(stats_or_counts.languages, stats_or_counts.tokens.tolist())),
         }
     else:
         counts = np.asarray(stats_or_counts)
@@ -513,17 +518,21 @@ def specialization(
             raise ValueError("give one language name per row of counts")
         languages, info = list(languages), {}
     kept = specialized_neurons(counts, threshold, remove_shared=False)
-    shared = (
-        kept.all(axis=0).sum(axis=1)
-        if len(languages) > 1
-        else np.zeros(kept.shape[1], np.int64)
-    )
+    shared = kept.all(axis=0).sum(axis=1) if len(languages) > 1 else np.zeros(kept.shape[1], np.int64)
     masks = specialized_neurons(counts, threshold, remove_shared=remove_shared)
-    return SpecializationResult(languages=languages, masks=masks, per_layer=layer_iou(masks), threshold=threshold,
-                                shared_removed=np.asarray(shared if remove_shared else np.zeros_like(shared), np.int64),
-                                meta={**info, **dict(meta or {}),
-                                      "reference": "Tan et al. 2024 get_specialized_neurons (threshold 0.9) + "
-                                                   "remove_shared_neurons + compute_iou, as in Trinley et al. 2025"})  # fmt: skip
+    return SpecializationResult(
+        languages=languages,
+        masks=masks,
+        per_layer=layer_iou(masks),
+        threshold=threshold,
+        shared_removed=np.asarray(shared if remove_shared else np.zeros_like(shared), np.int64),
+        meta={
+            **info,
+            **dict(meta or {}),
+            "reference": "Tan et al. 2024 get_specialized_neurons (threshold 0.9) + "
+            "remove_shared_neurons + compute_iou, as in Trinley et al. 2025",
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- activation of neuron sets
@@ -541,8 +550,10 @@ def mask_activation(stats, masks, *, per_layer: bool = False) -> np.ndarray:
       (in layer l) of `over_zero / tokens` on set s; NaN where the mask is empty.
     """
     if (stats.num_layers, stats.num_neurons) != (masks.num_layers, masks.num_neurons):
-        raise ValueError(f"statistics are {stats.num_layers} x {stats.num_neurons} but masks {masks.num_layers} x "
-                         f"{masks.num_neurons}: they come from different models")  # fmt: skip
+        raise ValueError(
+            f"statistics are {stats.num_layers} x {stats.num_neurons} but masks {masks.num_layers} x "
+            f"{masks.num_neurons}: they come from different models"
+        )
     p = stats.probs  # [S, L, F]
     m = np.asarray(masks.masks, np.float64)  # [K, L, F]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -5,11 +5,11 @@
 - `jlang.data.pipeline`: tokenize, pack (LAPE) or pad (FLORES, prompt/response)
   into `[batch, seq]` batches with a validity mask and a language id per row,
   sharded by process, checkpointable.
-- `jlang.data.gettext_corpus`: the default corpus built from the human
+- `jlang.data.corpora.gettext`: the default corpus built from the human
   translations that ship inside PyPI packages' gettext catalogs.
 """
 
-from jlang.data.gettext_corpus import (
+from jlang.data.corpora.gettext import (
     DEFAULT_LANGUAGES,
     DEFAULT_PACKAGES,
     PIP_REQUIREMENTS,

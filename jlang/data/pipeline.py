@@ -42,8 +42,9 @@ checkpoint and resume a pass exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import grain
 import numpy as np
@@ -123,8 +124,9 @@ def _resolve_bos(tokenizer, add_bos: bool | None) -> tuple[bool, int | None]:
     return bool(add_bos), bos
 
 
-def _tokenize_documents(tokenizer, docs: list, *, bos: int | None, eos: int | None, chunk: int,
-                        progress: Any) -> TokenizedLanguage:
+def _tokenize_documents(
+    tokenizer, docs: list, *, bos: int | None, eos: int | None, chunk: int, progress: Any
+) -> TokenizedLanguage:
     pieces: list[np.ndarray] = []
     lengths: list[int] = []
     counted: list[int] = []
@@ -204,8 +206,9 @@ def tokenize_corpus(
                     f"language {lang!r}: {source.path} has token id {int(ids.max())} but the tokenizer has "
                     f"{vocab} tokens; the file was made with a different tokenizer"
                 )
-            data[lang] = TokenizedLanguage(ids.astype(np.int32), np.array([0, ids.size], np.int64),
-                                           np.zeros(1, np.int64), from_ids_file=True)
+            data[lang] = TokenizedLanguage(
+                ids.astype(np.int32), np.array([0, ids.size], np.int64), np.zeros(1, np.int64), from_ids_file=True
+            )
             pairs[lang] = False
             continue
         try:
@@ -219,8 +222,14 @@ def tokenize_corpus(
 
             bar = tqdm(total=len(docs), desc=f"tokenizing {lang}", unit="doc")
         try:
-            data[lang] = _tokenize_documents(tokenizer, docs, bos=bos if use_bos else None,
-                                             eos=eos if add_eos else None, chunk=chunk_size, progress=bar)
+            data[lang] = _tokenize_documents(
+                tokenizer,
+                docs,
+                bos=bos if use_bos else None,
+                eos=eos if add_eos else None,
+                chunk=chunk_size,
+                progress=bar,
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -257,8 +266,9 @@ def _pack_rows(tok: TokenizedCorpus, seq_len: int, max_tokens: int | None) -> _R
         langs.append(np.full(windows, k, np.int32))
         starts.append(np.arange(windows, dtype=np.int64) * seq_len)
     lang_arr = np.concatenate(langs)
-    return _RowTable(lang_arr, np.concatenate(starts), np.full(len(lang_arr), seq_len, np.int32),
-                     np.zeros(len(lang_arr), np.int32))
+    return _RowTable(
+        lang_arr, np.concatenate(starts), np.full(len(lang_arr), seq_len, np.int32), np.zeros(len(lang_arr), np.int32)
+    )
 
 
 def _pad_rows(tok: TokenizedCorpus, seq_len: int, max_tokens: int | None) -> tuple[_RowTable, dict[str, int]]:
@@ -284,8 +294,9 @@ def _pad_rows(tok: TokenizedCorpus, seq_len: int, max_tokens: int | None) -> tup
         starts.append(t.offsets[idx])
         lengths.append(length[idx].astype(np.int32))
         valid_from.append(np.minimum(t.counted_from[idx], seq_len).astype(np.int32))
-    table = _RowTable(np.concatenate(langs), np.concatenate(starts), np.concatenate(lengths),
-                      np.concatenate(valid_from))
+    table = _RowTable(
+        np.concatenate(langs), np.concatenate(starts), np.concatenate(lengths), np.concatenate(valid_from)
+    )
     return table, skipped
 
 
@@ -415,16 +426,19 @@ def make_batches(
             missing = [lang for lang in languages if lang not in tok.data]
             if missing:
                 raise CorpusError(f"languages {missing} are not in the tokenized corpus; it has {list(tok.languages)}")
-            tok = TokenizedCorpus(tuple(languages), tok.data, tok.pad_id, tok.bos_id, tok.add_bos, tok.add_eos,
-                                  tok.has_pairs)
+            tok = TokenizedCorpus(
+                tuple(languages), tok.data, tok.pad_id, tok.bos_id, tok.add_bos, tok.add_eos, tok.has_pairs
+            )
         if pad_id is not None:
-            tok = TokenizedCorpus(tok.languages, tok.data, int(pad_id), tok.bos_id, tok.add_bos, tok.add_eos,
-                                  tok.has_pairs)
+            tok = TokenizedCorpus(
+                tok.languages, tok.data, int(pad_id), tok.bos_id, tok.add_bos, tok.add_eos, tok.has_pairs
+            )
     else:
         if tokenizer is None:
             raise ValueError("a tokenizer is needed to tokenize the corpus")
-        tok = tokenize_corpus(corpus, tokenizer, languages=languages, add_bos=add_bos, add_eos=add_eos,
-                              pad_id=pad_id, progress=progress)
+        tok = tokenize_corpus(
+            corpus, tokenizer, languages=languages, add_bos=add_bos, add_eos=add_eos, pad_id=pad_id, progress=progress
+        )
 
     if mode == "pack":
         with_pairs = [lang for lang in tok.languages if tok.has_pairs.get(lang)]

@@ -30,9 +30,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence, Union
+from typing import Literal, Union
 
 import numpy as np
 
@@ -113,8 +114,13 @@ def as_source(
             raise CorpusError(f"{path} is a directory; use Corpus.from_dir({str(path)!r}) for one file per language")
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty; give at least one line of text")
-        common = dict(field=field, prompt_field=prompt_field, response_field=response_field,
-                      max_line_bytes=max_line_bytes, long_lines=long_lines)
+        common = dict(
+            field=field,
+            prompt_field=prompt_field,
+            response_field=response_field,
+            max_line_bytes=max_line_bytes,
+            long_lines=long_lines,
+        )
         if _is_torch_file(path):
             return Source("token_ids", path=path, **common)
         if path.suffix.lower() == ".jsonl":
@@ -125,9 +131,7 @@ def as_source(
     if isinstance(obj, Sequence):
         docs = tuple(obj)
         for i, d in enumerate(docs):
-            ok = isinstance(d, str) or (
-                isinstance(d, tuple) and len(d) == 2 and all(isinstance(x, str) for x in d)
-            )
+            ok = isinstance(d, str) or (isinstance(d, tuple) and len(d) == 2 and all(isinstance(x, str) for x in d))
             if not ok:
                 raise CorpusError(
                     f"in-memory document {i} is {type(d).__name__}; documents are str or (prompt, response) pairs"
@@ -185,9 +189,7 @@ def _jsonl_documents(source: Source) -> Iterator[Document]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CorpusError(
-                f"{source.path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
+            raise CorpusError(f"{source.path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise CorpusError(f"{source.path}: line {lineno} is a JSON {type(row).__name__}, not an object")
         keys = (source.prompt_field, source.response_field) if pair else (source.field,)
@@ -223,7 +225,9 @@ def read_documents(source: Source) -> list[Document]:
     else:
         docs = [line for _, line in _iter_lines(source) if line.strip()]
     if not docs:
-        raise CorpusError(f"{source.describe()} holds no text (only blank lines or no rows); give at least one document")
+        raise CorpusError(
+            f"{source.describe()} holds no text (only blank lines or no rows); give at least one document"
+        )
     return docs
 
 
@@ -281,7 +285,7 @@ class Corpus:
     def __repr__(self) -> str:
         return f"Corpus({', '.join(f'{k}={v.describe()}' for k, v in self.sources.items())})"
 
-    def select(self, languages: Sequence[str]) -> "Corpus":
+    def select(self, languages: Sequence[str]) -> Corpus:
         """The sub-corpus of `languages`, in that order; unknown codes raise, listing the known ones."""
         missing = [lang for lang in languages if lang not in self.sources]
         if missing:
@@ -289,8 +293,9 @@ class Corpus:
         return Corpus({lang: self.sources[lang] for lang in languages})
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, *, split: str = "train", languages: Sequence[str] | None = None,
-                 **source_options) -> "Corpus":
+    def from_dir(
+        cls, path: str | os.PathLike, *, split: str = "train", languages: Sequence[str] | None = None, **source_options
+    ) -> Corpus:
         """One file per language: `{lang}.txt`, `{lang}.jsonl` or LAPE's `id.{lang}.{split}.*`.
 
         If `path/split` is a folder (as in the default corpus), it is used. LAPE
@@ -332,12 +337,19 @@ class Corpus:
         return cls(found, **source_options)
 
     @classmethod
-    def default(cls, *, split: str = "train", languages: Sequence[str] | None = None) -> "Corpus":
+    def default(cls, *, split: str = "train", languages: Sequence[str] | None = None) -> Corpus:
         """The packaged default corpus (gettext catalogs of PyPI packages), built on first use."""
         import json as _json
 
-        from jlang.data.gettext_corpus import ensure_default_corpus
+        from jlang.data.corpora.gettext import ensure_default_corpus
 
         root = ensure_default_corpus()
         kept = _json.loads((root / "manifest.json").read_text(encoding="utf-8"))["languages"]
         return cls.from_dir(root, split=split, languages=list(languages) if languages is not None else kept)
+
+
+def resolve_corpus(source: str, languages, split: str = "train"):
+    """The packaged default corpus (`"default"`) or a directory of `{lang}.txt|.jsonl` files, as a `Corpus`."""
+    if source == "default":
+        return Corpus.default(split=split, languages=list(languages))
+    return Corpus.from_dir(source, split=split, languages=list(languages))

@@ -13,7 +13,7 @@ Imported lazily (the submodules pull in JAX).
 
 from __future__ import annotations
 
-import importlib
+from jlang.lazy import lazy_exports
 
 _EXPORTS = {
     "ppl_matrix": "jlang.evals.perplexity",
@@ -33,17 +33,10 @@ _EXPORTS = {
     "SteeringResult": "jlang.evals.steering",
     "Py3LangID": "jlang.evals.langid",
     "identifier_accuracy": "jlang.evals.langid",
-    "Scorer": "jlang.evals.scoring",
+    "Scorer": "jlang.models.scoring",
 }
 
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jlang.evals' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("jlang.evals", _EXPORTS)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from jlang.evals.langid import NO_LANGUAGE, Identifier
-from jlang.evals.report import new_figure, save_figure, write_json
+from jlang.io.report import new_figure, save_figure, write_json
 from jlang.masks import NeuronMasks
 from jlang.models.decoder import Edits
 
@@ -62,8 +62,28 @@ __all__ = [
 # Language Arithmetics `fallbacks.py`: `high_resource_languages`, deactivated progressively in this order.
 PAPER_ORDER = ("en", "fr", "es", "it", "pt", "ru", "de", "ar", "zh", "ko", "ja")
 # Language Arithmetics' 21 languages (`compute_average_activations`) without "bo", which py3langid does not know.
-IDENTIFY_LANGUAGES = ("mt", "it", "es", "de", "ja", "ar", "zh", "af", "nl", "fr", "pt", "ru", "ko", "hi", "tr", "pl",
-                      "sv", "da", "no", "en")  # fmt: skip
+IDENTIFY_LANGUAGES = (
+    "mt",
+    "it",
+    "es",
+    "de",
+    "ja",
+    "ar",
+    "zh",
+    "af",
+    "nl",
+    "fr",
+    "pt",
+    "ru",
+    "ko",
+    "hi",
+    "tr",
+    "pl",
+    "sv",
+    "da",
+    "no",
+    "en",
+)
 ORDERS = ("paper", "count", "mask")
 # generate(prompts, edits) -> continuations (as `jlang.evals.steering.default_generator`)
 Generator = Callable[[Sequence[str], "Edits | None"], list[str]]
@@ -91,36 +111,29 @@ def fallback_order(
     langs = list(masks.languages)
     if isinstance(order, str):
         if order == "paper":
-            seq = [l for l in PAPER_ORDER if l in langs] + [
-                l for l in langs if l not in PAPER_ORDER
-            ]
+            seq = [l for l in PAPER_ORDER if l in langs] + [l for l in langs if l not in PAPER_ORDER]
         elif order == "count":
             counts = masks.masks.sum(axis=(1, 2))
-            seq = [
-                langs[i]
-                for i in sorted(range(len(langs)), key=lambda i: (-int(counts[i]), i))
-            ]
+            seq = [langs[i] for i in sorted(range(len(langs)), key=lambda i: (-int(counts[i]), i))]
         elif order == "mask":
             seq = langs
         else:
-            raise ValueError(
-                f"order must be one of {ORDERS} or a list of languages, got {order!r}"
-            )
+            raise ValueError(f"order must be one of {ORDERS} or a list of languages, got {order!r}")
     else:
         seq = list(order)
         unknown = [l for l in seq if l not in langs]
         if unknown:
-            raise ValueError(
-                f"order names {unknown}, which the masks do not hold; they hold {langs}"
-            )
+            raise ValueError(f"order names {unknown}, which the masks do not hold; they hold {langs}")
         if len(set(seq)) != len(seq):
             raise ValueError(f"order lists a language twice: {seq}")
         if not seq:
             raise ValueError("order is empty: name at least one language to deactivate")
     if prompt_first and prompt is not None:
         if prompt not in langs:
-            raise ValueError(f"prompt language {prompt!r} has no neurons in the masks ({langs}); "
-                             "it cannot be deactivated first: set prompt_first=False")  # fmt: skip
+            raise ValueError(
+                f"prompt language {prompt!r} has no neurons in the masks ({langs}); "
+                "it cannot be deactivated first: set prompt_first=False"
+            )
         seq = [prompt] + [l for l in seq if l != prompt]
     if max_steps is not None:
         if max_steps < 1:
@@ -192,10 +205,7 @@ class FallbackResult:
     def share_of(self, prompt: str, language: str) -> np.ndarray:
         """float64 `[steps]`: share of outputs identified as `language`."""
         return np.array(
-            [
-                np.mean([l == language for l in labels]) if labels else np.nan
-                for labels in self.labels[prompt]
-            ]
+            [np.mean([l == language for l in labels]) if labels else np.nan for labels in self.labels[prompt]]
         )
 
     def distinctness(self, prompt: str) -> np.ndarray:
@@ -209,11 +219,7 @@ class FallbackResult:
 
     def _distinct_or_nan(self, prompt: str) -> np.ndarray:
         d = self.distinctness(prompt)
-        return (
-            d
-            if len(d) == len(self.steps[prompt])
-            else np.full(len(self.steps[prompt]), np.nan)
-        )
+        return d if len(d) == len(self.steps[prompt]) else np.full(len(self.steps[prompt]), np.nan)
 
     def first_departure(self, prompt: str) -> int | None:
         """The first step whose most common language is not the prompt's own, or None."""
@@ -232,22 +238,38 @@ class FallbackResult:
         return [l for l, _ in sorted(c.items(), key=lambda kv: -kv[1])]
 
     def to_dict(self) -> dict[str, Any]:
-        summary = {p: [{"deactivated": s, "neurons": n, "most_common": m, "distribution": d, "distinct_3grams": r}
-                       for s, n, m, d, r in zip(self.steps[p], self.neurons[p], self.fallback(p), self.shares(p),
-                                                self._distinct_or_nan(p))]
-                   for p in self.prompt_languages}  # fmt: skip
+        summary = {
+            p: [
+                {"deactivated": s, "neurons": n, "most_common": m, "distribution": d, "distinct_3grams": r}
+                for s, n, m, d, r in zip(
+                    self.steps[p], self.neurons[p], self.fallback(p), self.shares(p), self._distinct_or_nan(p)
+                )
+            ]
+            for p in self.prompt_languages
+        }
         return {
-            "format": "jlang.FallbackResult/1", "prompt_languages": self.prompt_languages, "value": self.value,
-            "steps": self.steps, "labels": self.labels, "neurons": self.neurons, "summary": summary, "meta": self.meta,
+            "format": "jlang.FallbackResult/1",
+            "prompt_languages": self.prompt_languages,
+            "value": self.value,
+            "steps": self.steps,
+            "labels": self.labels,
+            "neurons": self.neurons,
+            "summary": summary,
+            "meta": self.meta,
             "generations": self.generations,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FallbackResult:
-        return cls(prompt_languages=list(d["prompt_languages"]), steps={k: [list(s) for s in v] for k, v in d["steps"].items()},
-                   labels={k: [list(s) for s in v] for k, v in d["labels"].items()},
-                   neurons={k: [int(n) for n in v] for k, v in d["neurons"].items()}, value=float(d["value"]),
-                   generations=d.get("generations", {}), meta=dict(d.get("meta", {})))  # fmt: skip
+        return cls(
+            prompt_languages=list(d["prompt_languages"]),
+            steps={k: [list(s) for s in v] for k, v in d["steps"].items()},
+            labels={k: [list(s) for s in v] for k, v in d["labels"].items()},
+            neurons={k: [int(n) for n in v] for k, v in d["neurons"].items()},
+            value=float(d["value"]),
+            generations=d.get("generations", {}),
+            meta=dict(d.get("meta", {})),
+        )
 
     def table(self) -> str:
         """Markdown: per prompt language, the fallback language (and its share) at each step."""
@@ -261,17 +283,13 @@ class FallbackResult:
             for s, m, d in zip(self.steps[p], self.fallback(p), self.shares(p)):
                 head = "none" if not s else "+" + s[-1]
                 cells.append(f"{head}: **{m}** {d[m]:.2f}")
-            lines.append(
-                f"| {p} | " + " | ".join(cells + [""] * (width - len(cells))) + " |"
-            )
+            lines.append(f"| {p} | " + " | ".join(cells + [""] * (width - len(cells))) + " |")
         return "\n".join(lines)
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` (with every generation) and `{prefix}.png` (stacked language shares per step)."""
         prefix = Path(path_prefix)
-        out = {
-            "json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())
-        }
+        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         out["png"] = self.plot(prefix.with_name(prefix.name + ".png"))
         return out
 
@@ -282,8 +300,7 @@ class FallbackResult:
 
         cmap = matplotlib.colormaps["tab20"]
         colors = {
-            l: ("0.7" if l == NO_LANGUAGE else cmap(i % 20))
-            for i, l in enumerate(l for l in seen if l != NO_LANGUAGE)
+            l: ("0.7" if l == NO_LANGUAGE else cmap(i % 20)) for i, l in enumerate(l for l in seen if l != NO_LANGUAGE)
         }
         colors.setdefault(NO_LANGUAGE, "0.7")
         n = len(self.prompt_languages)
@@ -309,18 +326,16 @@ class FallbackResult:
                 ax.text(x, 1.02, m, ha="center", va="bottom", fontsize=7)
             distinct = self._distinct_or_nan(p)
             if np.isfinite(distinct).any():
-                ax.plot(range(len(shares)), distinct, color="black", marker="o", ms=3, lw=1,
-                        label="distinct 3-grams")  # fmt: skip
-            ticks = [
-                ("none" if not s else "+" + s[-1]) + f"\n{k}"
-                for s, k in zip(self.steps[p], self.neurons[p])
-            ]
+                ax.plot(range(len(shares)), distinct, color="black", marker="o", ms=3, lw=1, label="distinct 3-grams")
+            ticks = [("none" if not s else "+" + s[-1]) + f"\n{k}" for s, k in zip(self.steps[p], self.neurons[p])]
             ax.set_xticks(range(len(shares)), labels=ticks, fontsize=7)
             ax.set_ylim(0, 1.15)
             ax.set_ylabel("share of outputs")
-            ax.set_title(f"prompts in {p}: neurons of the languages so far set to {self.value:g}\n"
-                         "tick: language added, neurons off; black line: mean distinct character 3-grams",
-                         fontsize=8)  # fmt: skip
+            ax.set_title(
+                f"prompts in {p}: neurons of the languages so far set to {self.value:g}\n"
+                "tick: language added, neurons off; black line: mean distinct character 3-grams",
+                fontsize=8,
+            )
             ax.legend(
                 fontsize=6,
                 ncols=2,
@@ -364,19 +379,12 @@ def run_fallback(
         if not items:
             raise ValueError(f"prompt language {p!r} has no prompts")
     value = float(value)
-    plan = {
-        p: fallback_order(
-            masks, order, prompt=p, prompt_first=prompt_first, max_steps=max_steps
-        )
-        for p in prompts
-    }
+    plan = {p: fallback_order(masks, order, prompt=p, prompt_first=prompt_first, max_steps=max_steps) for p in prompts}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=sum(len(s) + 1 for s in plan.values()), desc="fallback", unit="step"
-        )
+        bar = tqdm(total=sum(len(s) + 1 for s in plan.values()), desc="fallback", unit="step")
     steps, labels, neurons, generations = {}, {}, {}, {}
     t0 = time.perf_counter()
     for p, seq in plan.items():
@@ -384,32 +392,35 @@ def run_fallback(
         for i in range(len(seq) + 1):
             off = seq[:i]
             # step 0: the identity edit rather than None, so every step runs one compiled program
-            edits = (
-                edit_lib.deactivate(masks, off, value=value)
-                if off
-                else edit_lib.identity(masks.shape[1:])
-            )
+            edits = edit_lib.deactivate(masks, off, value=value) if off else edit_lib.identity(masks.shape[1:])
             outs = generate(list(prompts[p]), edits)
             langs = list(identify(outs))
             steps[p].append(list(off))
             labels[p].append(langs)
             neurons[p].append(int(np.asarray(edits.mask).sum()))
             generations[p].append(
-                [
-                    {"prompt": q, "output": o, "language": l}
-                    for q, o, l in zip(prompts[p], outs, langs)
-                ]
+                [{"prompt": q, "output": o, "language": l} for q, o, l in zip(prompts[p], outs, langs)]
             )
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
     info = {
-        "order": order if isinstance(order, str) else list(order), "prompt_first": prompt_first, "max_steps": max_steps,
-        "prompts_per_language": {p: len(v) for p, v in prompts.items()}, "seconds": time.perf_counter() - t0,
+        "order": order if isinstance(order, str) else list(order),
+        "prompt_first": prompt_first,
+        "max_steps": max_steps,
+        "prompts_per_language": {p: len(v) for p, v in prompts.items()},
+        "seconds": time.perf_counter() - t0,
         "no_language_label": NO_LANGUAGE,
         "reference": "Language Arithmetics src/fallbacks.py (Gurgurov et al. 2025), progressive union deactivation",
-    }  # fmt: skip
+    }
     info.update(meta or {})
-    return FallbackResult(prompt_languages=list(prompts), steps=steps, labels=labels, neurons=neurons, value=value,
-                          generations=generations, meta=info)  # fmt: skip
+    return FallbackResult(
+        prompt_languages=list(prompts),
+        steps=steps,
+        labels=labels,
+        neurons=neurons,
+        value=value,
+        generations=generations,
+        meta=info,
+    )

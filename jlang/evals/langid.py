@@ -13,7 +13,7 @@ identifiers (fastText, lingua) plug in the same way.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

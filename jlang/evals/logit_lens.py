@@ -5,7 +5,7 @@ unembedded (a) after the model's final norm, as Aya-23's `logit_lens.py` and
 `cisnlp/code-logitlens` do (`lm_head(model.norm(h_l))`, methods.md §8.1, §9.4),
 and (b) without it, as the PLND code does. The top-k token ids per position are
 computed inside the jitted forward, in vocabulary chunks
-(`jlang.evals.vocab.top_k`), by a probe on `resid.post`: only `[L, batch, seq, k]`
+(`jlang.models.vocab.top_k`), by a probe on `resid.post`: only `[L, batch, seq, k]`
 ids leave the device, never logits.
 
 Positions: `where="all"` decodes every real position of every text (code-logitlens);
@@ -15,7 +15,7 @@ result is the share of each label among the top-k tokens, per prompt language,
 layer and variant. At the last layer with the final norm, the lens is the
 model's own next-token top-k.
 
-On several processes (`jlang.distributed`) every process builds the same rows;
+On several processes (`jlang.parallel.distributed`) every process builds the same rows;
 each batch is split over all devices and gathered back, so every process counts
 the same ids as a single-process run.
 """
@@ -25,20 +25,22 @@ from __future__ import annotations
 import collections
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang import distributed, parallel
-from jlang.evals.report import save_heatmaps, write_json
-from jlang.evals.scoring import plan_batches, rows_from_token_lists
+from jlang import parallel
 from jlang.evals.token_lang import TokenTagger
-from jlang.evals.vocab import DEFAULT_CHUNK, top_k
+from jlang.io.report import save_heatmaps, write_json
 from jlang.models.decoder import Edits, forward, rms_norm
+from jlang.models.scoring import plan_batches, rows_from_token_lists
+from jlang.models.vocab import DEFAULT_CHUNK, top_k
+from jlang.parallel import distributed
 
 __all__ = ["LensResult", "VARIANTS", "lens_top_k", "logit_lens"]
 
@@ -61,9 +63,18 @@ def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int,
     return out
 
 
-def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, *, k: int = 10, where: str = "all",
-               vocab_chunk: int = DEFAULT_CHUNK, edits: Edits | None = None, variants: Sequence[str] = VARIANTS,
-               _cache: dict | None = None) -> dict[str, np.ndarray]:
+def lens_top_k(
+    model,
+    ids: np.ndarray,
+    valid: np.ndarray,
+    *,
+    k: int = 10,
+    where: str = "all",
+    vocab_chunk: int = DEFAULT_CHUNK,
+    edits: Edits | None = None,
+    variants: Sequence[str] = VARIANTS,
+    _cache: dict | None = None,
+) -> dict[str, np.ndarray]:
     """Top-k token ids of every layer's residual stream for one batch: variant -> int32 `[L, batch, seq|1, k]`.
 
     `variants` picks the decodings ("final_norm", "raw"); each costs one unembedding per layer."""
@@ -75,12 +86,13 @@ def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, *, k: int = 10, where:
     key = (k, where, vocab_chunk, variants)
     cache = _cache if _cache is not None else {}
     if key not in cache:
-        cache[key] = jax.jit(functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk, where=where,
-                                               variants=variants))  # fmt: skip
+        cache[key] = jax.jit(
+            functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk, where=where, variants=variants)
+        )
     if edits is None:
-        from jlang.evals.interventions import no_edit
+        from jlang.edits import identity
 
-        edits = no_edit(model.num_layers, model.num_neurons)
+        edits = identity((model.num_layers, model.num_neurons))
     ids = model.check_ids(ids)
     b, t = ids.shape
     rows = parallel.pad_batch_to(b, model.mesh)
@@ -125,16 +137,27 @@ class LensResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "jlang.LensResult/1", "languages": self.languages, "labels": self.labels,
-            "variants": list(VARIANTS), "shares": self.shares, "positions": self.positions,
-            "own_share": {v: self.own_share(v) for v in VARIANTS}, "top1": self.top1, "meta": self.meta,
-        }  # fmt: skip
+            "format": "jlang.LensResult/1",
+            "languages": self.languages,
+            "labels": self.labels,
+            "variants": list(VARIANTS),
+            "shares": self.shares,
+            "positions": self.positions,
+            "own_share": {v: self.own_share(v) for v in VARIANTS},
+            "top1": self.top1,
+            "meta": self.meta,
+        }
 
     @classmethod
-    def from_dict(cls, d) -> "LensResult":
-        return cls(languages=list(d["languages"]), labels=list(d["labels"]),
-                   shares=np.array(d["shares"], dtype=object).astype(np.float64),
-                   positions=np.asarray(d["positions"], np.int64), top1=d.get("top1", {}), meta=dict(d.get("meta", {})))
+    def from_dict(cls, d) -> LensResult:
+        return cls(
+            languages=list(d["languages"]),
+            labels=list(d["labels"]),
+            shares=np.array(d["shares"], dtype=object).astype(np.float64),
+            positions=np.asarray(d["positions"], np.int64),
+            top1=d.get("top1", {}),
+            meta=dict(d.get("meta", {})),
+        )
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json`, `{prefix}.png` (own-language share, layer x language, both variants) and
@@ -144,21 +167,49 @@ class LensResult:
         L = self.shares.shape[2]
         layers = [str(l) for l in range(L)]
         panels = [
-            dict(matrix=self.own_share(v), rows=layers, cols=self.languages, vmin=0.0, vmax=1.0,
-                 title=f"prompt's language in top-{self.meta.get('k')}\n({'with final norm' if v == 'final_norm' else 'no final norm'})",
-                 cbar_label="share", fmt="{:.2f}", xlabel="prompt language", ylabel="layer", origin="lower")
+            dict(
+                matrix=self.own_share(v),
+                rows=layers,
+                cols=self.languages,
+                vmin=0.0,
+                vmax=1.0,
+                title=f"prompt's language in top-{self.meta.get('k')}\n({'with final norm' if v == 'final_norm' else 'no final norm'})",
+                cbar_label="share",
+                fmt="{:.2f}",
+                xlabel="prompt language",
+                ylabel="layer",
+                origin="lower",
+            )
             for v in VARIANTS
-        ]  # fmt: skip
-        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=2,
-                                   panel_size=(0.5 * len(self.languages) + 3, 0.3 * L + 2))
+        ]
+        out["png"] = save_heatmaps(
+            prefix.with_name(prefix.name + ".png"),
+            panels,
+            ncols=2,
+            panel_size=(0.5 * len(self.languages) + 3, 0.3 * L + 2),
+        )
         label_panels = [
-            dict(matrix=self.shares[p, 0], rows=layers, cols=self.labels, vmin=0.0, vmax=1.0, annotate=False,
-                 title=f"prompts in {lang}: top-{self.meta.get('k')} labels (final norm)", cbar_label="share",
-                 xlabel="token label", ylabel="layer", origin="lower")
+            dict(
+                matrix=self.shares[p, 0],
+                rows=layers,
+                cols=self.labels,
+                vmin=0.0,
+                vmax=1.0,
+                annotate=False,
+                title=f"prompts in {lang}: top-{self.meta.get('k')} labels (final norm)",
+                cbar_label="share",
+                xlabel="token label",
+                ylabel="layer",
+                origin="lower",
+            )
             for p, lang in enumerate(self.languages)
-        ]  # fmt: skip
-        out["labels_png"] = save_heatmaps(prefix.with_name(prefix.name + "_labels.png"), label_panels, ncols=4,
-                                          panel_size=(0.35 * len(self.labels) + 2.5, 0.22 * L + 2))
+        ]
+        out["labels_png"] = save_heatmaps(
+            prefix.with_name(prefix.name + "_labels.png"),
+            label_panels,
+            ncols=4,
+            panel_size=(0.35 * len(self.labels) + 2.5, 0.22 * L + 2),
+        )
         return out
 
 
@@ -250,18 +301,28 @@ def logit_lens(
     if bar is not None:
         bar.close()
     shares = counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1)
-    decode = lambda i: tok.decode([i])  # noqa: E731
+    decode = lambda i: tok.decode([i])
     top1_out = {
         languages[p]: {v: [[(decode(i), n) for i, n in c.most_common(5)] for c in top1[p][v]] for v in VARIANTS}
         for p in range(P)
     }
     return LensResult(
-        languages=languages, labels=list(tagger.labels), shares=shares, positions=positions, top1=top1_out,
+        languages=languages,
+        labels=list(tagger.labels),
+        shares=shares,
+        positions=positions,
+        top1=top1_out,
         meta={
-            "model": model.name, "k": k, "where": where, "max_texts": max_texts, "seq_len": seq_len,
-            "vocab_chunk": vocab_chunk, "edited": edits is not None, "tagger": tagger.meta,
+            "model": model.name,
+            "k": k,
+            "where": where,
+            "max_texts": max_texts,
+            "seq_len": seq_len,
+            "vocab_chunk": vocab_chunk,
+            "edited": edits is not None,
+            "tagger": tagger.meta,
             "seconds": time.perf_counter() - t0,
             "reference": "Aya-23 logit_lens.py (final norm); cisnlp/code-logitlens (top-10, all positions); "
-                         "PLND code (no final norm)",
+            "PLND code (no final norm)",
         },
-    )  # fmt: skip
+    )

@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from jlang.evals.report import new_figure, save_figure, save_heatmaps, write_json
-from jlang.evals.scoring import Scorer, TokenRows, rows_from_token_lists
-from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
 from jlang.masks import NeuronMasks
+from jlang.models.scoring import Scorer, TokenRows, rows_from_token_lists
+from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = ["ClozeItem", "LSSResult", "cloze_items", "lss", "lss_rate", "read_parallel"]
 
@@ -67,7 +68,7 @@ class ClozeItem:
 def read_parallel(path: str | Path | None = None) -> list[dict[str, str]]:
     """Rows of a parallel JSONL file (`{"text": {lang: message}}`); default: the default corpus's held-out file."""
     if path is None:
-        from jlang.data.gettext_corpus import ensure_default_corpus
+        from jlang.data.corpora.gettext import ensure_default_corpus
 
         path = ensure_default_corpus() / "parallel" / "heldout.jsonl"
     rows = []
@@ -79,8 +80,9 @@ def read_parallel(path: str | Path | None = None) -> list[dict[str, str]]:
     return rows
 
 
-def cloze_items(rows: Sequence[Mapping[str, str]], base: str, target: str, *, n: int | None = None,
-                template: str = DEFAULT_TEMPLATE) -> list[ClozeItem]:
+def cloze_items(
+    rows: Sequence[Mapping[str, str]], base: str, target: str, *, n: int | None = None, template: str = DEFAULT_TEMPLATE
+) -> list[ClozeItem]:
     """The first `n` rows holding both languages with different texts, as cloze items of (base, target)."""
     out = []
     for row in rows:
@@ -150,17 +152,31 @@ class LSSResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "jlang.LSSResult/1", "bases": self.bases, "targets": self.targets, "factors": self.factors,
-            "lss": self.lss, "mean_lss": self.mean_lss(), "mean_shift": self.mean_shift, "d_none": self.d_none,
-            "items": self.items, "meta": self.meta,
-        }  # fmt: skip
+            "format": "jlang.LSSResult/1",
+            "bases": self.bases,
+            "targets": self.targets,
+            "factors": self.factors,
+            "lss": self.lss,
+            "mean_lss": self.mean_lss(),
+            "mean_shift": self.mean_shift,
+            "d_none": self.d_none,
+            "items": self.items,
+            "meta": self.meta,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LSSResult":
-        arr = lambda x: np.array(x, dtype=object).astype(np.float64)  # None -> nan  # noqa: E731
-        return cls(bases=list(d["bases"]), targets=list(d["targets"]), factors=[float(f) for f in d["factors"]],
-                   lss=arr(d["lss"]), mean_shift=arr(d["mean_shift"]), d_none=arr(d["d_none"]),
-                   items=np.asarray(d["items"], np.int64), meta=dict(d.get("meta", {})))
+    def from_dict(cls, d: Mapping[str, Any]) -> LSSResult:
+        arr = lambda x: np.array(x, dtype=object).astype(np.float64)  # None -> nan
+        return cls(
+            bases=list(d["bases"]),
+            targets=list(d["targets"]),
+            factors=[float(f) for f in d["factors"]],
+            lss=arr(d["lss"]),
+            mean_shift=arr(d["mean_shift"]),
+            d_none=arr(d["d_none"]),
+            items=np.asarray(d["items"], np.int64),
+            meta=dict(d.get("meta", {})),
+        )
 
     def strength_label(self, f: float) -> str:
         """`"x2"` (scale) or `"+2·mu"` (additive)."""
@@ -171,17 +187,32 @@ class LSSResult:
         prefix = Path(path_prefix)
         out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         panels = [
-            dict(matrix=self.lss[i], rows=self.bases, cols=self.targets, vmin=0.0, vmax=1.0,
-                 title=f"LSS, target's neurons {self.strength_label(f)}", cbar_label="LSS", fmt="{:.2f}",
-                 xlabel="target (amplified) language", ylabel="prompt language")
+            dict(
+                matrix=self.lss[i],
+                rows=self.bases,
+                cols=self.targets,
+                vmin=0.0,
+                vmax=1.0,
+                title=f"LSS, target's neurons {self.strength_label(f)}",
+                cbar_label="LSS",
+                fmt="{:.2f}",
+                xlabel="target (amplified) language",
+                ylabel="prompt language",
+            )
             for i, f in enumerate(self.factors)
-        ]  # fmt: skip
-        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=min(3, len(panels)),
-                                   panel_size=(0.5 * len(self.targets) + 3, 0.4 * len(self.bases) + 2))
+        ]
+        out["png"] = save_heatmaps(
+            prefix.with_name(prefix.name + ".png"),
+            panels,
+            ncols=min(3, len(panels)),
+            panel_size=(0.5 * len(self.targets) + 3, 0.4 * len(self.bases) + 2),
+        )
         fig = new_figure(4.5, 3.2)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(self.factors, self.mean_lss(), marker="o")
-        ax.set_xlabel("alpha (a += alpha·mu_t)" if self.meta.get("intervention_kind") == "additive" else "factor (a *= factor)")
+        ax.set_xlabel(
+            "alpha (a += alpha·mu_t)" if self.meta.get("intervention_kind") == "additive" else "factor (a *= factor)"
+        )
         ax.set_ylabel("mean LSS over pairs")
         ax.set_ylim(0, 1)
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
@@ -213,23 +244,23 @@ def lss(
         `edit_fn`: `(target, factor) -> edits` (default: from `intervention`). Both are
         seams for tests and for other interventions.
     """
-    from jlang.evals import interventions as iv
+    from jlang import edits as E
 
     if score_fn is None:
         scorer = Scorer(model, vocab_chunk=vocab_chunk)
-        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)  # noqa: E731
+        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
     if intervention not in ("scale", "additive"):
         raise ValueError(f"intervention must be 'scale' or 'additive', got {intervention!r}")
     if edit_fn is None:
         masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
         if intervention == "scale":
-            edit_fn = lambda target, factor: iv.amplify(masks, target, factor)  # noqa: E731
+            edit_fn = lambda target, factor: E.amplify(masks, target, factor)
         else:
             if stats is None:
                 raise ValueError("intervention='additive' needs stats= (ActivationStats with mean activations)")
-            edit_fn = lambda target, alpha: iv.add(masks, target, stats, alpha)  # noqa: E731
+            edit_fn = lambda target, alpha: E.add(masks, target, stats, alpha)
     order = {l: i for i, l in enumerate(masks.languages)}
-    by_mask_order = lambda langs: sorted(dict.fromkeys(langs), key=lambda l: order.get(l, len(order)))  # noqa: E731
+    by_mask_order = lambda langs: sorted(dict.fromkeys(langs), key=lambda l: order.get(l, len(order)))
     bases = by_mask_order(it.base for it in items)
     targets = by_mask_order(it.target for it in items)
     for t in targets:
@@ -275,14 +306,20 @@ def lss(
     if bar is not None:
         bar.close()
     return LSSResult(
-        bases=bases, targets=targets, factors=[float(f) for f in factors], lss=out, mean_shift=shift, d_none=d_none_m,
+        bases=bases,
+        targets=targets,
+        factors=[float(f) for f in factors],
+        lss=out,
+        mean_shift=shift,
+        d_none=d_none_m,
         items=counts,
         meta={
-            "model": getattr(model, "name", None), "example_prompt": items[0].prompt if items else None,
+            "model": getattr(model, "name", None),
+            "example_prompt": items[0].prompt if items else None,
             "intervention_kind": intervention,
             "intervention": ("a *= factor" if intervention == "scale" else "a += factor * mu_t")
             + " on the target's neurons, every layer and position",
             "seconds": time.perf_counter() - t0,
             "reference": "tauimbz/lang-task-neuron intervention_dod.py (Rahmanisa et al. 2025)",
         },
-    )  # fmt: skip
+    )

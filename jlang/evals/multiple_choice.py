@@ -18,7 +18,7 @@ uses `numpy.random.default_rng([seed, crc32(source), crc32(target)])`: a pair's
 items depend only on the seed, the pair and the rows, not on the other pairs.
 
 Scoring (lm-eval's `acc` and its normalisations): each option's log-probability
-given the prompt, summed over its tokens (`jlang.evals.scoring.Scorer`,
+given the prompt, summed over its tokens (`jlang.models.scoring.Scorer`,
 chunked log-softmax); the choice is the argmax of the sum (`"sum"`), of the
 mean per token (`"token"`), or of the sum per character (`"char"`, lm-eval's
 `acc_norm`). Ties go to the first option. Accuracy per language pair, for each
@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from jlang.evals.report import new_figure, save_figure, write_json
-from jlang.evals.scoring import Scorer, TokenRows, rows_from_token_lists
-from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.io.report import new_figure, save_figure, write_json
 from jlang.masks import NeuronMasks
+from jlang.models.scoring import Scorer, TokenRows, rows_from_token_lists
+from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = [
     "LANGUAGE_NAMES",
@@ -54,10 +54,25 @@ __all__ = [
 ]
 
 LANGUAGE_NAMES = {
-    "en": "English", "zh": "Chinese", "fr": "French", "es": "Spanish", "ru": "Russian", "ja": "Japanese",
-    "de": "German", "ar": "Arabic", "ko": "Korean", "id": "Indonesian", "vi": "Vietnamese", "hi": "Hindi",
-    "it": "Italian", "pt": "Portuguese", "nl": "Dutch", "pl": "Polish", "tr": "Turkish", "sv": "Swedish",
-}  # fmt: skip
+    "en": "English",
+    "zh": "Chinese",
+    "fr": "French",
+    "es": "Spanish",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "de": "German",
+    "ar": "Arabic",
+    "ko": "Korean",
+    "id": "Indonesian",
+    "vi": "Vietnamese",
+    "hi": "Hindi",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "tr": "Turkish",
+    "sv": "Swedish",
+}
 DEFAULT_TEMPLATE = "{source_name}: {question}\n{target_name}:"
 DEFAULT_OPTION_TEMPLATE = " {option}"
 NORMS = ("sum", "token", "char")
@@ -80,9 +95,7 @@ class MCItem:
 
     def __post_init__(self):
         if not 0 <= self.answer < len(self.options):
-            raise ValueError(
-                f"answer {self.answer} is not an index of the {len(self.options)} options"
-            )
+            raise ValueError(f"answer {self.answer} is not an index of the {len(self.options)} options")
 
 
 def build_items(
@@ -106,9 +119,7 @@ def build_items(
     if source == target:
         raise ValueError(f"source and target must differ, got {source!r} twice")
     if options < 2:
-        raise ValueError(
-            f"a multiple-choice item needs at least 2 options, got {options}"
-        )
+        raise ValueError(f"a multiple-choice item needs at least 2 options, got {options}")
     fits = lambda t: bool(t) and (max_chars is None or len(t) <= max_chars)
     eligible = []
     for i, row in enumerate(rows):
@@ -118,12 +129,12 @@ def build_items(
     pool = list(dict.fromkeys((row.get(target) or "").strip() for row in rows))
     pool = [t for t in pool if fits(t)]
     if len(pool) < options:
-        raise ValueError(f"language {target!r} has {len(pool)} distinct texts in the parallel rows"
-                         f"{'' if max_chars is None else f' of at most {max_chars} characters'}; "
-                         f"{options} options need at least {options}")  # fmt: skip
-    rng = np.random.default_rng(
-        [seed, zlib.crc32(source.encode()), zlib.crc32(target.encode())]
-    )
+        raise ValueError(
+            f"language {target!r} has {len(pool)} distinct texts in the parallel rows"
+            f"{'' if max_chars is None else f' of at most {max_chars} characters'}; "
+            f"{options} options need at least {options}"
+        )
+    rng = np.random.default_rng([seed, zlib.crc32(source.encode()), zlib.crc32(target.encode())])
     items = []
     for i, q, a in eligible[:n] if n is not None else eligible:
         others = [t for t in pool if t != a]
@@ -140,8 +151,13 @@ def language_name(code: str) -> str:
 
 
 def prompt_text(item: MCItem, template: str = DEFAULT_TEMPLATE) -> str:
-    return template.format(source_name=language_name(item.source), target_name=language_name(item.target),
-                           question=item.question, source=item.source, target=item.target)  # fmt: skip
+    return template.format(
+        source_name=language_name(item.source),
+        target_name=language_name(item.target),
+        question=item.question,
+        source=item.source,
+        target=item.target,
+    )
 
 
 def option_rows(
@@ -161,18 +177,10 @@ def option_rows(
     widths = {len(it.options) for it in items}
     if len(widths) != 1:
         raise ValueError(f"items have different numbers of options: {sorted(widths)}")
-    bos = (
-        [tokenizer.bos_token_id]
-        if getattr(tokenizer, "bos_token_id", None) is not None
-        else []
-    )
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
     prompts = [prompt_text(it, template) for it in items]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    texts = [
-        p + option_template.format(option=o)
-        for p, it in zip(prompts, items)
-        for o in it.options
-    ]
+    texts = [p + option_template.format(option=o) for p, it in zip(prompts, items) for o in it.options]
     full = tokenizer(texts, add_special_tokens=False)["input_ids"]
     width = widths.pop()
     tokens, starts = [], []
@@ -197,9 +205,7 @@ def _subset(rows: TokenRows, sel: np.ndarray) -> TokenRows:
     return TokenRows(rows.ids[sel], rows.attend[sel], rows.score[sel], rows.group[sel])
 
 
-def predict(
-    logprob: np.ndarray, tokens: np.ndarray, nchars: np.ndarray, norm: str = "sum"
-) -> np.ndarray:
+def predict(logprob: np.ndarray, tokens: np.ndarray, nchars: np.ndarray, norm: str = "sum") -> np.ndarray:
     """int64 `[..., N]`: the chosen option per item from option log-probs `[..., N, O]` (first on ties).
 
     `norm`: "sum" (acc), "token" (mean per scored token) or "char" (per character, lm-eval's acc_norm).
@@ -233,21 +239,15 @@ class Condition:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(
-                f"condition kind must be one of {KINDS}, got {self.kind!r}"
-            )
+            raise ValueError(f"condition kind must be one of {KINDS}, got {self.kind!r}")
         if self.on not in ("target", "source"):
-            raise ValueError(
-                f"condition `on` must be 'target' or 'source', got {self.on!r}"
-            )
+            raise ValueError(f"condition `on` must be 'target' or 'source', got {self.on!r}")
 
     @property
     def name(self) -> str:
         if self.kind == "none":
             return "none"
-        return (
-            "source:" if self.on == "source" else ""
-        ) + f"{self.kind}={self.value:g}"
+        return ("source:" if self.on == "source" else "") + f"{self.kind}={self.value:g}"
 
     @classmethod
     def parse(cls, text: str) -> Condition:
@@ -266,9 +266,7 @@ class Condition:
             raise ValueError(f"condition {text!r}: kind must be one of {KINDS}")
         if not raw:
             if kind != "deactivate":
-                raise ValueError(
-                    f"condition {text!r}: {kind} needs a value, e.g. {kind}=2"
-                )
+                raise ValueError(f"condition {text!r}: {kind} needs a value, e.g. {kind}=2")
             raw = "0"
         try:
             value = float(raw)
@@ -279,9 +277,7 @@ class Condition:
         return cls(kind, value, on)
 
 
-def condition_edits(
-    masks: NeuronMasks, condition: Condition, language: str, stats=None
-):
+def condition_edits(masks: NeuronMasks, condition: Condition, language: str, stats=None):
     """The `Edits` of `condition` on `language`'s neurons (None for `none`), via `jlang.edits`."""
     from jlang import edits as edit_lib
 
@@ -292,9 +288,7 @@ def condition_edits(
     if condition.kind == "scale":
         return edit_lib.amplify(masks, language, factor=condition.value)
     if stats is None:
-        raise ValueError(
-            f"condition {condition.name} adds the mean activation mu: pass stats= (ActivationStats)"
-        )
+        raise ValueError(f"condition {condition.name} adds the mean activation mu: pass stats= (ActivationStats)")
     return edit_lib.add(masks, language, stats, alpha=condition.value)
 
 
@@ -327,46 +321,31 @@ class MCResult:
 
     def correct(self, norm: str = "sum") -> np.ndarray:
         """bool `[C, N]`."""
-        return (
-            predict(self.logprob, self.tokens, self.nchars, norm)
-            == self.answers[None, :]
-        )
+        return predict(self.logprob, self.tokens, self.nchars, norm) == self.answers[None, :]
 
     def pair_index(self) -> np.ndarray:
         """int64 `[N]`: each item's pair."""
-        return np.array(
-            [self.pairs.index((it.source, it.target)) for it in self.items], np.int64
-        )
+        return np.array([self.pairs.index((it.source, it.target)) for it in self.items], np.int64)
 
     def accuracy(self, norm: str = "sum") -> np.ndarray:
         """float64 `[C, P]`: accuracy per condition and pair."""
         ok, pair = self.correct(norm), self.pair_index()
         return np.stack(
-            [
-                [ok[c, pair == p].mean() for p in range(len(self.pairs))]
-                for c in range(len(self.conditions))
-            ]
+            [[ok[c, pair == p].mean() for p in range(len(self.pairs))] for c in range(len(self.conditions))]
         )
 
     def mean_accuracy(self, norm: str = "sum") -> np.ndarray:
         """float64 `[C]`: accuracy over all items."""
         return self.correct(norm).mean(axis=1)
 
-    def flips(
-        self, norm: str = "sum", reference: str = "none"
-    ) -> dict[str, tuple[int, int]]:
+    def flips(self, norm: str = "sum", reference: str = "none") -> dict[str, tuple[int, int]]:
         """Per condition: (items right under `reference` but wrong under it, items wrong under `reference` but
         right under it): the paired changes behind an accuracy difference (McNemar's discordant pairs)."""
         if reference not in self.conditions:
-            raise ValueError(
-                f"reference {reference!r} is not a condition of this result: {self.conditions}"
-            )
+            raise ValueError(f"reference {reference!r} is not a condition of this result: {self.conditions}")
         ok = self.correct(norm)
         ref = ok[self.conditions.index(reference)]
-        return {
-            c: (int((ref & ~ok[i]).sum()), int((~ref & ok[i]).sum()))
-            for i, c in enumerate(self.conditions)
-        }
+        return {c: (int((ref & ~ok[i]).sum()), int((~ref & ok[i]).sum())) for i, c in enumerate(self.conditions)}
 
     def counts(self) -> np.ndarray:
         """int64 `[P]`: items per pair."""
@@ -378,21 +357,45 @@ class MCResult:
     def to_dict(self) -> dict[str, Any]:
         acc = {n: self.accuracy(n) for n in NORMS}
         return {
-            "format": "jlang.MCResult/1", "pairs": [list(p) for p in self.pairs], "conditions": self.conditions,
-            "accuracy": acc, "mean_accuracy": {n: self.mean_accuracy(n) for n in NORMS}, "chance": self.chance(),
-            "items_per_pair": self.counts(), "meta": self.meta,
-            "items": [{"source": it.source, "target": it.target, "question": it.question, "options": list(it.options),
-                       "answer": it.answer, "row": it.row} for it in self.items],
-            "logprob": self.logprob, "tokens": self.tokens, "nchars": self.nchars,
-        }  # fmt: skip
+            "format": "jlang.MCResult/1",
+            "pairs": [list(p) for p in self.pairs],
+            "conditions": self.conditions,
+            "accuracy": acc,
+            "mean_accuracy": {n: self.mean_accuracy(n) for n in NORMS},
+            "chance": self.chance(),
+            "items_per_pair": self.counts(),
+            "meta": self.meta,
+            "items": [
+                {
+                    "source": it.source,
+                    "target": it.target,
+                    "question": it.question,
+                    "options": list(it.options),
+                    "answer": it.answer,
+                    "row": it.row,
+                }
+                for it in self.items
+            ],
+            "logprob": self.logprob,
+            "tokens": self.tokens,
+            "nchars": self.nchars,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MCResult:
-        items = [MCItem(x["source"], x["target"], x["question"], tuple(x["options"]), int(x["answer"]), int(x["row"]))
-                 for x in d["items"]]  # fmt: skip
-        return cls(pairs=[tuple(p) for p in d["pairs"]], conditions=list(d["conditions"]), items=items,
-                   logprob=np.array(d["logprob"], np.float64), tokens=np.array(d["tokens"], np.int64),
-                   nchars=np.array(d["nchars"], np.int64), meta=dict(d.get("meta", {})))  # fmt: skip
+        items = [
+            MCItem(x["source"], x["target"], x["question"], tuple(x["options"]), int(x["answer"]), int(x["row"]))
+            for x in d["items"]
+        ]
+        return cls(
+            pairs=[tuple(p) for p in d["pairs"]],
+            conditions=list(d["conditions"]),
+            items=items,
+            logprob=np.array(d["logprob"], np.float64),
+            tokens=np.array(d["tokens"], np.int64),
+            nchars=np.array(d["nchars"], np.int64),
+            meta=dict(d.get("meta", {})),
+        )
 
     def table(self, norm: str = "sum") -> str:
         """Markdown: accuracy per pair (rows) and condition (columns), plus the mean over items."""
@@ -403,21 +406,15 @@ class MCResult:
         ]
         for p, (s, t) in enumerate(self.pairs):
             lines.append(
-                f"| {s}→{t} | {n[p]} | "
-                + " | ".join(f"{acc[c, p]:.2f}" for c in range(len(self.conditions)))
-                + " |"
+                f"| {s}→{t} | {n[p]} | " + " | ".join(f"{acc[c, p]:.2f}" for c in range(len(self.conditions))) + " |"
             )
-        lines.append(
-            f"| all | {n.sum()} | " + " | ".join(f"**{m:.3f}**" for m in mean) + " |"
-        )
+        lines.append(f"| all | {n.sum()} | " + " | ".join(f"**{m:.3f}**" for m in mean) + " |")
         return "\n".join(lines)
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` (items and every option's log-prob) and `{prefix}.png` (accuracy bars)."""
         prefix = Path(path_prefix)
-        out = {
-            "json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())
-        }
+        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         out["png"] = self.plot(prefix.with_name(prefix.name + ".png"))
         return out
 
@@ -429,9 +426,7 @@ class MCResult:
         w = 0.8 / C
         for k, norm in enumerate(norms):
             ax = fig.add_subplot(len(norms), 1, k + 1)
-            acc = np.concatenate(
-                [self.accuracy(norm), self.mean_accuracy(norm)[:, None]], axis=1
-            )
+            acc = np.concatenate([self.accuracy(norm), self.mean_accuracy(norm)[:, None]], axis=1)
             for c, name in enumerate(self.conditions):
                 ax.bar(
                     np.arange(len(labels)) + (c - (C - 1) / 2) * w,
@@ -443,11 +438,12 @@ class MCResult:
             ax.set_xticks(range(len(labels)), labels=labels)
             ax.set_ylim(0, 1)
             ax.set_ylabel(f"accuracy ({norm})")
-            ax.set_title(f"translation multiple choice, {self.logprob.shape[-1]} options, scored by option log-prob "
-                         f"({'sum' if norm == 'sum' else 'per ' + norm}); dashed: chance", fontsize=9)  # fmt: skip
-            ax.legend(
-                fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False
+            ax.set_title(
+                f"translation multiple choice, {self.logprob.shape[-1]} options, scored by option log-prob "
+                f"({'sum' if norm == 'sum' else 'per ' + norm}); dashed: chance",
+                fontsize=9,
             )
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         return save_figure(fig, path)
 
 
@@ -493,28 +489,17 @@ def run_multiple_choice(
         if masks is not None:
             masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
             for cond in conds:
-                for lang in (
-                    {getattr(it, cond.on) for it in items}
-                    if cond.kind != "none"
-                    else ()
-                ):
+                for lang in {getattr(it, cond.on) for it in items} if cond.kind != "none" else ():
                     masks.index(lang)  # names the masks' languages when one is missing
         edit_fn = lambda cond, lang: condition_edits(masks, cond, lang, stats)
     if score_fn is None:
         scorer = Scorer(model, vocab_chunk=vocab_chunk)
-        score_fn = lambda rows, edits: scorer.row_sums(
-            rows, edits, batch_size=batch_size
-        )
-    rows = option_rows(
-        model.tokenizer, items, template=template, option_template=option_template
-    )
+        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
+    rows = option_rows(model.tokenizer, items, template=template, option_template=option_template)
     N, O = len(items), len(items[0].options)
     tokens = rows.scored_counts().reshape(N, O)
     nchars = np.array(
-        [
-            [len(option_template.format(option=o).strip()) for o in it.options]
-            for it in items
-        ],
+        [[len(option_template.format(option=o).strip()) for o in it.options] for it in items],
         np.int64,
     )
     logprob = np.full((len(conds), N, O), np.nan)
@@ -529,13 +514,7 @@ def run_multiple_choice(
                 (
                     c,
                     lang,
-                    np.array(
-                        [
-                            i
-                            for i, it in enumerate(items)
-                            if getattr(it, cond.on) == lang
-                        ]
-                    ),
+                    np.array([i for i, it in enumerate(items) if getattr(it, cond.on) == lang]),
                 )
             )
     bar = None
@@ -555,11 +534,15 @@ def run_multiple_choice(
         bar.close()
     pairs = list(dict.fromkeys((it.source, it.target) for it in items))
     meta = {
-        "model": getattr(model, "name", None), "template": template, "option_template": option_template,
-        "example_prompt": prompt_text(items[0], template), "options": O, "seconds": time.perf_counter() - t0,
+        "model": getattr(model, "name", None),
+        "template": template,
+        "option_template": option_template,
+        "example_prompt": prompt_text(items[0], template),
+        "options": O,
+        "seconds": time.perf_counter() - t0,
         "conditions": {c.name: {"kind": c.kind, "value": c.value, "on": c.on} for c in conds},
         "reference": "option log-prob accuracy as lm-eval / tauimbz/lang-task-neuron intervention_tasks.py",
-    }  # fmt: skip
+    }
     return MCResult(
         pairs=pairs,
         conditions=names,

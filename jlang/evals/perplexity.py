@@ -21,9 +21,9 @@ is reported too; it equals `nll` in pack mode, where every row has
 `seq_len - 1` scored tokens. ΔPPL is `ppl[row] - ppl["none"]` per column.
 
 One jitted program serves the whole matrix: each condition is an `Edits` value
-of the same shape (see `jlang.evals.scoring`).
+of the same shape (see `jlang.models.scoring`).
 
-On several processes (`jlang.distributed`) the rows are sharded by process
+On several processes (`jlang.parallel.distributed`) the rows are sharded by process
 through grain, as in `jlang stats` (`batch_size` is rows per shard); each
 process sums NLL and counts over its own rows per column (`nll_partials`), and
 the partial sums are added over the shards before the division
@@ -33,16 +33,17 @@ the partial sums are added over the shards before the division
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from jlang.evals.report import from_json_matrix, save_heatmaps, write_json
-from jlang.evals.scoring import Scorer, TokenRows, rows_from_batches
-from jlang.evals.vocab import DEFAULT_CHUNK
+from jlang.io.report import from_json_matrix, save_heatmaps, write_json
 from jlang.masks import NeuronMasks
+from jlang.models.scoring import Scorer, TokenRows, rows_from_batches
+from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = ["PPLResult", "aggregate_nll", "nll_from_partials", "nll_partials", "ppl_matrix"]
 
@@ -205,12 +206,16 @@ class PPLResult:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PPLResult":
+    def from_dict(cls, d: Mapping[str, Any]) -> PPLResult:
         return cls(
-            rows=list(d["rows"]), columns=list(d["columns"]), nll=from_json_matrix(d["nll"]),
-            nll_token=from_json_matrix(d["nll_token"]), tokens=np.asarray(d["tokens"], np.int64),
-            sequences=np.asarray(d["sequences"], np.int64), meta=dict(d.get("meta", {})),
-        )  # fmt: skip
+            rows=list(d["rows"]),
+            columns=list(d["columns"]),
+            nll=from_json_matrix(d["nll"]),
+            nll_token=from_json_matrix(d["nll_token"]),
+            tokens=np.asarray(d["tokens"], np.int64),
+            sequences=np.asarray(d["sequences"], np.int64),
+            meta=dict(d.get("meta", {})),
+        )
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """Write `{prefix}.json` and `{prefix}.png` (ΔPPL and ΔNLL heat maps of the deactivated rows)."""
@@ -221,15 +226,36 @@ class PPLResult:
             idx = [self.rows.index(r) for r in rows]
             model = self.meta.get("model", "")
             panels = [
-                dict(matrix=self.delta_ppl[idx], rows=rows, cols=self.columns, title=f"{model}: ΔPPL = PPL − PPL(none) (symmetric log colours)",
-                     cbar_label="ΔPPL", fmt="{:.1f}", diverging=True, symlog=1.0, xlabel="evaluated language",
-                     ylabel="deactivated language"),
-                dict(matrix=self.delta_nll[idx], rows=rows, cols=self.columns, title="ΔNLL = log(PPL / PPL_none)",
-                     cbar_label="ΔNLL (nats)", fmt="{:.2f}", diverging=True, xlabel="evaluated language",
-                     ylabel="deactivated language"),
-            ]  # fmt: skip
-            out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=2,
-                                       panel_size=(0.55 * len(self.columns) + 2.5, 0.45 * len(rows) + 2))
+                dict(
+                    matrix=self.delta_ppl[idx],
+                    rows=rows,
+                    cols=self.columns,
+                    title=f"{model}: ΔPPL = PPL − PPL(none) (symmetric log colours)",
+                    cbar_label="ΔPPL",
+                    fmt="{:.1f}",
+                    diverging=True,
+                    symlog=1.0,
+                    xlabel="evaluated language",
+                    ylabel="deactivated language",
+                ),
+                dict(
+                    matrix=self.delta_nll[idx],
+                    rows=rows,
+                    cols=self.columns,
+                    title="ΔNLL = log(PPL / PPL_none)",
+                    cbar_label="ΔNLL (nats)",
+                    fmt="{:.2f}",
+                    diverging=True,
+                    xlabel="evaluated language",
+                    ylabel="deactivated language",
+                ),
+            ]
+            out["png"] = save_heatmaps(
+                prefix.with_name(prefix.name + ".png"),
+                panels,
+                ncols=2,
+                panel_size=(0.55 * len(self.columns) + 2.5, 0.45 * len(rows) + 2),
+            )
         return out
 
     def table(self, which: str = "delta_ppl", fmt: str = "{:.2f}") -> str:
@@ -241,7 +267,9 @@ class PPLResult:
         return "\n".join(lines)
 
 
-def _check_languages(masks: NeuronMasks, corpus_languages: Sequence[str], languages, deactivate) -> tuple[list[str], list[str]]:
+def _check_languages(
+    masks: NeuronMasks, corpus_languages: Sequence[str], languages, deactivate
+) -> tuple[list[str], list[str]]:
     columns = list(languages) if languages is not None else [l for l in masks.languages if l in corpus_languages]
     missing = [l for l in columns if l not in corpus_languages]
     if missing:
@@ -287,10 +315,10 @@ def ppl_matrix(
     """
     import jax
 
-    from jlang import distributed
+    from jlang import edits as E
     from jlang.data.pipeline import make_batches, tokenize_corpus
     from jlang.data.sources import Corpus
-    from jlang.evals import interventions
+    from jlang.parallel import distributed
 
     if not isinstance(corpus, Corpus):
         corpus = Corpus(corpus)
@@ -300,18 +328,29 @@ def ppl_matrix(
     tok = tokenize_corpus(corpus, model.tokenizer, languages=columns, add_bos=add_bos, progress=progress)
     paired = [l for l in columns if tok.has_pairs.get(l)]
     if paired:
-        raise ValueError(f"languages {paired} hold (prompt, response) pairs; ppl_matrix scores plain text (one text per line)")
+        raise ValueError(
+            f"languages {paired} hold (prompt, response) pairs; ppl_matrix scores plain text (one text per line)"
+        )
     mesh = model.mesh
     shard, shards = distributed.data_shard(mesh)  # several processes: each scores its grain shard of the rows
-    batches = make_batches(tok, batch_size=batch_size, seq_len=seq_len, mode=mode, max_tokens=max_tokens,
-                           process_index=shard, process_count=shards)  # fmt: skip
+    batches = make_batches(
+        tok,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=mode,
+        max_tokens=max_tokens,
+        process_index=shard,
+        process_count=shards,
+    )
     rows: TokenRows = rows_from_batches(batches)
     counts = rows.scored_counts()
     per_column = distributed.sum_over_shards(np.bincount(rows.group, weights=counts, minlength=len(columns)), mesh)
     empty = [l for l, n in zip(columns, per_column) if n == 0]
     if empty:
-        raise ValueError(f"languages {empty} have no token to score (every text tokenizes to at most one token); "
-                         "check the corpus and the tokenizer")
+        raise ValueError(
+            f"languages {empty} have no token to score (every text tokenizes to at most one token); "
+            "check the corpus and the tokenizer"
+        )
     prep_s = time.perf_counter() - t0
 
     scorer = Scorer(model, vocab_chunk=vocab_chunk)
@@ -325,7 +364,7 @@ def ppl_matrix(
     t1 = time.perf_counter()
     parts = []  # this shard's nll_partials per condition, summed over the shards at the end
     for cond in conditions:
-        edits = None if cond == NONE else interventions.deactivate(masks, cond, edit_value)
+        edits = None if cond == NONE else E.deactivate(masks, cond, value=edit_value)
         sums = scorer.row_sums(rows, edits, batch_size=batch_size, progress=bar, sharded=True, plan=plan)
         parts.append(nll_partials(sums, counts, rows.group, len(columns)))
         if bar is not None:
@@ -336,15 +375,28 @@ def ppl_matrix(
     agg = nll_from_partials(total)
     nll, nll_token = agg["nll"], agg["nll_token"]
     return PPLResult(
-        rows=conditions, columns=columns, nll=nll, nll_token=nll_token, tokens=agg["tokens"][0], sequences=agg["rows"][0],
+        rows=conditions,
+        columns=columns,
+        nll=nll,
+        nll_token=nll_token,
+        tokens=agg["tokens"][0],
+        sequences=agg["rows"][0],
         meta={
-            "model": model.name, "masks": masks.meta.get("method"), "mask_languages": masks.languages,
+            "model": model.name,
+            "masks": masks.meta.get("method"),
+            "mask_languages": masks.languages,
             "neurons_per_language": {l: int(masks[l].sum()) for l in deact},
-            "mode": mode, "seq_len": seq_len, "batch_size": batch_size, "edit_value": edit_value,
-            "vocab_chunk": vocab_chunk, "max_tokens": max_tokens, "add_bos": tok.add_bos,
-            "processes": jax.process_count(), "batch_shards": shards,
+            "mode": mode,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "edit_value": edit_value,
+            "vocab_chunk": vocab_chunk,
+            "max_tokens": max_tokens,
+            "add_bos": tok.add_bos,
+            "processes": jax.process_count(),
+            "batch_shards": shards,
             "corpus": {l: corpus[l].describe() for l in columns},
             "seconds": {"tokenize": prep_s, "score": time.perf_counter() - t1},
             "reference": "LAPE ppl.py (Tang et al. 2024); NJUNLP ppl.py (Zhang et al. 2025)",
         },
-    )  # fmt: skip
+    )

@@ -26,19 +26,28 @@ condition, and the generations themselves.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from jlang.evals.langid import NO_LANGUAGE, Identifier
-from jlang.evals.report import from_json_matrix, save_heatmaps, write_json
+from jlang.io.report import from_json_matrix, save_heatmaps, write_json
 from jlang.masks import NeuronMasks
 from jlang.models.decoder import Edits
 
-__all__ = ["Activation", "SteeringResult", "condition_key", "default_generator", "run_steering", "steering_edits",
-           "steering_prompts", "tally"]
+__all__ = [
+    "Activation",
+    "SteeringResult",
+    "condition_key",
+    "default_generator",
+    "run_steering",
+    "steering_edits",
+    "steering_prompts",
+    "tally",
+]
 
 DEFAULT_TEMPLATE = "Q: {text}\nA:"
 DEFAULT_STOP = ("\nQ:", "\nA:")
@@ -65,28 +74,36 @@ def condition_key(source: str, target: str | None, deactivated: bool = True) -> 
     return f"{source}->{target}"
 
 
-def steering_edits(masks: NeuronMasks, source: str | None, target: str | None, *, deactivate_value: float | None = 0.0,
-                   activation: Activation = Activation(), stats=None) -> Edits | None:
+def steering_edits(
+    masks: NeuronMasks,
+    source: str | None,
+    target: str | None,
+    *,
+    deactivate_value: float | None = 0.0,
+    activation: Activation = Activation(),
+    stats=None,
+) -> Edits | None:
     """The edit of one condition: deactivate `source` (unless `deactivate_value` is None), then activate `target`."""
-    from jlang.evals import interventions as iv
+    from jlang import edits as E
 
     parts = []
     if source is not None and deactivate_value is not None:
-        parts.append(iv.deactivate(masks, source, deactivate_value))
+        parts.append(E.deactivate(masks, source, value=deactivate_value))
     if target is not None:
         if activation.kind == "scale":
-            parts.append(iv.amplify(masks, target, activation.strength))
+            parts.append(E.amplify(masks, target, activation.strength))
         else:
             if stats is None:
                 raise ValueError("additive activation needs ActivationStats (the mean activation mu_t); pass stats=")
-            parts.append(iv.add(masks, target, stats, activation.strength))
+            parts.append(E.add(masks, target, stats, activation.strength))
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else iv.then(parts[0], parts[1])
+    return parts[0] if len(parts) == 1 else E.combine(parts[0], parts[1])
 
 
-def steering_prompts(texts: Mapping[str, Sequence[str]], n: int, template: str = DEFAULT_TEMPLATE,
-                     max_chars: int = 200) -> dict[str, list[str]]:
+def steering_prompts(
+    texts: Mapping[str, Sequence[str]], n: int, template: str = DEFAULT_TEMPLATE, max_chars: int = 200
+) -> dict[str, list[str]]:
     """`template.format(text=...)` for the first `n` texts of each language (texts longer than `max_chars` skipped)."""
     out = {}
     for lang, items in texts.items():
@@ -102,24 +119,38 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def default_generator(model, *, max_new_tokens: int = 48, repetition_penalty: float = 1.1,
-                      stop: Sequence[str] = DEFAULT_STOP) -> tuple[Generator, str]:
-    """(generate(prompts, edits) -> continuations, a description). Uses `jlang.generate.generate`
+def default_generator(
+    model, *, max_new_tokens: int = 48, repetition_penalty: float = 1.1, stop: Sequence[str] = DEFAULT_STOP
+) -> tuple[Generator, str]:
+    """(generate(prompts, edits) -> continuations, a description). Uses `jlang.models.generate.generate`
     (KV cache, repetition penalty, stop strings), or `greedy` without the penalty on older checkouts."""
-    import jlang.generate as gen
+    import jlang.models.generate as gen
 
     if hasattr(gen, "generate"):
+
         def run(prompts, edits):
-            outs = gen.generate(model, list(prompts), max_new_tokens=max_new_tokens, temperature=0.0,
-                                repetition_penalty=repetition_penalty, stop=tuple(stop), edits=edits)
+            outs = gen.generate(
+                model,
+                list(prompts),
+                max_new_tokens=max_new_tokens,
+                temperature=0.0,
+                repetition_penalty=repetition_penalty,
+                stop=tuple(stop),
+                edits=edits,
+            )
             return [cut_at_stop(o, stop) for o in outs]
 
-        return run, f"jlang.generate.generate(greedy, repetition_penalty={repetition_penalty}, stop={list(stop)})"
+        return (
+            run,
+            f"jlang.models.generate.generate(greedy, repetition_penalty={repetition_penalty}, stop={list(stop)})",
+        )
 
     def run_greedy(prompts, edits):  # pragma: no cover - older checkouts only
-        return [cut_at_stop(o, stop) for o in gen.greedy(model, list(prompts), max_new_tokens=max_new_tokens, edits=edits)]
+        return [
+            cut_at_stop(o, stop) for o in gen.greedy(model, list(prompts), max_new_tokens=max_new_tokens, edits=edits)
+        ]
 
-    return run_greedy, "jlang.generate.greedy (no repetition penalty: generate() not available)"
+    return run_greedy, "jlang.models.generate.greedy (no repetition penalty: generate() not available)"
 
 
 def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targets: Sequence[str]) -> dict[str, Any]:
@@ -131,6 +162,7 @@ def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targe
     without steering), `baseline_same` `[B]`, `deactivated_same` `[B]` (NaN when missing) and
     `counts`: key -> {language: n}.
     """
+
     def share(key: str, lang: str) -> float:
         labels = identified.get(key)
         if not labels:
@@ -201,33 +233,52 @@ class SteeringResult:
         """Per target language: mean success, control and lift over the sources."""
         out = {}
         for j, t in enumerate(self.targets):
-            col = lambda m: float(np.nanmean(m[:, j])) if np.isfinite(m[:, j]).any() else float("nan")  # noqa: E731
+            col = lambda m: float(np.nanmean(m[:, j])) if np.isfinite(m[:, j]).any() else float("nan")
             out[t] = {"success": col(self.success), "control": col(self.control), "lift": col(self.lift)}
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "jlang.SteeringResult/1", "sources": self.sources, "targets": self.targets,
-            "success": self.success, "mean_success": self.mean_success(), "control": self.control,
-            "mean_control": self.mean_control(), "per_target": self.per_target(), "baseline_same": self.baseline_same,
-            "deactivated_same": self.deactivated_same, "counts": self.counts,
-            "identifier_accuracy": self.identifier_accuracy, "meta": self.meta, "generations": self.generations,
-        }  # fmt: skip
+            "format": "jlang.SteeringResult/1",
+            "sources": self.sources,
+            "targets": self.targets,
+            "success": self.success,
+            "mean_success": self.mean_success(),
+            "control": self.control,
+            "mean_control": self.mean_control(),
+            "per_target": self.per_target(),
+            "baseline_same": self.baseline_same,
+            "deactivated_same": self.deactivated_same,
+            "counts": self.counts,
+            "identifier_accuracy": self.identifier_accuracy,
+            "meta": self.meta,
+            "generations": self.generations,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SteeringResult":
+    def from_dict(cls, d: Mapping[str, Any]) -> SteeringResult:
         """Rebuild from `to_dict` output; the rates are recounted from the stored generations when present."""
         sources, targets = list(d["sources"]), list(d["targets"])
         generations = d.get("generations", {})
         if generations:
             t = tally({k: [g["language"] for g in v] for k, v in generations.items()}, sources, targets)
         else:
-            nan = lambda xs: np.array([np.nan if x is None else x for x in xs], np.float64)  # noqa: E731
-            t = {"success": from_json_matrix(d["success"]), "control": from_json_matrix(d["control"]),
-                 "baseline_same": nan(d["baseline_same"]), "deactivated_same": nan(d["deactivated_same"]),
-                 "counts": d["counts"]}  # fmt: skip
-        return cls(sources=sources, targets=targets, generations=generations,
-                   identifier_accuracy=d.get("identifier_accuracy"), meta=d.get("meta", {}), **t)
+            nan = lambda xs: np.array([np.nan if x is None else x for x in xs], np.float64)
+            t = {
+                "success": from_json_matrix(d["success"]),
+                "control": from_json_matrix(d["control"]),
+                "baseline_same": nan(d["baseline_same"]),
+                "deactivated_same": nan(d["deactivated_same"]),
+                "counts": d["counts"],
+            }
+        return cls(
+            sources=sources,
+            targets=targets,
+            generations=generations,
+            identifier_accuracy=d.get("identifier_accuracy"),
+            meta=d.get("meta", {}),
+            **t,
+        )
 
     def save(self, path_prefix: str | Path) -> dict[str, Path]:
         """`{prefix}.json` (with every generation) and `{prefix}.png` (success matrix; same-language shares)."""
@@ -235,29 +286,65 @@ class SteeringResult:
         out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
         act = self.meta.get("activation", {})
         deact = self.meta.get("deactivate_value")
-        title = (f"{self.meta.get('model', '')}: share identified as the target\n"
-                 f"({'source := ' + str(deact) + ', ' if deact is not None else ''}"
-                 f"target {act.get('kind', '')} x{act.get('strength', '')})")
+        title = (
+            f"{self.meta.get('model', '')}: share identified as the target\n"
+            f"({'source := ' + str(deact) + ', ' if deact is not None else ''}"
+            f"target {act.get('kind', '')} x{act.get('strength', '')})"
+        )
         panels = [
-            dict(matrix=self.success, rows=self.sources, cols=self.targets, vmin=0.0, vmax=1.0, title=title,
-                 cbar_label="success rate", fmt="{:.2f}", xlabel="target (activated) language",
-                 ylabel="prompt (deactivated) language"),
-            dict(matrix=self.lift, rows=self.sources, cols=self.targets, diverging=True, vmin=-1.0, vmax=1.0,
-                 title="lift = success − share of t\nwithout activating t (control)", cbar_label="lift", fmt="{:.2f}",
-                 xlabel="target (activated) language", ylabel="prompt (deactivated) language"),
-            dict(matrix=np.stack([self.baseline_same, self.deactivated_same], axis=1), rows=self.sources,
-                 cols=["no edit", "deactivated"], vmin=0.0, vmax=1.0, title="share identified as\nthe prompt language",
-                 cbar_label="share", fmt="{:.2f}", xlabel="condition", ylabel="prompt language"),
-        ]  # fmt: skip
+            dict(
+                matrix=self.success,
+                rows=self.sources,
+                cols=self.targets,
+                vmin=0.0,
+                vmax=1.0,
+                title=title,
+                cbar_label="success rate",
+                fmt="{:.2f}",
+                xlabel="target (activated) language",
+                ylabel="prompt (deactivated) language",
+            ),
+            dict(
+                matrix=self.lift,
+                rows=self.sources,
+                cols=self.targets,
+                diverging=True,
+                vmin=-1.0,
+                vmax=1.0,
+                title="lift = success − share of t\nwithout activating t (control)",
+                cbar_label="lift",
+                fmt="{:.2f}",
+                xlabel="target (activated) language",
+                ylabel="prompt (deactivated) language",
+            ),
+            dict(
+                matrix=np.stack([self.baseline_same, self.deactivated_same], axis=1),
+                rows=self.sources,
+                cols=["no edit", "deactivated"],
+                vmin=0.0,
+                vmax=1.0,
+                title="share identified as\nthe prompt language",
+                cbar_label="share",
+                fmt="{:.2f}",
+                xlabel="condition",
+                ylabel="prompt language",
+            ),
+        ]
         n = len(self.targets)
-        out["png"] = save_heatmaps(prefix.with_name(prefix.name + ".png"), panels, ncols=3,
-                                   panel_size=(0.55 * n + 3, 0.45 * len(self.sources) + 2))
+        out["png"] = save_heatmaps(
+            prefix.with_name(prefix.name + ".png"),
+            panels,
+            ncols=3,
+            panel_size=(0.55 * n + 3, 0.45 * len(self.sources) + 2),
+        )
         return out
 
     def table(self) -> str:
-        lines = ["| prompt \\ target | " + " | ".join(self.targets) + " | no edit: same | deactivated: same |",
-                 "|---" + "|---:" * (len(self.targets) + 2) + "|"]
-        f = lambda x: "–" if not np.isfinite(x) else f"{x:.2f}"  # noqa: E731
+        lines = [
+            "| prompt \\ target | " + " | ".join(self.targets) + " | no edit: same | deactivated: same |",
+            "|---" + "|---:" * (len(self.targets) + 2) + "|",
+        ]
+        f = lambda x: "–" if not np.isfinite(x) else f"{x:.2f}"
         for i, b in enumerate(self.sources):
             cells = [f(x) for x in self.success[i]] + [f(self.baseline_same[i]), f(self.deactivated_same[i])]
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
@@ -311,8 +398,9 @@ def run_steering(
     t0 = time.perf_counter()
     for b, t, deact in conditions:
         key = condition_key(b, t, deact)
-        edits = steering_edits(masks, b if deact else None, t, deactivate_value=deactivate_value,
-                               activation=activation, stats=stats)
+        edits = steering_edits(
+            masks, b if deact else None, t, deactivate_value=deactivate_value, activation=activation, stats=stats
+        )
         outs = generate(list(prompts[b]), edits)
         langs = identify(outs)
         identified[key] = list(langs)
@@ -323,10 +411,13 @@ def run_steering(
         bar.close()
     counts = tally(identified, sources, targets)
     info = {
-        "deactivate_value": deactivate_value, "activation": {"kind": activation.kind, "strength": activation.strength},
-        "prompts_per_language": {b: len(p) for b, p in prompts.items()}, "conditions": len(conditions),
-        "seconds": time.perf_counter() - t0, "no_language_label": NO_LANGUAGE,
+        "deactivate_value": deactivate_value,
+        "activation": {"kind": activation.kind, "strength": activation.strength},
+        "prompts_per_language": {b: len(p) for b, p in prompts.items()},
+        "conditions": len(conditions),
+        "seconds": time.perf_counter() - t0,
+        "no_language_label": NO_LANGUAGE,
         "reference": "LAPE generation.py (Tang et al. 2024); Language Arithmetics batch_generation.py (Gurgurov et al. 2025)",
-    }  # fmt: skip
+    }
     info.update(meta or {})
     return SteeringResult(sources=sources, targets=targets, generations=generations, meta=info, **counts)

@@ -44,18 +44,64 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 
 __all__ = ["SCRIPT_LANGUAGES", "TokenTagger", "char_script", "text_script", "token_counts", "token_texts"]
 
 SCRIPT_LANGUAGES: dict[str, tuple[str, ...]] = {
-    "Latin": ("en", "fr", "es", "de", "id", "vi", "pt", "it", "nl", "pl", "tr", "sv", "da", "no", "nb", "fi", "cs",
-              "sk", "sl", "hr", "ro", "hu", "ca", "eu", "gl", "et", "lv", "lt", "ms", "sw", "af", "sq", "az", "uz",
-              "is", "ga", "cy", "eo", "tl", "jv", "ha", "yo", "zu", "xh", "so", "mt", "lb"),
+    "Latin": (
+        "en",
+        "fr",
+        "es",
+        "de",
+        "id",
+        "vi",
+        "pt",
+        "it",
+        "nl",
+        "pl",
+        "tr",
+        "sv",
+        "da",
+        "no",
+        "nb",
+        "fi",
+        "cs",
+        "sk",
+        "sl",
+        "hr",
+        "ro",
+        "hu",
+        "ca",
+        "eu",
+        "gl",
+        "et",
+        "lv",
+        "lt",
+        "ms",
+        "sw",
+        "af",
+        "sq",
+        "az",
+        "uz",
+        "is",
+        "ga",
+        "cy",
+        "eo",
+        "tl",
+        "jv",
+        "ha",
+        "yo",
+        "zu",
+        "xh",
+        "so",
+        "mt",
+        "lb",
+    ),
     "Cyrillic": ("ru", "uk", "bg", "be", "mk", "sr", "kk", "ky", "tg", "mn", "tt", "ba"),
     "Han": ("zh", "ja", "ko"),
     "Kana": ("ja",),
@@ -84,10 +130,16 @@ SCRIPT_LANGUAGES: dict[str, tuple[str, ...]] = {
 
 # First word(s) of a Unicode character name -> script.
 _NAME_PREFIX = (
-    ("CJK UNIFIED IDEOGRAPH", "Han"), ("CJK COMPATIBILITY IDEOGRAPH", "Han"), ("HALFWIDTH KATAKANA", "Kana"),
-    ("HALFWIDTH HANGUL", "Hangul"), ("KATAKANA-HIRAGANA", "Kana"), ("HIRAGANA", "Kana"), ("KATAKANA", "Kana"),
-    ("HANGUL", "Hangul"), ("FULLWIDTH LATIN", "Latin"),
-)  # fmt: skip
+    ("CJK UNIFIED IDEOGRAPH", "Han"),
+    ("CJK COMPATIBILITY IDEOGRAPH", "Han"),
+    ("HALFWIDTH KATAKANA", "Kana"),
+    ("HALFWIDTH HANGUL", "Hangul"),
+    ("KATAKANA-HIRAGANA", "Kana"),
+    ("HIRAGANA", "Kana"),
+    ("KATAKANA", "Kana"),
+    ("HANGUL", "Hangul"),
+    ("FULLWIDTH LATIN", "Latin"),
+)
 _FIRST_WORD = {s.upper(): s for s in SCRIPT_LANGUAGES}
 _SPECIAL = re.compile(r"^<[^<>\s]+>$")
 
@@ -141,7 +193,9 @@ def token_counts(corpus, tokenizer, languages: Sequence[str], vocab_size: int) -
     from jlang.data.pipeline import tokenize_corpus
 
     tok = tokenize_corpus(corpus, tokenizer, languages=list(languages), add_bos=False, progress=False)
-    return np.stack([np.bincount(tok.data[l].ids, minlength=vocab_size)[:vocab_size] for l in languages]).astype(np.int64)
+    return np.stack([np.bincount(tok.data[l].ids, minlength=vocab_size)[:vocab_size] for l in languages]).astype(
+        np.int64
+    )
 
 
 @dataclass
@@ -170,7 +224,7 @@ class TokenTagger:
         counts: np.ndarray | None = None,
         min_share: float = 0.6,
         min_count: int = 5,
-    ) -> "TokenTagger":
+    ) -> TokenTagger:
         """Tag decoded token texts; `counts` `[K, V]` (same order as `languages`) resolves ambiguous scripts."""
         languages = list(languages)
         study = set(languages)
@@ -213,22 +267,37 @@ class TokenTagger:
                 resolved += int(ok.sum())
         meta = {
             "rule": "majority Unicode script of the token's letters (any kana -> Kana); special tokens and tokens "
-                    "without letters -> none; SCRIPT_LANGUAGES maps a script to a language when exactly one study "
-                    "language uses it",
+            "without letters -> none; SCRIPT_LANGUAGES maps a script to a language when exactly one study "
+            "language uses it",
             "ambiguous_scripts": {s: list(c) for s, c in ambiguous.items()},
-            "frequency_resolution": None if counts is None else {"min_share": min_share, "min_count": min_count,
-                                                                 "resolved_tokens": resolved},
+            "frequency_resolution": None
+            if counts is None
+            else {"min_share": min_share, "min_count": min_count, "resolved_tokens": resolved},
             "tokens_per_label": {l: int((tags == i).sum()) for i, l in enumerate(labels)},
-        }  # fmt: skip
+        }
         return cls(languages, labels, tags, meta)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, languages: Sequence[str], *, vocab_size: int | None = None,
-                       counts: np.ndarray | None = None, min_share: float = 0.6, min_count: int = 5) -> "TokenTagger":
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        languages: Sequence[str],
+        *,
+        vocab_size: int | None = None,
+        counts: np.ndarray | None = None,
+        min_share: float = 0.6,
+        min_count: int = 5,
+    ) -> TokenTagger:
         """Tag the vocabulary of a `transformers` tokenizer (decoded token by token)."""
         texts = token_texts(tokenizer, vocab_size)
-        return cls.from_texts(texts, languages, special_ids=_special_ids(tokenizer), counts=counts,
-                              min_share=min_share, min_count=min_count)
+        return cls.from_texts(
+            texts,
+            languages,
+            special_ids=_special_ids(tokenizer),
+            counts=counts,
+            min_share=min_share,
+            min_count=min_count,
+        )
 
     def tag_text(self, text: str) -> str:
         """The label a token with this decoded text gets by script alone (for checks and tests)."""

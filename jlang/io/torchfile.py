@@ -40,9 +40,10 @@ import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -167,7 +168,11 @@ def _tensor_ref(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | 
         raise _Problem(f"bad storage offset {offset!r}")
     if not isinstance(size, (tuple, list)) or not all(_is_int(s) and s >= 0 for s in size):
         raise _Problem(f"bad tensor size {size!r}")
-    if not isinstance(stride, (tuple, list)) or len(stride) != len(size) or not all(_is_int(s) and s >= 0 for s in stride):
+    if (
+        not isinstance(stride, (tuple, list))
+        or len(stride) != len(size)
+        or not all(_is_int(s) and s >= 0 for s in stride)
+    ):
         raise _Problem(f"bad tensor stride {stride!r} for size {size!r}")
     dtype = dtype or storage.dtype
     if dtype is None:
@@ -307,9 +312,13 @@ def _tensor_array(ref: _TensorRef, storage_bytes: Callable[[str], bytes], big_en
     code = np.dtype(_DTYPES[ref.dtype])
     if ref.storage.dtype is None:  # untyped: numel counts bytes
         if ref.storage.numel % code.itemsize:
-            raise _Problem(f"untyped storage {ref.storage.key!r} of {ref.storage.numel} bytes is not a whole number of {ref.dtype}")
+            raise _Problem(
+                f"untyped storage {ref.storage.key!r} of {ref.storage.numel} bytes is not a whole number of {ref.dtype}"
+            )
         if len(raw) < ref.storage.numel:
-            raise _Problem(f"storage data/{ref.storage.key} holds {len(raw)} bytes, the pickle expects {ref.storage.numel}")
+            raise _Problem(
+                f"storage data/{ref.storage.key} holds {len(raw)} bytes, the pickle expects {ref.storage.numel}"
+            )
         flat = _storage_array(raw[: ref.storage.numel], ref.dtype, big_endian)
     else:
         if ref.storage.dtype != ref.dtype:
@@ -448,7 +457,18 @@ def load(path: str | os.PathLike) -> Any:
         return _load_legacy(p)
     except _Problem as e:
         raise TorchFileError(f"{p}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, struct.error, UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        struct.error,
+        UnicodeDecodeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+    ) as e:
         if isinstance(e, TorchFileError):
             raise
         raise TorchFileError(f"{p}: not a readable torch.save file ({type(e).__name__}: {e})") from None
@@ -499,7 +519,9 @@ class _PickleWriter:
     def tensor(self, arr: np.ndarray) -> None:
         arr = np.asarray(arr)
         if arr.dtype.newbyteorder("=") not in _WRITE_STORAGE:
-            raise TypeError(f"cannot write a {arr.dtype} array as a torch tensor (supported: {sorted(str(d) for d in _WRITE_STORAGE)})")
+            raise TypeError(
+                f"cannot write a {arr.dtype} array as a torch tensor (supported: {sorted(str(d) for d in _WRITE_STORAGE)})"
+            )
         arr = np.asarray(arr, order="C").astype(arr.dtype.newbyteorder("<"), copy=False)  # keeps 0-d
         key = str(len(self.storages))
         self.storages.append(arr)
@@ -615,6 +637,7 @@ def save_tensor_lists(path: str | os.PathLike, obj: Any) -> None:
     neuron indices. Integer arrays are cast to int64 (LongTensor); anything else
     is rejected so that the file is exactly what PyTorch users expect.
     """
+
     def as_long(a: Any, where: str) -> np.ndarray:
         arr = np.asarray(a)
         if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):

@@ -170,7 +170,11 @@ def lape_fixed_count(
     meta = mask_meta(
         stats,
         "lape_fixed_count",
-        {"num_per_language": int(num_per_language), "filter_rate": filter_rate, "activation_bar_ratio": activation_bar_ratio},
+        {
+            "num_per_language": int(num_per_language),
+            "filter_rate": filter_rate,
+            "activation_bar_ratio": activation_bar_ratio,
+        },
         reference="cisnlp/code-specific-neurons identify.ipynb custom_activation (Kargaran et al. 2025)",
         tau=tau,
         activation_bar=bar,

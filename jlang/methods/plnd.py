@@ -106,9 +106,7 @@ class PLNDError(MethodError):
 
 def abs_sum(x: jax.Array, valid: jax.Array) -> jax.Array:
     """float32 `[batch, n]`: `Σ_t |x[b, t, n]|` over valid tokens (`valid` bool `[batch, seq]`)."""
-    return jnp.sum(
-        jnp.where(valid[:, :, None], jnp.abs(x.astype(jnp.float32)), 0.0), axis=1
-    )
+    return jnp.sum(jnp.where(valid[:, :, None], jnp.abs(x.astype(jnp.float32)), 0.0), axis=1)
 
 
 def ffn_code_score(up: jax.Array, valid: jax.Array) -> jax.Array:
@@ -126,9 +124,7 @@ def ffn_paper_score(hidden: jax.Array, valid: jax.Array, down: jax.Array) -> jax
     return abs_sum(hidden, valid) * jnp.linalg.norm(down.astype(jnp.float32), axis=-1)
 
 
-def _dim_chunk(
-    batch: int, heads: int, seq: int, head_dim: int, budget: int = QK_BLOCK_ELEMENTS
-) -> int:
+def _dim_chunk(batch: int, heads: int, seq: int, head_dim: int, budget: int = QK_BLOCK_ELEMENTS) -> int:
     """The largest divisor of `head_dim` whose `[batch, heads, chunk, seq, seq]` block fits `budget` elements."""
     per_dim = max(batch * heads * seq * seq, 1)
     best = 1
@@ -173,12 +169,8 @@ def qk_score(
     if softcap is not None:
         s = jnp.tanh(s / softcap) * softcap
     neg = jnp.finfo(jnp.float32).min
-    mask = allowed[
-        :, None, None, None, :, :
-    ]  # [b, 1, 1, 1, t, s] against [b, G, g, chunk, t, s]
-    p = jax.nn.softmax(
-        jnp.where(allowed[:, None, None], s, neg), axis=-1
-    )  # [b, G, g, t, s]
+    mask = allowed[:, None, None, None, :, :]  # [b, 1, 1, 1, t, s] against [b, G, g, chunk, t, s]
+    p = jax.nn.softmax(jnp.where(allowed[:, None, None], s, neg), axis=-1)  # [b, G, g, t, s]
     rows = valid[:, None, None, None, :, None]
     c = _dim_chunk(b, H, t, D, block_elements)
 
@@ -187,21 +179,15 @@ def qk_score(
     kT = jnp.transpose(k32, (0, 2, 3, 1))  # [b, G, D, s]
 
     def chunk_score(start):
-        qc = jax.lax.dynamic_slice_in_dim(qT, start, c, axis=3)[
-            ..., :, None
-        ]  # [b, G, g, c, t, 1]
-        kc = jax.lax.dynamic_slice_in_dim(kT, start, c, axis=2)[
-            :, :, None, :, None, :
-        ]  # [b, G, 1, c, 1, s]
+        qc = jax.lax.dynamic_slice_in_dim(qT, start, c, axis=3)[..., :, None]  # [b, G, g, c, t, 1]
+        kc = jax.lax.dynamic_slice_in_dim(kT, start, c, axis=2)[:, :, None, :, None, :]  # [b, G, 1, c, 1, s]
         delta = qc * kc * scale if delta_scaled else qc * kc
         pd = jax.nn.softmax(jnp.where(mask, s[:, :, :, None] - delta, neg), axis=-1)
         diff = jnp.where(rows, pd - p[:, :, :, None], 0.0)
         return jnp.sum(diff * diff, axis=(-2, -1))  # [b, G, g, c]
 
     out = jax.lax.map(chunk_score, jnp.arange(0, D, c))  # [D // c, b, G, g, c]
-    return jnp.moveaxis(out, 0, 3).reshape(
-        b, H * D
-    )  # [b, G, g, D//c, c] -> h = G_i*g + g_i, d = h*D + j
+    return jnp.moveaxis(out, 0, 3).reshape(b, H * D)  # [b, G, g, D//c, c] -> h = G_i*g + g_i, d = h*D + j
 
 
 def vo_score(z: jax.Array, valid: jax.Array) -> jax.Array:
@@ -211,9 +197,7 @@ def vo_score(z: jax.Array, valid: jax.Array) -> jax.Array:
 
 def _check_parts(parts: Sequence[str]) -> tuple[str, ...]:
     """The scored parts in canonical order; unknown or no part is an error."""
-    bad = (
-        [p for p in parts if p not in PARTS] if not isinstance(parts, str) else [parts]
-    )
+    bad = [p for p in parts if p not in PARTS] if not isinstance(parts, str) else [parts]
     if bad or not parts:
         raise PLNDError(f"unknown parts {bad or list(parts)}; score some of {PARTS}")
     return tuple(p for p in PARTS if p in parts)
@@ -229,7 +213,7 @@ def _check_mode(mode: str) -> str:
 
 def layer_scores(
     points: Mapping[str, jax.Array], valid: jax.Array, cfg: Any, mode: str, parts: Sequence[str] = PARTS
-) -> dict[str, jax.Array]:  # fmt: skip
+) -> dict[str, jax.Array]:
     """A decoder `probe`: one layer's per-document scores `{"ffn": [b, F], "qk": [b, H*D], "vo": [b, H*D]}`.
 
     Only `parts` are computed (the Q/K score costs `H·D·T²` per document; FFN-only PLND is
@@ -241,8 +225,14 @@ def layer_scores(
         hook = points["mlp.up"] if mode == "code" else points["mlp.hidden"]
         out["ffn"] = abs_sum(hook, valid)
     if "qk" in parts:
-        out["qk"] = qk_score(points["attn.q"], points["attn.k"], points["attn.allowed"], valid,
-                             attn_scale=cfg.attn_scale, softcap=cfg.attn_softcap)  # fmt: skip
+        out["qk"] = qk_score(
+            points["attn.q"],
+            points["attn.k"],
+            points["attn.allowed"],
+            valid,
+            attn_scale=cfg.attn_scale,
+            softcap=cfg.attn_softcap,
+        )
     if "vo" in parts:
         out["vo"] = vo_score(points["attn.z"], valid)
     return out
@@ -250,35 +240,33 @@ def layer_scores(
 
 def document_scores_fn(
     params, ids, positions, valid, *, cfg: Any, mode: str, parts: tuple[str, ...] = PARTS
-) -> dict[str, jax.Array]:  # fmt: skip
+) -> dict[str, jax.Array]:
     """Traced scores of every row and layer: `{"ffn": [b, L, F], "qk": [b, L, H*D], "vo": [b, L, H*D]}`."""
     from jlang.models.decoder import forward
 
-    _, per_layer = forward(params, ids, cfg, positions=positions, valid=valid, output="none",
-                           probe=lambda points, v: layer_scores(points, v, cfg, mode, parts))  # fmt: skip
-    if (
-        mode == "paper" and "ffn" in per_layer
-    ):  # Σ_t |hidden_j| · ‖W_down[j]‖, layer by layer
+    _, per_layer = forward(
+        params,
+        ids,
+        cfg,
+        positions=positions,
+        valid=valid,
+        output="none",
+        probe=lambda points, v: layer_scores(points, v, cfg, mode, parts),
+    )
+    if mode == "paper" and "ffn" in per_layer:  # Σ_t |hidden_j| · ‖W_down[j]‖, layer by layer
         per_layer["ffn"] = (
-            per_layer["ffn"]
-            * jnp.linalg.norm(params["layers.down"].astype(jnp.float32), axis=-1)[
-                :, None
-            ]
+            per_layer["ffn"] * jnp.linalg.norm(params["layers.down"].astype(jnp.float32), axis=-1)[:, None]
         )
-    return {
-        name: jnp.moveaxis(x, 0, 1) for name, x in per_layer.items()
-    }  # [L, b, n] -> [b, L, n]
+    return {name: jnp.moveaxis(x, 0, 1) for name, x in per_layer.items()}  # [L, b, n] -> [b, L, n]
 
 
 # One compilation per (config, mode, shapes), shared by every call.
-_document_scores_jit = jax.jit(
-    document_scores_fn, static_argnames=("cfg", "mode", "parts")
-)
+_document_scores_jit = jax.jit(document_scores_fn, static_argnames=("cfg", "mode", "parts"))
 
 
 def document_scores(
     model: Any, ids: Any, valid: Any | None = None, *, mode: str = "code", parts: Sequence[str] = PARTS
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """Host float32 scores of each row (one document per row) and layer: "ffn" `[b, L, F]`, "qk"/"vo" `[b, L, H*D]`."""
     from jlang import parallel
 
@@ -288,8 +276,15 @@ def document_scores(
     b, t = ids.shape
     valid = np.ones((b, t), bool) if valid is None else np.asarray(valid, bool)
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
-    out = _document_scores_jit(model.params, model.place_batch(ids), model.place_batch(positions),
-                               model.place_batch(valid), cfg=model.config, mode=mode, parts=parts)  # fmt: skip
+    out = _document_scores_jit(
+        model.params,
+        model.place_batch(ids),
+        model.place_batch(positions),
+        model.place_batch(valid),
+        cfg=model.config,
+        mode=mode,
+        parts=parts,
+    )
     return {k: parallel.to_host(v) for k, v in out.items()}
 
 
@@ -299,21 +294,15 @@ def document_scores(
 def topk_membership(scores: jax.Array, k: int) -> jax.Array:
     """bool, same shape as `scores` `[..., n]`: the `k` largest along the last axis (ties: lower index first)."""
     _, idx = jax.lax.top_k(scores, k)
-    return jnp.put_along_axis(
-        jnp.zeros(scores.shape, bool), idx, True, axis=-1, inplace=False
-    )
+    return jnp.put_along_axis(jnp.zeros(scores.shape, bool), idx, True, axis=-1, inplace=False)
 
 
-def language_counts(
-    member: jax.Array, is_doc: jax.Array, lang: jax.Array, num_languages: int
-) -> jax.Array:
+def language_counts(member: jax.Array, is_doc: jax.Array, lang: jax.Array, num_languages: int) -> jax.Array:
     """int32 `[K, L, n]`: for each language, the documents whose top-k held each neuron.
 
     `member` bool `[b, L, n]`, `is_doc` bool `[b]` (rows with a valid token), `lang` int `[b]` (-1: padding row).
     """
-    onehot = jax.nn.one_hot(lang, num_languages, dtype=jnp.int32) * is_doc[
-        :, None
-    ].astype(jnp.int32)
+    onehot = jax.nn.one_hot(lang, num_languages, dtype=jnp.int32) * is_doc[:, None].astype(jnp.int32)
     return jnp.einsum("bk,bln->kln", onehot, member.astype(jnp.int32))
 
 
@@ -340,19 +329,12 @@ def plnd_step(
     Returns `{"ffn": int32 [K, L, F], "qk", "vo": int32 [K, L, H*D], "documents": int32 [K]}` (the scored parts).
     """
     tops = {"ffn": top_ffn, "qk": top_attn, "vo": top_attn}
-    scores = document_scores_fn(
-        params, ids, positions, valid, cfg=cfg, mode=mode, parts=parts
-    )
+    scores = document_scores_fn(params, ids, positions, valid, cfg=cfg, mode=mode, parts=parts)
     is_doc = jnp.any(valid, axis=1) & (lang >= 0)
     out = {
-        name: language_counts(
-            topk_membership(x, tops[name]), is_doc, lang, num_languages
-        )
-        for name, x in scores.items()
+        name: language_counts(topk_membership(x, tops[name]), is_doc, lang, num_languages) for name, x in scores.items()
     }
-    out["documents"] = jnp.sum(
-        jax.nn.one_hot(lang, num_languages, dtype=jnp.int32) * is_doc[:, None], axis=0
-    )
+    out["documents"] = jnp.sum(jax.nn.one_hot(lang, num_languages, dtype=jnp.int32) * is_doc[:, None], axis=0)
     return out
 
 
@@ -362,9 +344,7 @@ def plnd_step(
 def _counts_array(name: str, x: Any, k: int) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 3 or a.shape[0] != k or a.dtype.kind not in "iu":
-        raise PLNDError(
-            f"{name} counts must be integer [K={k}, L, n], got {a.dtype} {a.shape}"
-        )
+        raise PLNDError(f"{name} counts must be integer [K={k}, L, n], got {a.dtype} {a.shape}")
     return a.astype(np.int64)
 
 
@@ -387,47 +367,34 @@ class PLNDResult:
     languages: list[str]
     documents: np.ndarray  # int64 [K]
     counts: dict[str, np.ndarray]  # part -> int64 [K, L, n]
-    shared_languages: list[str] | None = (
-        None  # None: every language (none removed when K == 1)
-    )
+    shared_languages: list[str] | None = None  # None: every language (none removed when K == 1)
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.languages = [str(x) for x in self.languages]
         k = len(self.languages)
         if k == 0 or len(set(self.languages)) != k:
-            raise PLNDError(
-                f"languages must be non-empty and distinct, got {self.languages}"
-            )
+            raise PLNDError(f"languages must be non-empty and distinct, got {self.languages}")
         self.documents = np.asarray(self.documents, np.int64)
         if self.documents.shape != (k,):
-            raise PLNDError(
-                f"documents must be [K={k}], got shape {self.documents.shape}"
-            )
+            raise PLNDError(f"documents must be [K={k}], got shape {self.documents.shape}")
         empty = [lang for lang, n in zip(self.languages, self.documents) if n <= 0]
         if empty:
-            raise PLNDError(f"languages {empty} have no document: an intersection over no document is undefined; "
-                            "give every language at least one non-empty document")  # fmt: skip
+            raise PLNDError(
+                f"languages {empty} have no document: an intersection over no document is undefined; "
+                "give every language at least one non-empty document"
+            )
         unknown = [p for p in self.counts if p not in PARTS]
         if unknown or not self.counts:
-            raise PLNDError(
-                f"counts must hold some of the parts {PARTS}, got {list(self.counts)}"
-            )
-        self.counts = {
-            p: _counts_array(p, self.counts[p], k) for p in PARTS if p in self.counts
-        }
+            raise PLNDError(f"counts must hold some of the parts {PARTS}, got {list(self.counts)}")
+        self.counts = {p: _counts_array(p, self.counts[p], k) for p in PARTS if p in self.counts}
         shapes = {p: c.shape for p, c in self.counts.items()}
         if len({sh[1] for sh in shapes.values()}) != 1 or (
             "qk" in shapes and "vo" in shapes and shapes["qk"] != shapes["vo"]
         ):
             raise PLNDError(f"count shapes disagree: {shapes}")
-        if any(
-            (c < 0).any() or (c > self.documents[:, None, None]).any()
-            for c in self.counts.values()
-        ):
-            raise PLNDError(
-                "counts must lie in [0, documents] (documents holding a unit in their top-k)"
-            )
+        if any((c < 0).any() or (c > self.documents[:, None, None]).any() for c in self.counts.values()):
+            raise PLNDError("counts must lie in [0, documents] (documents holding a unit in their top-k)")
         if self.shared_languages is not None:
             self.shared_languages = [str(x) for x in self.shared_languages]
             for lang in self.shared_languages:
@@ -447,11 +414,7 @@ class PLNDResult:
     @property
     def num_neurons(self) -> int | None:
         """F, or None if the FFN was not scored."""
-        return (
-            int(self.counts["ffn"].shape[2])
-            if "ffn" in self.counts
-            else self.meta.get("num_neurons")
-        )
+        return int(self.counts["ffn"].shape[2]) if "ffn" in self.counts else self.meta.get("num_neurons")
 
     @property
     def attn_width(self) -> int | None:
@@ -460,11 +423,7 @@ class PLNDResult:
             if p in self.counts:
                 return int(self.counts[p].shape[2])
         m = self.meta
-        return (
-            int(m["num_heads"]) * int(m["head_dim"])
-            if "num_heads" in m and "head_dim" in m
-            else None
-        )
+        return int(m["num_heads"]) * int(m["head_dim"]) if "num_heads" in m and "head_dim" in m else None
 
     def index(self, language: str) -> int:
         try:
@@ -478,9 +437,7 @@ class PLNDResult:
         if part not in PARTS:
             raise PLNDError(f"unknown part {part!r}; use one of {PARTS}")
         if part not in self.counts:
-            raise PLNDError(
-                f"part {part!r} was not scored in this PLND result (scored: {list(self.counts)})"
-            )
+            raise PLNDError(f"part {part!r} was not scored in this PLND result (scored: {list(self.counts)})")
         return self.counts[part]
 
     # -- masks ---------------------------------------------------------------------------------------
@@ -510,10 +467,14 @@ class PLNDResult:
     @property
     def ffn(self) -> NeuronMasks:
         """The language-specific FFN neurons as `NeuronMasks` `[K, L, F]` (usable by every mask tool)."""
-        meta = dict(self.meta, method=f"plnd-{self.meta.get('mode', '?')}", hook_point="mlp.act",
-                    params={k: self.meta.get(k) for k in ("mode", "top_ffn", "top_attn")},
-                    documents={l: int(n) for l, n in zip(self.languages, self.documents)},
-                    removed_shared_by=self.removal_languages())  # fmt: skip
+        meta = dict(
+            self.meta,
+            method=f"plnd-{self.meta.get('mode', '?')}",
+            hook_point="mlp.act",
+            params={k: self.meta.get(k) for k in ("mode", "top_ffn", "top_attn")},
+            documents={l: int(n) for l, n in zip(self.languages, self.documents)},
+            removed_shared_by=self.removal_languages(),
+        )
         return NeuronMasks(list(self.languages), self.specific("ffn"), meta)
 
     @property
@@ -540,20 +501,25 @@ class PLNDResult:
                 per[lang][f"{p}_activated"] = int(self.activated(p)[k].sum())
                 per[lang][f"{p}_specific"] = int(self.specific(p)[k].sum())
         return {
-            "method": "plnd", "mode": self.meta.get("mode"), "top_ffn": self.meta.get("top_ffn"),
-            "top_attn": self.meta.get("top_attn"), "num_layers": self.num_layers, "num_neurons": self.num_neurons,
-            "attn_width": self.attn_width, "removed_shared_by": self.removal_languages(),
-            "parts": list(self.parts), "shared": {p: int(self.shared(p).sum()) for p in self.parts},
+            "method": "plnd",
+            "mode": self.meta.get("mode"),
+            "top_ffn": self.meta.get("top_ffn"),
+            "top_attn": self.meta.get("top_attn"),
+            "num_layers": self.num_layers,
+            "num_neurons": self.num_neurons,
+            "attn_width": self.attn_width,
+            "removed_shared_by": self.removal_languages(),
+            "parts": list(self.parts),
+            "shared": {p: int(self.shared(p).sum()) for p in self.parts},
             "per_language": per,
-            "specific_per_layer": {p: {lang: self.layer_counts(p)[k].tolist() for k, lang in enumerate(self.languages)}
-                                   for p in self.parts},
-        }  # fmt: skip
+            "specific_per_layer": {
+                p: {lang: self.layer_counts(p)[k].tolist() for k, lang in enumerate(self.languages)} for p in self.parts
+            },
+        }
 
     def with_shared_languages(self, languages: Sequence[str] | None) -> PLNDResult:
         """The same counts, removing the units shared by `languages` (the released script used en es fr zh ru)."""
-        return dataclasses.replace(
-            self, shared_languages=None if languages is None else list(languages)
-        )
+        return dataclasses.replace(self, shared_languages=None if languages is None else list(languages))
 
     # -- files ---------------------------------------------------------------------------------------
 
@@ -587,9 +553,7 @@ class PLNDResult:
             raise PLNDError(str(e)) from None
         counts = {p: arrays[f"{p}_counts"] for p in PARTS if f"{p}_counts" in arrays}
         if "documents" not in arrays or not counts:
-            raise PLNDError(
-                f"{path}: missing arrays: needs 'documents' and some of {[f'{p}_counts' for p in PARTS]}"
-            )
+            raise PLNDError(f"{path}: missing arrays: needs 'documents' and some of {[f'{p}_counts' for p in PARTS]}")
         shared = meta.pop("shared_languages", None)
         return cls(languages, arrays["documents"], counts, shared, meta)
 
@@ -603,21 +567,12 @@ class PLNDResult:
         """
         k = self.index(language)
         if self.parts != PARTS:
-            raise PLNDError(
-                f"the released format holds FFN, Q/K and V/O sets; this result scored only {self.parts}"
-            )
+            raise PLNDError(f"the released format holds FFN, Q/K and V/O sets; this result scored only {self.parts}")
         get = self.specific if specific else self.activated
         lines = []
         for part in ("ffn", "ffn", "qk", "qk", "vo"):
             m = get(part)[k]
-            lines.append(
-                str(
-                    {
-                        layer: {int(i) for i in np.flatnonzero(m[layer])}
-                        for layer in range(self.num_layers)
-                    }
-                )
-            )
+            lines.append(str({layer: {int(i) for i in np.flatnonzero(m[layer])} for layer in range(self.num_layers)}))
         return "\n".join(lines) + "\n"
 
     def to_original_text(
@@ -636,57 +591,59 @@ class PLNDResult:
         for lang in self.languages:
             p = root / template.format(lang=lang)
             with atomic_file(p) as tmp:
-                tmp.write_text(
-                    self.original_text(lang, specific=specific), encoding="utf-8"
-                )
+                tmp.write_text(self.original_text(lang, specific=specific), encoding="utf-8")
             out.append(p)
         return out
 
-    def plot_heatmap(
-        self, path: str | Path, *, which: str = "specific", title: str | None = None
-    ) -> Path:
+    def plot_heatmap(self, path: str | Path, *, which: str = "specific", title: str | None = None) -> Path:
         """A PNG of units per layer (rows) x language (columns): FFN, Q/K and V/O panels."""
-        from jlang.evals.report import save_heatmaps
+        from jlang.io.report import save_heatmaps
 
         layers = [str(l) for l in range(self.num_layers)]
-        names = {"ffn": f"FFN neurons (of {self.num_neurons})", "qk": f"Q/K dims (of {self.attn_width})",
-                 "vo": f"V/O dims (of {self.attn_width})"}  # fmt: skip
+        names = {
+            "ffn": f"FFN neurons (of {self.num_neurons})",
+            "qk": f"Q/K dims (of {self.attn_width})",
+            "vo": f"V/O dims (of {self.attn_width})",
+        }
         panels = [
-            {"matrix": self.layer_counts(p, which).T, "rows": layers, "cols": self.languages, "title": names[p],
-                 "cbar_label": f"{which} units", "fmt": "{:.0f}", "xlabel": "language", "ylabel": "layer", "origin": "lower",
-                 "annotate": self.num_layers * len(self.languages) <= 400}
+            {
+                "matrix": self.layer_counts(p, which).T,
+                "rows": layers,
+                "cols": self.languages,
+                "title": names[p],
+                "cbar_label": f"{which} units",
+                "fmt": "{:.0f}",
+                "xlabel": "language",
+                "ylabel": "layer",
+                "origin": "lower",
+                "annotate": self.num_layers * len(self.languages) <= 400,
+            }
             for p in self.parts
-        ]  # fmt: skip
-        head = (
-            title
-            or f"PLND ({self.meta.get('mode')} mode) {which} units per layer: {self.meta.get('model', '')}"
+        ]
+        head = title or f"PLND ({self.meta.get('mode')} mode) {which} units per layer: {self.meta.get('model', '')}"
+        return save_heatmaps(
+            path,
+            panels,
+            ncols=3,
+            suptitle=head,
+            panel_size=(1.2 + 0.45 * len(self.languages), 1.8 + 0.22 * self.num_layers),
         )
-        return save_heatmaps(path, panels, ncols=3, suptitle=head,
-                             panel_size=(1.2 + 0.45 * len(self.languages), 1.8 + 0.22 * self.num_layers))  # fmt: skip
 
 
 def read_original_text(path: str | Path) -> dict[str, dict[int, set[int]]]:
     """Parse a released PLND output file (5 lines of `str(dict)`) safely, with `ast.literal_eval`."""
-    lines = [
-        x for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()
-    ]
+    lines = [x for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
     names = ("fwd_up", "fwd_down", "q", "k", "v")
     if len(lines) != len(names):
-        raise PLNDError(
-            f"{path}: expected {len(names)} lines ({', '.join(names)}), found {len(lines)}"
-        )
+        raise PLNDError(f"{path}: expected {len(names)} lines ({', '.join(names)}), found {len(lines)}")
     out = {}
     for name, line in zip(names, lines):
         try:
             value = ast.literal_eval(line)
         except (ValueError, SyntaxError) as e:
-            raise PLNDError(
-                f"{path}: line {name!r} is not a Python dict literal ({e})"
-            ) from None
+            raise PLNDError(f"{path}: line {name!r} is not a Python dict literal ({e})") from None
         if not isinstance(value, dict):
-            raise PLNDError(
-                f"{path}: line {name!r} is {type(value).__name__}, not a dict"
-            )
+            raise PLNDError(f"{path}: line {name!r} is {type(value).__name__}, not a dict")
         out[name] = {int(k): set(v) for k, v in value.items()}
     return out
 
@@ -696,16 +653,12 @@ def read_original_text(path: str | Path) -> dict[str, dict[int, set[int]]]:
 
 def _check_tops(cfg: Any, top_ffn: int, top_attn: int) -> None:
     width = cfg.num_heads * cfg.head_dim
-    for name, k, n, what in (("top_ffn", top_ffn, cfg.d_ff, "FFN neurons per layer"),
-                             ("top_attn", top_attn, width, "attention dimensions (heads x head_dim) per layer")):  # fmt: skip
-        if (
-            not isinstance(k, (int, np.integer))
-            or isinstance(k, bool)
-            or not 1 <= int(k) <= n
-        ):
-            raise PLNDError(
-                f"{name}={k!r} must be an integer in [1, {n}]: the model has {n} {what}"
-            )
+    for name, k, n, what in (
+        ("top_ffn", top_ffn, cfg.d_ff, "FFN neurons per layer"),
+        ("top_attn", top_attn, width, "attention dimensions (heads x head_dim) per layer"),
+    ):
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= int(k) <= n:
+            raise PLNDError(f"{name}={k!r} must be an integer in [1, {n}]: the model has {n} {what}")
 
 
 def run_plnd(
@@ -733,15 +686,21 @@ def run_plnd(
     from tqdm.auto import tqdm
 
     from jlang import parallel
-    from jlang.collect import pad_rows
-    from jlang.evals.scoring import bucket_width
+    from jlang.parallel.batch_loop import bucket_width, pad_rows
 
     _check_mode(mode)
     parts = _check_parts(parts)
     _check_tops(model.config, top_ffn, top_attn)
     K = len(languages)
-    step = functools.partial(plnd_step, cfg=model.config, mode=mode, top_ffn=int(top_ffn), top_attn=int(top_attn),
-                             num_languages=K, parts=parts)  # fmt: skip
+    step = functools.partial(
+        plnd_step,
+        cfg=model.config,
+        mode=mode,
+        top_ffn=int(top_ffn),
+        top_attn=int(top_attn),
+        num_languages=K,
+        parts=parts,
+    )
     totals: dict[str, np.ndarray] | None = None
     pending = None
     bar = tqdm(total=total, desc=f"PLND ({mode})", unit="batch", disable=not progress)
@@ -774,12 +733,15 @@ def run_plnd(
         b, t = ids.shape
         positions = batch.get("positions")
         positions = (
-            np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
-            if positions is None
-            else np.asarray(positions)[:, :t]
+            np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)) if positions is None else np.asarray(positions)[:, :t]
         )
-        result = step(model.params, model.place_batch(ids), model.place_batch(np.ascontiguousarray(positions, np.int32)),
-                      model.place_batch(valid), model.place_batch(np.asarray(batch["lang"], np.int32)))  # fmt: skip
+        result = step(
+            model.params,
+            model.place_batch(ids),
+            model.place_batch(np.ascontiguousarray(positions, np.int32)),
+            model.place_batch(valid),
+            model.place_batch(np.asarray(batch["lang"], np.int32)),
+        )
         if pending is not None:
             fold(pending)
         pending = result
@@ -791,15 +753,23 @@ def run_plnd(
     c = model.config
     info = dict(meta or {})
     info.update(
-        mode=mode, parts=list(parts), top_ffn=int(top_ffn), top_attn=int(top_attn), model=model.name, family=model.family,
-        num_layers=c.num_layers, num_neurons=c.d_ff, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
-        head_dim=c.head_dim, jlang_version=_version(), seconds=time.perf_counter() - start,
+        mode=mode,
+        parts=list(parts),
+        top_ffn=int(top_ffn),
+        top_attn=int(top_attn),
+        model=model.name,
+        family=model.family,
+        num_layers=c.num_layers,
+        num_neurons=c.d_ff,
+        num_heads=c.num_heads,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        jlang_version=_version(),
+        seconds=time.perf_counter() - start,
         reference="Zhao et al. 2024, DAMO-NLP-SG/multilingual_analysis (neuron_detection, neuron_deactivate)",
-    )  # fmt: skip
-    counts = {p: totals[p] for p in parts}
-    return PLNDResult(
-        list(languages), totals["documents"], counts, shared_languages, info
     )
+    counts = {p: totals[p] for p in parts}
+    return PLNDResult(list(languages), totals["documents"], counts, shared_languages, info)
 
 
 def sample_documents(
@@ -823,30 +793,26 @@ def sample_documents(
     if doc_mode not in ("pad", "pack"):
         raise PLNDError(f"doc_mode must be 'pad' or 'pack', got {doc_mode!r}")
     if not isinstance(per_language, (int, np.integer)) or per_language < 1:
-        raise PLNDError(
-            f"documents per language must be a positive integer, got {per_language!r}"
-        )
+        raise PLNDError(f"documents per language must be a positive integer, got {per_language!r}")
     if doc_mode == "pack" and not seq_len:
         raise PLNDError("doc_mode='pack' needs seq_len (the window size)")
     data = {}
     for lang in tok.languages:
         t = tok.data[lang]
         if t.from_ids_file:
-            raise PLNDError(
-                f"language {lang!r} is a token-id stream without document boundaries; PLND needs documents"
-            )
+            raise PLNDError(f"language {lang!r} is a token-id stream without document boundaries; PLND needs documents")
         if tok.has_pairs.get(lang):
-            raise PLNDError(
-                f"language {lang!r} holds (prompt, response) pairs; PLND scores plain documents"
-            )
+            raise PLNDError(f"language {lang!r} holds (prompt, response) pairs; PLND scores plain documents")
         n = t.n_docs
         if n == 0:
             raise PLNDError(f"language {lang!r} has no document")
         rng = random.Random(seed)
         if doc_mode == "pad":
             if per_language > n:
-                raise PLNDError(f"language {lang!r} has {n} documents, fewer than {per_language} requested; "
-                                "ask for fewer documents per language")  # fmt: skip
+                raise PLNDError(
+                    f"language {lang!r} has {n} documents, fewer than {per_language} requested; "
+                    "ask for fewer documents per language"
+                )
             chosen = rng.sample(range(n), per_language)
         else:
             order = rng.sample(range(n), n)
@@ -854,8 +820,10 @@ def sample_documents(
             need = per_language * int(seq_len)
             enough = np.flatnonzero(np.cumsum(lengths) >= need)
             if enough.size == 0:
-                raise PLNDError(f"language {lang!r} has {int(lengths.sum())} tokens, fewer than {per_language} "
-                                f"windows of {seq_len}; ask for fewer documents or a shorter seq_len")  # fmt: skip
+                raise PLNDError(
+                    f"language {lang!r} has {int(lengths.sum())} tokens, fewer than {per_language} "
+                    f"windows of {seq_len}; ask for fewer documents or a shorter seq_len"
+                )
             chosen = order[: int(enough[0]) + 1]
         pieces = [t.ids[t.offsets[d] : t.offsets[d + 1]] for d in chosen]
         offsets = np.zeros(len(pieces) + 1, np.int64)
@@ -908,9 +876,9 @@ def plnd(
       doc_mode, seq_len: one document per row truncated to `seq_len` ("pad"), or `seq_len` windows ("pack").
       shared_languages: languages whose common units are removed (default: all).
     """
-    from jlang import distributed
     from jlang.data.pipeline import make_batches, tokenize_corpus
     from jlang.data.sources import Corpus, CorpusError
+    from jlang.parallel import distributed
 
     _check_mode(mode)
     parts = _check_parts(parts)
@@ -922,44 +890,58 @@ def plnd(
         raise PLNDError("no language given")
     for lang in shared_languages or ():
         if lang not in langs:
-            raise PLNDError(
-                f"shared language {lang!r} is not among the languages {langs}"
-            )
+            raise PLNDError(f"shared language {lang!r} is not among the languages {langs}")
     mesh = mesh or model.mesh or distributed.default_mesh()
     if mesh is not None:
         model = model.with_mesh(mesh)
     if model.tokenizer is None:
-        raise PLNDError(
-            f"{model.name} has no tokenizer; PLND needs one to tokenize the corpus"
-        )
+        raise PLNDError(f"{model.name} has no tokenizer; PLND needs one to tokenize the corpus")
     try:
-        tok = tokenize_corpus(
-            corpus, model.tokenizer, languages=langs, add_bos=add_bos, progress=progress
-        )
+        tok = tokenize_corpus(corpus, model.tokenizer, languages=langs, add_bos=add_bos, progress=progress)
     except CorpusError as e:
         raise PLNDError(str(e)) from None
-    sub = sample_documents(
-        tok, documents_per_language, seed=seed, doc_mode=doc_mode, seq_len=seq_len
-    )
+    sub = sample_documents(tok, documents_per_language, seed=seed, doc_mode=doc_mode, seq_len=seq_len)
     process_index, process_count = distributed.data_shard(model.mesh)
     max_tokens = documents_per_language * seq_len if doc_mode == "pack" else None
-    batches = make_batches(sub, batch_size=batch_size, seq_len=seq_len, mode=doc_mode, max_tokens=max_tokens,
-                           process_index=process_index, process_count=process_count, progress=False)  # fmt: skip
+    batches = make_batches(
+        sub,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=doc_mode,
+        max_tokens=max_tokens,
+        process_index=process_index,
+        process_count=process_count,
+        progress=False,
+    )
     meta = {
-        "documents_per_language": documents_per_language, "doc_mode": doc_mode, "seq_len": seq_len,
-        "batch_size": batch_size, "seed": seed, "add_bos": sub.add_bos, "tokens": batches.tokens,
+        "documents_per_language": documents_per_language,
+        "doc_mode": doc_mode,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "seed": seed,
+        "add_bos": sub.add_bos,
+        "tokens": batches.tokens,
         "corpus": {lang: corpus[lang].describe() for lang in langs},
-    }  # fmt: skip
-    return run_plnd(model, batches, langs, mode=mode, top_ffn=top_ffn, top_attn=top_attn, parts=parts,
-                    shared_languages=shared_languages, total=len(batches), progress=progress, meta=meta)  # fmt: skip
+    }
+    return run_plnd(
+        model,
+        batches,
+        langs,
+        mode=mode,
+        top_ffn=top_ffn,
+        top_attn=top_attn,
+        parts=parts,
+        shared_languages=shared_languages,
+        total=len(batches),
+        progress=progress,
+        meta=meta,
+    )
 
 
 # ----------------------------------------------------------------------------- deactivation edits
 
 
-def gqa_kv_index(
-    d: Any, num_heads: int, num_kv_heads: int, head_dim: int, *, gqa_bug: bool = False
-) -> np.ndarray:
+def gqa_kv_index(d: Any, num_heads: int, num_kv_heads: int, head_dim: int, *, gqa_bug: bool = False) -> np.ndarray:
     """k_proj / v_proj rows of query-space dimensions `d = h*D + j`: `(h // group)*D + j`.
 
     `gqa_bug=True`: the released `d // group` (`k_proj.weight[d // 4]` with group 4), which
@@ -967,13 +949,9 @@ def gqa_kv_index(
     """
     d = np.asarray(d, np.int64)
     if num_heads % num_kv_heads:
-        raise PLNDError(
-            f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}"
-        )
+        raise PLNDError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
     if d.size and (d.min() < 0 or d.max() >= num_heads * head_dim):
-        raise PLNDError(
-            f"query-space dimensions must lie in [0, {num_heads * head_dim})"
-        )
+        raise PLNDError(f"query-space dimensions must lie in [0, {num_heads * head_dim})")
     group = num_heads // num_kv_heads
     if gqa_bug:
         return d // group
@@ -1017,17 +995,11 @@ def plnd_edits(
     try:
         L, F = (
             result.num_layers,
-            int(
-                result.num_neurons
-                if result.num_neurons is not None
-                else m["num_neurons"]
-            ),
+            int(result.num_neurons if result.num_neurons is not None else m["num_neurons"]),
         )
         H, G, D = int(m["num_heads"]), int(m["num_kv_heads"]), int(m["head_dim"])
     except KeyError as e:
-        raise PLNDError(
-            f"the PLND result's meta lacks {e} (model shape); it was not made by jlang.plnd"
-        ) from None
+        raise PLNDError(f"the PLND result's meta lacks {e} (model shape); it was not made by jlang.plnd") from None
     if model is not None:
         c = model.config
         if (c.num_layers, c.d_ff, c.num_heads, c.num_kv_heads, c.head_dim) != (
@@ -1049,42 +1021,28 @@ def plnd_edits(
             if not 0 <= int(layer) < L:
                 raise PLNDError(f"layer {layer} out of range [0, {L})")
             keep[int(layer)] = True
-    ffn = (
-        _select(result, "ffn", lang) & keep[:, None]
-        if "ffn" in parts
-        else np.zeros((L, F), bool)
-    )
-    qk = (
-        _select(result, "qk", lang) & keep[:, None]
-        if {"q", "k"} & set(parts)
-        else np.zeros((L, H * D), bool)
-    )
-    vo = (
-        _select(result, "vo", lang) & keep[:, None]
-        if {"v", "o"} & set(parts)
-        else np.zeros((L, H * D), bool)
-    )
-    scales = {"q": np.ones((L, H * D), np.float32), "k": np.ones((L, G * D), np.float32),
-              "v": np.ones((L, G * D), np.float32), "o": np.ones((L, H * D), np.float32)}  # fmt: skip
+    ffn = _select(result, "ffn", lang) & keep[:, None] if "ffn" in parts else np.zeros((L, F), bool)
+    qk = _select(result, "qk", lang) & keep[:, None] if {"q", "k"} & set(parts) else np.zeros((L, H * D), bool)
+    vo = _select(result, "vo", lang) & keep[:, None] if {"v", "o"} & set(parts) else np.zeros((L, H * D), bool)
+    scales = {
+        "q": np.ones((L, H * D), np.float32),
+        "k": np.ones((L, G * D), np.float32),
+        "v": np.ones((L, G * D), np.float32),
+        "o": np.ones((L, H * D), np.float32),
+    }
     for layer in range(L):
         if "q" in parts:
             scales["q"][layer, np.flatnonzero(qk[layer])] = 0.0
         if "k" in parts:
-            scales["k"][
-                layer, gqa_kv_index(np.flatnonzero(qk[layer]), H, G, D, gqa_bug=gqa_bug)
-            ] = 0.0
+            scales["k"][layer, gqa_kv_index(np.flatnonzero(qk[layer]), H, G, D, gqa_bug=gqa_bug)] = 0.0
         if "v" in parts:
-            scales["v"][
-                layer, gqa_kv_index(np.flatnonzero(vo[layer]), H, G, D, gqa_bug=gqa_bug)
-            ] = 0.0
+            scales["v"][layer, gqa_kv_index(np.flatnonzero(vo[layer]), H, G, D, gqa_bug=gqa_bug)] = 0.0
         if "o" in parts:
             scales["o"][layer, np.flatnonzero(vo[layer])] = 0.0
     attn = None
     if any(p in parts for p in ("q", "k", "v", "o")):
         attn = AttnEdits(**{k: jnp.asarray(v) for k, v in scales.items()})
-    scale = np.where(ffn, 0.0, 1.0).astype(
-        np.float32
-    )  # outside the mask 1 and 0, like `jlang.edits`
+    scale = np.where(ffn, 0.0, 1.0).astype(np.float32)  # outside the mask 1 and 0, like `jlang.edits`
     return Edits(
         mask=jnp.asarray(ffn),
         scale=jnp.asarray(scale),

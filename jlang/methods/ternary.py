@@ -184,7 +184,9 @@ def ternary(
         if lam != "auto":
             raise MethodError(f"lam must be a number or 'auto', got {lam!r}")
         lo, hi = (float(x) for x in lam_range)
-        chosen_lam, trace = autosweep(h_norm, max_p, assign_count, num_selected, k, lo=lo, hi=hi, eps=eps, max_iters=max_iters)
+        chosen_lam, trace = autosweep(
+            h_norm, max_p, assign_count, num_selected, k, lo=lo, hi=hi, eps=eps, max_iters=max_iters
+        )
         if chosen_lam is None:
             raise MethodError(
                 f"AutoSweep found no λ in [{lo}, {hi}] for which no selected neuron is assigned to all {k} languages "
@@ -201,7 +203,11 @@ def ternary(
     masks[:, selected] = above[:, selected]
     count = assign_count[selected]
     appear = _appear(count, k)
-    params = {"top_rate": top_rate, "lambda": "auto" if trace is not None else lam_value, "activation_bar_ratio": activation_bar_ratio}
+    params = {
+        "top_rate": top_rate,
+        "lambda": "auto" if trace is not None else lam_value,
+        "activation_bar_ratio": activation_bar_ratio,
+    }
     if trace is not None:
         params.update(lam_range=list(lam_range), eps=eps, max_iters=max_iters)
     meta = mask_meta(

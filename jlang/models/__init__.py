@@ -6,6 +6,16 @@ from jlang.models.model import Model, load_model
 from jlang.models.sources import CheckpointError
 
 __all__ = [
-    "FAMILIES", "AttnEdits", "CheckpointError", "Decoder", "Edits", "Family", "Model", "ModelConfig",
-    "UnsupportedModelError", "forward", "load_model", "supported_architectures",
+    "FAMILIES",
+    "AttnEdits",
+    "CheckpointError",
+    "Decoder",
+    "Edits",
+    "Family",
+    "Model",
+    "ModelConfig",
+    "UnsupportedModelError",
+    "forward",
+    "load_model",
+    "supported_architectures",
 ]

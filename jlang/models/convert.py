@@ -12,7 +12,7 @@ peak host memory stays near one copy of the model in the target dtype.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from jlang.models.sources import CheckpointError, CheckpointSource
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 # jlang params stored as Flax kernels `[in, out]`: HF `Linear.weight` is `[out, in]`.
-_TRANSPOSED = {"lm_head", "layers.q", "layers.k", "layers.v", "layers.o", "layers.gate", "layers.up", "layers.down"}
+TRANSPOSED = {"lm_head", "layers.q", "layers.k", "layers.v", "layers.o", "layers.gate", "layers.up", "layers.down"}
 
 
 def hf_names(cfg: ModelConfig, name: str) -> list[str]:
@@ -43,7 +43,7 @@ def hf_names(cfg: ModelConfig, name: str) -> list[str]:
 def hf_shape(name: str, jlang_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape one HF tensor of jlang parameter `name` has on disk."""
     shape = jlang_shape[1:] if name.startswith("layers.") else jlang_shape
-    return tuple(reversed(shape)) if name in _TRANSPOSED else tuple(shape)
+    return tuple(reversed(shape)) if name in TRANSPOSED else tuple(shape)
 
 
 def check_tensors(cfg: ModelConfig, available: dict[str, tuple[int, ...]], where: str) -> None:
@@ -55,10 +55,16 @@ def check_tensors(cfg: ModelConfig, available: dict[str, tuple[int, ...]], where
     tied_head = FAMILIES[cfg.family].names["lm_head"] if cfg.tie_embeddings else None
     missing = sorted(set(expected) - set(available))
     extra = sorted(n for n in set(available) - set(expected) if n != tied_head and not _IGNORED.match(n))
-    wrong = [f"{n}: expected {expected[n]}, found {available[n]}" for n in sorted(expected) if n in available and tuple(available[n]) != expected[n]]
+    wrong = [
+        f"{n}: expected {expected[n]}, found {available[n]}"
+        for n in sorted(expected)
+        if n in available and tuple(available[n]) != expected[n]
+    ]
     problems = []
     if missing:
-        problems.append(f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        problems.append(
+            f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+        )
     if extra:
         problems.append(f"unexpected tensors ({len(extra)}): {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
     if wrong:
@@ -75,7 +81,12 @@ def _read(source: CheckpointSource, hf: str, transpose: bool, dtype: np.dtype) -
 
 
 def stream_params(
-    source: CheckpointSource, cfg: ModelConfig, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True
+    source: CheckpointSource,
+    cfg: ModelConfig,
+    *,
+    dtype: str = "float32",
+    mesh: Mesh | None = None,
+    progress: bool = True,
 ) -> Iterator[tuple[str, jax.Array]]:
     """Yield `(jlang name, device array)` for every parameter, one at a time."""
     np_dtype = np.dtype(jnp.dtype(dtype))
@@ -83,7 +94,7 @@ def stream_params(
     total = sum(len(hf_names(cfg, n)) for n in shapes)
     bar = tqdm(total=total, desc=f"loading {source.path.name}", unit="tensor", disable=not progress, leave=False)
     for name, shape in shapes.items():
-        transpose = name in _TRANSPOSED
+        transpose = name in TRANSPOSED
         if name.startswith("layers."):
             host = np.empty(shape, np_dtype)
             for i, hf in enumerate(hf_names(cfg, name)):

@@ -61,8 +61,20 @@ Splice = Callable[[str, Array, Array, Any], Array]
 #   mlp.hidden  [b, t, F]     act * up, the input of `down`
 #   mlp.out     [b, t, d_model] the MLP's output (HF `layers.N.mlp`; before Gemma's post-norm)
 #   resid.post  [b, t, d_model] the residual stream after the layer
-HOOK_POINTS = ("attn.q", "attn.k", "attn.v", "attn.allowed", "attn.z", "attn.out",
-               "mlp.in", "mlp.up", "mlp.act", "mlp.hidden", "mlp.out", "resid.post")  # fmt: skip
+HOOK_POINTS = (
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.allowed",
+    "attn.z",
+    "attn.out",
+    "mlp.in",
+    "mlp.up",
+    "mlp.act",
+    "mlp.hidden",
+    "mlp.out",
+    "resid.post",
+)
 SPLICE_POINTS = ("mlp.out", "resid.post")
 
 
@@ -260,9 +272,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos + swapped * sin
 
 
-def attention(
-    q: Array, k: Array, v: Array, allowed: Array, cfg: ModelConfig
-) -> Array:
+def attention(q: Array, k: Array, v: Array, allowed: Array, cfg: ModelConfig) -> Array:
     """Grouped-query attention.
 
     q `[batch, seq, heads, head_dim]`, k/v `[batch, kv_seq, kv_heads, head_dim]`,
@@ -309,9 +319,7 @@ def blockwise_attention(q: Array, blocks: Sequence[tuple[Array, Array, Array]], 
     return out.reshape(b, kvh, t, g, d).transpose(0, 2, 1, 3, 4).reshape(b, t, h * d)
 
 
-def attention_masks(
-    q_pos: Array, k_pos: Array, k_valid: Array, window: int | None
-) -> tuple[Array, Array]:
+def attention_masks(q_pos: Array, k_pos: Array, k_valid: Array, window: int | None) -> tuple[Array, Array]:
     """(global, local) allowed-masks `[batch, q, k]`: causal by position, valid keys,
     and for local layers `q_pos - k_pos < window` (transformers' sliding-window rule)."""
     causal = (k_pos[:, None, :] <= q_pos[:, :, None]) & k_valid[:, None, :]
@@ -388,9 +396,19 @@ def block(
     reduced = None
     if probe is not None:
         points = {
-            "attn.q": q, "attn.k": k, "attn.v": v, "attn.allowed": allowed[-1], "attn.z": z, "attn.out": attn_out,
-            "mlp.in": m, "mlp.up": up, "mlp.act": act, "mlp.hidden": hidden, "mlp.out": out, "resid.post": x,
-        }  # fmt: skip
+            "attn.q": q,
+            "attn.k": k,
+            "attn.v": v,
+            "attn.allowed": allowed[-1],
+            "attn.z": z,
+            "attn.out": attn_out,
+            "mlp.in": m,
+            "mlp.up": up,
+            "mlp.act": act,
+            "mlp.hidden": hidden,
+            "mlp.out": out,
+            "resid.post": x,
+        }
         reduced = probe(points, ctx["valid"])
     return x, reduced, (k, v)
 
@@ -434,7 +452,9 @@ def forward(
       output: "logits", "hidden" (final-normed residual `[batch, seq, d_model]`)
         or "none" (skip the unembedding: statistics passes need no logits).
     """
-    out, probes, _ = _run(params, ids, cfg, positions, valid, edits, edit_where, probe, output, None, splice, splice_args)
+    out, probes, _ = _run(
+        params, ids, cfg, positions, valid, edits, edit_where, probe, output, None, splice, splice_args
+    )
     return out, probes
 
 
@@ -503,9 +523,14 @@ def _run(
         past_g, past_l = attention_masks(positions, slot_pos, cache.valid & ~written, cfg.sliding_window)
         allowed_g, allowed_l = (past_g, self_g), (past_l, self_l)
     ctx = dict(
-        cos_global=cos_g, sin_global=sin_g, cos_local=cos_l, sin_local=sin_l,
-        allowed_global=allowed_g, allowed_local=allowed_l, valid=valid,
-    )  # fmt: skip
+        cos_global=cos_g,
+        sin_global=sin_g,
+        cos_local=cos_l,
+        sin_local=sin_l,
+        allowed_global=allowed_g,
+        allowed_local=allowed_l,
+        valid=valid,
+    )
     if edit_where is not None:
         ctx["edit_where"] = edit_where
     layer_params = {k.removeprefix("layers."): v for k, v in params.items() if k.startswith("layers.")}

@@ -180,7 +180,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["rope_global"] = RoPE(**d["rope_global"])
         d["rope_local"] = RoPE(**d["rope_local"])

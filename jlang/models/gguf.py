@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,9 @@ def transformers_config_dict(fields: Mapping[str, Any], tensor_names: list[str])
     updated = "mistral" if "llama" in architecture and "mistral" in names else architecture
 
     config: dict[str, Any] = {"tie_word_embeddings": "output.weight" not in tensor_names}
-    for key, value in GGUF_CONFIG_DEFAULTS_MAPPING.get(updated, GGUF_CONFIG_DEFAULTS_MAPPING.get(architecture, {})).items():
+    for key, value in GGUF_CONFIG_DEFAULTS_MAPPING.get(
+        updated, GGUF_CONFIG_DEFAULTS_MAPPING.get(architecture, {})
+    ).items():
         config.setdefault(key, value)
     for gguf_key, reader_field in fields.items():
         prefix, _, config_key = gguf_key.replace(architecture, updated).partition(".")

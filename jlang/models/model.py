@@ -20,11 +20,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jlang import distributed, parallel
+from jlang import parallel
 from jlang.models import convert
 from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, Splice, forward, param_shapes
 from jlang.models.families import ModelConfig, model_config_from_hf
 from jlang.models.sources import CheckpointError, SafetensorsSource
+from jlang.parallel import distributed
 
 CHECKPOINT_MARKER = "jlang.json"
 DTYPES = ("float32", "bfloat16")
@@ -45,7 +46,14 @@ class Model:
     """
 
     def __init__(
-        self, decoder: Decoder, tokenizer: Any, *, name: str, source: str, mesh: Mesh | None = None, hf_config: dict | None = None
+        self,
+        decoder: Decoder,
+        tokenizer: Any,
+        *,
+        name: str,
+        source: str,
+        mesh: Mesh | None = None,
+        hf_config: dict | None = None,
     ):
         self.decoder = decoder
         self.config: ModelConfig = decoder.cfg
@@ -54,7 +62,9 @@ class Model:
         self.source = source
         self.mesh = mesh
         self.hf_config = hf_config or {}
-        self._jitted = jax.jit(functools.partial(forward, cfg=self.config), static_argnames=("probe", "splice", "output"))
+        self._jitted = jax.jit(
+            functools.partial(forward, cfg=self.config), static_argnames=("probe", "splice", "output")
+        )
         self._views: tuple[tuple[int, ...], dict[str, Any]] | None = None  # (ids of the arrays, unstacked_params)
 
     # -- facts
@@ -85,7 +95,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.family}, layers={self.num_layers}, neurons={self.num_neurons}, dtype={self.dtype})"
 
-    def with_mesh(self, mesh: Mesh | None) -> "Model":
+    def with_mesh(self, mesh: Mesh | None) -> Model:
         """This model with its parameters placed on `mesh` (sharded by the logical-axis rules)."""
         if mesh is self.mesh:
             return self
@@ -96,9 +106,13 @@ class Model:
             else:
                 params[name] = jax.device_put(value, parallel.named_sharding(value.shape, LOGICAL_AXES[name], mesh))
         return Model(
-            _decoder_from_params(self.config, params), self.tokenizer, name=self.name, source=self.source, mesh=mesh,
+            decoder_from_params(self.config, params),
+            self.tokenizer,
+            name=self.name,
+            source=self.source,
+            mesh=mesh,
             hf_config=self.hf_config,
-        )  # fmt: skip
+        )
 
     def unstacked_params(self) -> dict[str, Any]:
         """`params` with per-layer views of the stacked layers where `layer_views` can make them.
@@ -128,7 +142,7 @@ class Model:
         if self.mesh is None:
             return jnp.asarray(x)
         sharding = parallel.batch_sharding(self.mesh, np.ndim(x))
-        if jax.process_count() > 1:  # x holds this process's rows (jlang.distributed.data_shard)
+        if jax.process_count() > 1:  # x holds this process's rows (jlang.parallel.distributed.data_shard)
             return jax.make_array_from_process_local_data(sharding, np.asarray(x))
         return jax.device_put(x, sharding)
 
@@ -150,9 +164,17 @@ class Model:
         `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only);
         `splice(point, value, layer, splice_args)` replaces `mlp.out` or `resid.post` (decoder docs)."""
         return self._jitted(
-            self.unstacked_params(), ids, positions=positions, valid=valid, edits=edits, edit_where=edit_where, probe=probe,
-            splice=splice, splice_args=splice_args, output=output,
-        )  # fmt: skip
+            self.unstacked_params(),
+            ids,
+            positions=positions,
+            valid=valid,
+            edits=edits,
+            edit_where=edit_where,
+            probe=probe,
+            splice=splice,
+            splice_args=splice_args,
+            output=output,
+        )
 
     def logits(self, ids: Any, *, edits: Edits | None = None) -> np.ndarray:
         """float32 logits `[batch, seq, vocab]` for int ids `[batch, seq]` (causal, no padding)."""
@@ -242,7 +264,7 @@ def layer_views(params: dict[str, jax.Array]) -> dict[str, Any] | None:
     return out
 
 
-def _decoder_from_params(cfg: ModelConfig, params: dict[str, jax.Array]) -> Decoder:
+def decoder_from_params(cfg: ModelConfig, params: dict[str, jax.Array]) -> Decoder:
     """An NNX `Decoder` holding `params`, built without initialising random weights."""
     decoder = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     for name, value in params.items():
@@ -265,9 +287,13 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
     tokenizer = source.tokenizer()
     params = dict(convert.stream_params(source, cfg, dtype=dtype, mesh=mesh, progress=progress))
     return Model(
-        _decoder_from_params(cfg, params), tokenizer, name=name, source=str(source.path), mesh=mesh,
+        decoder_from_params(cfg, params),
+        tokenizer,
+        name=name,
+        source=str(source.path),
+        mesh=mesh,
         hf_config=hf_config.to_dict(),
-    )  # fmt: skip
+    )
 
 
 def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
@@ -296,9 +322,13 @@ def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None =
         params = {k: v.astype(dtype) for k, v in params.items()}
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     return Model(
-        _decoder_from_params(cfg, params), tokenizer, name=meta.get("name", path.name), source=str(path), mesh=mesh,
+        decoder_from_params(cfg, params),
+        tokenizer,
+        name=meta.get("name", path.name),
+        source=str(path),
+        mesh=mesh,
         hf_config=meta.get("hf_config"),
-    )  # fmt: skip
+    )
 
 
 # Bump when conversion changes, so caches of converted packaged models are rebuilt.
@@ -330,7 +360,9 @@ def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) 
     return model
 
 
-def load_model(source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True) -> Model:
+def load_model(
+    source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True
+) -> Model:
     """Load a model for jlang.
 
     Args:

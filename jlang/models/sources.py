@@ -60,7 +60,9 @@ def _check_safetensors_header(file: Path) -> None:
             raise CheckpointError(f"{file}: not a safetensors file (only {size} bytes)")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
-            raise CheckpointError(f"{file}: truncated safetensors file (header says {header_len} bytes, file has {size})")
+            raise CheckpointError(
+                f"{file}: truncated safetensors file (header says {header_len} bytes, file has {size})"
+            )
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -12,7 +12,7 @@ Names are imported lazily (the submodules import JAX).
 
 from __future__ import annotations
 
-import importlib
+from jlang.lazy import lazy_exports
 
 _EXPORTS = {
     "SAE": "jlang.sae.model",
@@ -34,11 +34,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'jlang.sae' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("jlang.sae", _EXPORTS)

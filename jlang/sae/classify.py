@@ -38,8 +38,9 @@ METHODS = ("sae-count", "sae-min-max")
 EPS = 1e-6  # the original's denominator guard
 
 
-def language_scores(features: SAELapeFeatures, counts: np.ndarray, sums: np.ndarray | None = None, *,
-                    method: str = "sae-count") -> np.ndarray:  # fmt: skip
+def language_scores(
+    features: SAELapeFeatures, counts: np.ndarray, sums: np.ndarray | None = None, *, method: str = "sae-count"
+) -> np.ndarray:
     """float64 `[N, K]` scores of N examples for the K languages of `features`.
 
     Args:
@@ -149,7 +150,7 @@ class ClassifyResult:
 
     def plot(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
         """Confusion matrices of the classifiers `names` (default: all) side by side (rows: true language)."""
-        from jlang.evals.report import new_figure, save_figure
+        from jlang.io.report import new_figure, save_figure
 
         names = list(names or self.metrics)
         fig = new_figure(4.2 * len(names), 4.2)
@@ -168,16 +169,18 @@ class ClassifyResult:
         return save_figure(fig, path)
 
 
-def example_arrays(model, sae: SAE | Sequence[SAE], rows, *, batch_size: int = 16, skip_bos: bool = True,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def example_arrays(
+    model, sae: SAE | Sequence[SAE], rows, *, batch_size: int = 16, skip_bos: bool = True, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(counts int32, sums float32) `[N, L, F]` of every row of `rows` (one example per row)."""
     from jlang.sae.lape import row_feature_reductions
 
     saes = [sae] if isinstance(sae, SAE) else list(sae)
     n, L, F = len(rows), len(saes), saes[0].config.num_features
     counts, sums = np.zeros((n, L, F), np.int32), np.zeros((n, L, F), np.float32)
-    for idx, r in row_feature_reductions(model, saes, rows, batch_size=batch_size, skip_bos=skip_bos,
-                                         progress=progress, desc="SAE language ID"):  # fmt: skip
+    for idx, r in row_feature_reductions(
+        model, saes, rows, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE language ID"
+    ):
         real = idx >= 0
         counts[idx[real]] = r["count"][real]
         sums[idx[real]] = r["sum"][real]
@@ -206,12 +209,13 @@ def classify(
         identification settings) scored on the same model pass, as "sae-count (name)" / "sae-min-max (name)".
     """
     from jlang.evals.langid import Py3LangID
-    from jlang.evals.scoring import rows_from_token_lists
+    from jlang.models.scoring import rows_from_token_lists
 
     saes = [sae] if isinstance(sae, SAE) else list(sae)
     if [s.config.layer for s in saes] != list(features.layers):
-        raise SAEError(f"the SAEs read layers {[s.config.layer for s in saes]} but the features are of layers "
-                       f"{features.layers}")  # fmt: skip
+        raise SAEError(
+            f"the SAEs read layers {[s.config.layer for s in saes]} but the features are of layers {features.layers}"
+        )
     unknown = [lang for lang in texts if lang not in features.languages]
     if unknown:
         raise SAEError(f"languages {unknown} have no SAE-LAPE features; the features know {features.languages}")
@@ -239,6 +243,11 @@ def classify(
     identify = identifier or Py3LangID(features.languages)
     name = getattr(identify, "name", "identifier")
     metrics[name] = classification_metrics(labels, identify(sentences))
-    meta = {"examples": {lang: len(v) for lang, v in texts.items()}, "identifier": name,
-            "layers": list(features.layers), "skip_bos": skip_bos, "silent": silent}  # fmt: skip
+    meta = {
+        "examples": {lang: len(v) for lang, v in texts.items()},
+        "identifier": name,
+        "layers": list(features.layers),
+        "skip_bos": skip_bos,
+        "silent": silent,
+    }
     return ClassifyResult(list(features.languages), metrics, silent["main"], meta)

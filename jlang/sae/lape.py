@@ -112,8 +112,10 @@ class FeatureStats:
         return int(self.over_zero_token.shape[2])
 
     def save(self, path: str | os.PathLike) -> Path:
-        arrays = {n: getattr(self, n) for n in ("num_tokens", "num_examples", "over_zero_token", "over_zero_example",
-                                                 "sum", "max", "min")}  # fmt: skip
+        arrays = {
+            n: getattr(self, n)
+            for n in ("num_tokens", "num_examples", "over_zero_token", "over_zero_example", "sum", "max", "min")
+        }
         arrays["layers"] = np.asarray(self.layers, np.int64)
         write_npz(path, format=_STATS_FORMAT, languages=self.languages, arrays=arrays, meta=self.meta)
         return Path(path)
@@ -149,8 +151,15 @@ def _hook_layers(params, ids, positions, valid, *, cfg, layers: tuple[int, ...],
 
     depth = max(layers) + 1
     sub = {k: (v[:depth] if k.startswith("layers.") else v) for k, v in params.items()}
-    _, probes = forward(sub, ids, prefix_config(cfg, depth), positions=positions, valid=valid, output="none",
-                        probe=lambda points, v: points[point])  # fmt: skip
+    _, probes = forward(
+        sub,
+        ids,
+        prefix_config(cfg, depth),
+        positions=positions,
+        valid=valid,
+        output="none",
+        probe=lambda points, v: points[point],
+    )
     return probes[jnp.asarray(layers)].astype(jnp.float32)
 
 
@@ -163,9 +172,15 @@ def _reduction_fns(cfg, layers: tuple[int, ...], point: str, sae_cfgs: tuple) ->
 
 
 def row_feature_reductions(
-    model, saes: SAE | Sequence[SAE], rows, *, batch_size: int = 16, skip_bos: bool = True, progress: bool = True,
+    model,
+    saes: SAE | Sequence[SAE],
+    rows,
+    *,
+    batch_size: int = 16,
+    skip_bos: bool = True,
+    progress: bool = True,
     desc: str = "SAE features",
-) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:  # fmt: skip
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """For batches of `rows` (`TokenRows`, one example per row): (row indices, per-row reductions).
 
     Reductions (host arrays): `count` int32 `[b, L, F]` (tokens with a_f > 0), `sum`, `max` (0 where none),
@@ -212,9 +227,16 @@ def row_feature_reductions(
 
 
 def feature_stats(
-    model, saes: SAE | Sequence[SAE], rows, languages: Sequence[str], *, batch_size: int = 16, skip_bos: bool = True,
-    progress: bool = True, meta: dict | None = None,
-) -> FeatureStats:  # fmt: skip
+    model,
+    saes: SAE | Sequence[SAE],
+    rows,
+    languages: Sequence[str],
+    *,
+    batch_size: int = 16,
+    skip_bos: bool = True,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> FeatureStats:
     """SAE-LAPE statistics of `rows` (`TokenRows`, `group` = index into `languages`), folded exactly on the host."""
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     K, L, F = len(languages), len(saes), saes[0].config.num_features
@@ -222,8 +244,9 @@ def feature_stats(
     over_tok, over_ex = np.zeros((K, L, F), np.int64), np.zeros((K, L, F), np.int64)
     total = np.zeros((K, L, F), np.float64)
     high, low = np.zeros((K, L, F), np.float32), np.full((K, L, F), np.inf, np.float32)
-    for idx, r in row_feature_reductions(model, saes, rows, batch_size=batch_size, skip_bos=skip_bos,
-                                         progress=progress, desc="SAE-LAPE statistics"):  # fmt: skip
+    for idx, r in row_feature_reductions(
+        model, saes, rows, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE-LAPE statistics"
+    ):
         for j in np.flatnonzero((idx >= 0) & (r["tokens"] > 0)):
             k = int(rows.group[idx[j]])
             tokens[k] += r["tokens"][j]
@@ -237,8 +260,9 @@ def feature_stats(
     if empty:
         raise SAEError(f"languages {empty} have no example with a counted token")
     info = {"model": model.name, "saes": [s.config.to_dict() for s in saes], "skip_bos": skip_bos, **(meta or {})}
-    return FeatureStats(list(languages), [s.config.layer for s in saes], tokens, examples, over_tok, over_ex, total,
-                        high, low, info)  # fmt: skip
+    return FeatureStats(
+        list(languages), [s.config.layer for s in saes], tokens, examples, over_tok, over_ex, total, high, low, info
+    )
 
 
 # ----------------------------------------------------------------------------- identification
@@ -298,8 +322,13 @@ class SAELapeFeatures:
                 for i in range(m.shape[1]):
                     dense[k, i, self.features[k][i]] = getattr(self, name)[k][i]
             arrays[name] = dense
-        write_npz(path, format=_FEATURES_FORMAT, languages=self.languages, arrays=arrays,
-                  meta={"params": self.params, **self.meta})  # fmt: skip
+        write_npz(
+            path,
+            format=_FEATURES_FORMAT,
+            languages=self.languages,
+            arrays=arrays,
+            meta={"params": self.params, **self.meta},
+        )
         return Path(path)
 
     @classmethod
@@ -312,8 +341,18 @@ class SAELapeFeatures:
         nest = lambda a: [[a[k, i][m[k, i]] for i in range(m.shape[1])] for k in range(m.shape[0])]
         feats = [[np.flatnonzero(m[k, i]) for i in range(m.shape[1])] for k in range(m.shape[0])]
         params = meta.pop("params", {})
-        return cls(languages, arrays["layers"].tolist(), feats, nest(arrays["max_active"]), nest(arrays["min_active"]),
-                   nest(arrays["avg_active"]), arrays["entropy"], arrays["probs"], params, meta)  # fmt: skip
+        return cls(
+            languages,
+            arrays["layers"].tolist(),
+            feats,
+            nest(arrays["max_active"]),
+            nest(arrays["min_active"]),
+            nest(arrays["avg_active"]),
+            arrays["entropy"],
+            arrays["probs"],
+            params,
+            meta,
+        )
 
 
 def probabilities_and_entropy(over_zero_token: np.ndarray, num_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +372,9 @@ def _torch_int_threshold(counts: np.ndarray, rate: float) -> np.ndarray:
     return np.trunc(np.asarray(counts).astype(np.float32) * np.float32(rate)).astype(np.int64)
 
 
-def candidate_filter(stats: FeatureStats, *, example_rate: float = DEFAULT_EXAMPLE_RATE,
-                     token_rate: float = DEFAULT_TOKEN_RATE) -> np.ndarray:  # fmt: skip
+def candidate_filter(
+    stats: FeatureStats, *, example_rate: float = DEFAULT_EXAMPLE_RATE, token_rate: float = DEFAULT_TOKEN_RATE
+) -> np.ndarray:
     """bool `[L, F]`: some language fires in >= int(example_rate x its examples), and some language (maybe
     another) fires on > int(token_rate x its tokens) (methods.md §7.3)."""
     ex = _torch_int_threshold(stats.num_examples, example_rate)[:, None, None]
@@ -412,12 +452,22 @@ def identify(
         mins.append([g_min[i, ids].astype(np.float32) for i, ids in enumerate(per_layer)])
         avgs.append([g_avg[i, ids].astype(np.float32) for i, ids in enumerate(per_layer)])
     params = {
-        "method": "sae_lape", "threshold_ratio": threshold_ratio, "example_rate": example_rate,
-        "token_rate": token_rate, "lang_specific": lang_specific, "top": top, "top_by_frequency": top_by_frequency,
-        "top_per_layer": top_per_layer, "entropy_threshold": entropy_threshold,
-    }  # fmt: skip
-    meta = {"candidates": int(keep.sum()), "num_tokens": stats.num_tokens.tolist(),
-            "num_examples": stats.num_examples.tolist(), **{k: v for k, v in stats.meta.items() if k in ("model", "saes")}}  # fmt: skip
+        "method": "sae_lape",
+        "threshold_ratio": threshold_ratio,
+        "example_rate": example_rate,
+        "token_rate": token_rate,
+        "lang_specific": lang_specific,
+        "top": top,
+        "top_by_frequency": top_by_frequency,
+        "top_per_layer": top_per_layer,
+        "entropy_threshold": entropy_threshold,
+    }
+    meta = {
+        "candidates": int(keep.sum()),
+        "num_tokens": stats.num_tokens.tolist(),
+        "num_examples": stats.num_examples.tolist(),
+        **{k: v for k, v in stats.meta.items() if k in ("model", "saes")},
+    }
     return SAELapeFeatures(
         list(stats.languages), list(stats.layers), features, maxes, mins, avgs, entropy, p, params, meta
     )

@@ -121,8 +121,11 @@ def check_params(params: Mapping[str, Any], cfg: SAEConfig) -> None:
         "b_dec": (cfg.d_in,),
     }
     missing = [n for n in expect if n not in params]
-    wrong = [f"{n} {tuple(np.shape(params[n]))} (expected {s})" for n, s in expect.items()
-             if n in params and tuple(np.shape(params[n])) != s]  # fmt: skip
+    wrong = [
+        f"{n} {tuple(np.shape(params[n]))} (expected {s})"
+        for n, s in expect.items()
+        if n in params and tuple(np.shape(params[n])) != s
+    ]
     if missing or wrong:
         raise SAEError(f"SAE params do not fit {cfg}: missing {missing}, wrong shapes {wrong}")
 

@@ -83,14 +83,23 @@ def _left_pad(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarr
 @functools.partial(jax.jit, static_argnames=("cfg", "splice", "max_new_tokens"))
 def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, splice, max_new_tokens: int):
     """Left-padded prompts `[B, T]` -> greedy new tokens int32 `[B, max_new_tokens]` (-1 after EOS)."""
-    from jlang.generate import repetition_penalty
+    from jlang.models.generate import repetition_penalty
 
     b, t = ids.shape
     cache = KVCache.empty(cfg, b, t + max_new_tokens, params["embed"].dtype)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
     where = jnp.where(last_only, jnp.zeros_like(valid).at[:, -1].set(True), valid)
-    hidden, _, cache = forward_cached(params, ids, cfg, cache, positions=positions, valid=valid, splice=splice,
-                                      splice_args={"vectors": vectors, "where": where}, output="hidden")  # fmt: skip
+    hidden, _, cache = forward_cached(
+        params,
+        ids,
+        cfg,
+        cache,
+        positions=positions,
+        valid=valid,
+        splice=splice,
+        splice_args={"vectors": vectors, "where": where},
+        output="hidden",
+    )
     logits = unembed(params, hidden[:, -1], cfg)
     rows = jnp.arange(b)
     seen = (
@@ -106,9 +115,16 @@ def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, spl
         out = jnp.where(done, -1, token)
         done = done | is_eos[token]
         seen = seen.at[rows, token].set(True)
-        hidden, _, cache = forward_cached(params, token[:, None], cfg, cache, positions=(pos + 1)[:, None],
-                                          splice=splice, splice_args={"vectors": vectors, "where": step_where},
-                                          output="hidden")  # fmt: skip
+        hidden, _, cache = forward_cached(
+            params,
+            token[:, None],
+            cfg,
+            cache,
+            positions=(pos + 1)[:, None],
+            splice=splice,
+            splice_args={"vectors": vectors, "where": step_where},
+            output="hidden",
+        )
         return (unembed(params, hidden[:, 0], cfg), pos + 1, cache, seen, done), out
 
     init = (logits, positions[:, -1], cache, seen, jnp.zeros((b,), bool))
@@ -139,7 +155,7 @@ def generate_steered(
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape != (len(prompts), cfg.num_layers, cfg.d_model):
         raise SAEError(f"vectors must be [{len(prompts)}, {cfg.num_layers}, {cfg.d_model}], got {vectors.shape}")
-    from jlang.generate import eos_ids
+    from jlang.models.generate import eos_ids
 
     tok = model.tokenizer
     encoded = [np.asarray(tok(p)["input_ids"], np.int32) for p in prompts]
@@ -155,9 +171,18 @@ def generate_steered(
         rows = [encoded[i] for i in part] + [encoded[part[0]]] * (size - len(part))
         ids, valid = _left_pad(rows, width, tok.pad_token_id or 0)
         vec = np.concatenate([vectors[part], np.zeros((size - len(part), *vectors.shape[1:]), np.float32)])
-        new = _greedy(model.params, model.place_batch(ids), model.place_batch(valid), model.place_batch(vec),
-                      jnp.asarray(where == "last"), is_eos, jnp.float32(repetition_penalty), cfg=cfg, splice=splice,
-                      max_new_tokens=max_new_tokens)  # fmt: skip
+        new = _greedy(
+            model.params,
+            model.place_batch(ids),
+            model.place_batch(valid),
+            model.place_batch(vec),
+            jnp.asarray(where == "last"),
+            is_eos,
+            jnp.float32(repetition_penalty),
+            cfg=cfg,
+            splice=splice,
+            max_new_tokens=max_new_tokens,
+        )
         new = parallel.to_host(new)
         for j, i in enumerate(part):
             toks = new[j]
@@ -195,15 +220,29 @@ def steering_success(
     for j, (_, t, m) in enumerate(jobs):
         if t is not None:
             table[j] = vector_table(steering_vector(sae, features, t, m), sae.config.layer, L)[0]
-    texts = generate_steered(model, [p for p, _, _ in jobs], table, hook_point=sae.config.hook_point, where=where,
-                             max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-                             batch_size=batch_size)  # fmt: skip
+    texts = generate_steered(
+        model,
+        [p for p, _, _ in jobs],
+        table,
+        hook_point=sae.config.hook_point,
+        where=where,
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        batch_size=batch_size,
+    )
     langs = identify(texts)
-    rows = [{"prompt": p, "target": t, "multiplier": m, "text": x, "language": g}
-            for (p, t, m), x, g in zip(jobs, texts, langs)]  # fmt: skip
+    rows = [
+        {"prompt": p, "target": t, "multiplier": m, "text": x, "language": g}
+        for (p, t, m), x, g in zip(jobs, texts, langs)
+    ]
     base = langs[: len(prompts)]
-    success = {t: {m: float(np.mean([r["language"] == t for r in rows if r["target"] == t and r["multiplier"] == m]))
-                   for m in map(float, multipliers)} for t in targets}  # fmt: skip
+    success = {
+        t: {
+            m: float(np.mean([r["language"] == t for r in rows if r["target"] == t and r["multiplier"] == m]))
+            for m in map(float, multipliers)
+        }
+        for t in targets
+    }
     baseline = {t: float(np.mean([g == t for g in base])) for t in targets}
     return {
         "rows": rows,

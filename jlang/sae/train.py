@@ -25,7 +25,7 @@ run computes, so it ends with bit-identical params.
 `evaluate` runs the whole model three times per held-out batch: clean, with
 the SAE's reconstruction spliced in at its hook point (`splice`), and with the
 hook point zeroed. It reports the next-token NLL of each (chunked log-softmax,
-`jlang.evals.vocab.target_logprob`), ΔNLL = NLL(SAE) - NLL(clean), the share
+`jlang.models.vocab.target_logprob`), ΔNLL = NLL(SAE) - NLL(clean), the share
 of the zero-ablation loss the SAE recovers, and MSE, explained variance and L0
 on the same tokens.
 """
@@ -48,10 +48,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jlang import distributed, parallel
+from jlang import parallel
+from jlang.io.checkpoint import OrbaxRun
 from jlang.models.decoder import SPLICE_POINTS, forward
 from jlang.models.families import ModelConfig
-from jlang.resumable import OrbaxRun
+from jlang.parallel import distributed
 from jlang.sae.model import (
     SAE,
     Params,
@@ -106,11 +107,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [f"{n}={getattr(self, n)}" for n in ("steps", "sae_batch", "reuse", "dead_window", "log_every")
-               if getattr(self, n) < 1]  # fmt: skip
+        bad = [
+            f"{n}={getattr(self, n)}"
+            for n in ("steps", "sae_batch", "reuse", "dead_window", "log_every")
+            if getattr(self, n) < 1
+        ]
         if bad or self.lr <= 0 or self.warmup_steps < 0 or not 0 < self.decay_from <= 1:
-            raise SAEError(f"bad TrainConfig: need positive steps/sae_batch/reuse/dead_window/log_every, lr > 0, "
-                           f"warmup_steps >= 0, 0 < decay_from <= 1; got {self}")  # fmt: skip
+            raise SAEError(
+                f"bad TrainConfig: need positive steps/sae_batch/reuse/dead_window/log_every, lr > 0, "
+                f"warmup_steps >= 0, 0 < decay_from <= 1; got {self}"
+            )
 
 
 # ----------------------------------------------------------------------------- activations from the model
@@ -127,8 +133,9 @@ def hook_activations(
     """Activations at `point` of `layer`: float32 `[batch, seq, width]`, from the first `layer + 1` layers only."""
     sub_cfg = prefix_config(cfg, layer + 1)
     sub = {k: (v[: layer + 1] if k.startswith("layers.") else v) for k, v in params.items()}
-    _, probes = forward(sub, ids, sub_cfg, positions=positions, valid=valid, output="none",
-                        probe=lambda points, v: points[point])  # fmt: skip
+    _, probes = forward(
+        sub, ids, sub_cfg, positions=positions, valid=valid, output="none", probe=lambda points, v: points[point]
+    )
     return probes[layer].astype(jnp.float32)
 
 
@@ -201,7 +208,7 @@ class ActivationStream:
 
     def fingerprint(self) -> dict:
         """What makes two streams give the same activations (for refusing a foreign checkpoint)."""
-        from jlang.resumable import corpus_digest
+        from jlang.stats.resumable import corpus_digest
 
         return {
             "model": self.model.name,
@@ -219,18 +226,31 @@ class ActivationStream:
         }
 
     def describe(self) -> dict:
-        return {"languages": list(self.tokenized.languages), "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "seed": self.seed, "skip_bos": self.skip_bos, "epochs_started": self.epoch + 1}  # fmt: skip
+        return {
+            "languages": list(self.tokenized.languages),
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "skip_bos": self.skip_bos,
+            "epochs_started": self.epoch + 1,
+        }
 
     def _open(self, epoch: int, iterator_state: dict | None) -> None:
         from jlang.data.pipeline import make_batches
 
         self.epoch = epoch
         self._batches = make_batches(
-            self.tokenized, batch_size=self.rows, seq_len=self.seq_len, mode="pack", shuffle=True,
-            seed=self.seed + epoch, max_tokens=self.max_tokens, process_index=self.shard, process_count=self.shards,
+            self.tokenized,
+            batch_size=self.rows,
+            seq_len=self.seq_len,
+            mode="pack",
+            shuffle=True,
+            seed=self.seed + epoch,
+            max_tokens=self.max_tokens,
+            process_index=self.shard,
+            process_count=self.shards,
             progress=False,
-        )  # fmt: skip
+        )
         self._iter = self._batches.iterator(iterator_state)
 
     def state(self) -> dict:
@@ -253,8 +273,12 @@ class ActivationStream:
         m = self.model
         ids = m.check_ids(batch["ids"])
         weight = token_weight(ids, batch["valid"], self.tokenized.bos_id, self.skip_bos)
-        acts = self._fn(m.params, m.place_batch(ids), m.place_batch(np.asarray(batch["positions"], np.int32)),
-                        m.place_batch(np.asarray(batch["valid"], bool)))  # fmt: skip
+        acts = self._fn(
+            m.params,
+            m.place_batch(ids),
+            m.place_batch(np.asarray(batch["positions"], np.int32)),
+            m.place_batch(np.asarray(batch["valid"], bool)),
+        )
         n = acts.shape[0] * acts.shape[1]
         return acts.reshape(n, acts.shape[-1]), m.place_batch(weight).reshape(n)
 
@@ -269,8 +293,16 @@ class ArrayStream:
     layer: int | None = None
     point: str | None = None
 
-    def __init__(self, x: np.ndarray, batch_tokens: int, *, weight: np.ndarray | None = None, shuffle: bool = True,
-                 seed: int = 0, mesh=None):  # fmt: skip
+    def __init__(
+        self,
+        x: np.ndarray,
+        batch_tokens: int,
+        *,
+        weight: np.ndarray | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        mesh=None,
+    ):
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or len(x) < batch_tokens or batch_tokens < 1:
             raise SAEError(f"ArrayStream needs [M, d] activations with M >= batch_tokens={batch_tokens}, got {x.shape}")
@@ -286,8 +318,13 @@ class ArrayStream:
         import hashlib
 
         digest = hashlib.blake2b(np.ascontiguousarray(self.x).tobytes(), digest_size=16).hexdigest()
-        return {"array": digest, "shape": list(self.x.shape), "batch_tokens": self.batch_tokens,
-                "shuffle": self.shuffle, "seed": self.seed}  # fmt: skip
+        return {
+            "array": digest,
+            "shape": list(self.x.shape),
+            "batch_tokens": self.batch_tokens,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+        }
 
     def describe(self) -> dict:
         return {"array_shape": list(self.x.shape), "batch_tokens": self.batch_tokens, "epochs_started": self.epoch + 1}
@@ -308,8 +345,10 @@ class ArrayStream:
         x, w = self.x[rows], self.weight[rows]
         if self._mesh is None:
             return jnp.asarray(x), jnp.asarray(w)
-        return (jax.device_put(x, parallel.batch_sharding(self._mesh, 2)),
-                jax.device_put(w, parallel.batch_sharding(self._mesh, 1)))  # fmt: skip
+        return (
+            jax.device_put(x, parallel.batch_sharding(self._mesh, 2)),
+            jax.device_put(w, parallel.batch_sharding(self._mesh, 1)),
+        )
 
 
 # ----------------------------------------------------------------------------- the train state
@@ -332,10 +371,13 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     warm = min(cfg.warmup_steps, total_steps)
     decay_start = max(int(cfg.decay_from * total_steps), warm)
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.lr, max(warm, 1)), optax.constant_schedule(cfg.lr),
-         optax.linear_schedule(cfg.lr, 0.0, max(total_steps - decay_start, 1))],
+        [
+            optax.linear_schedule(0.0, cfg.lr, max(warm, 1)),
+            optax.constant_schedule(cfg.lr),
+            optax.linear_schedule(cfg.lr, 0.0, max(total_steps - decay_start, 1)),
+        ],
         [warm, decay_start],
-    )  # fmt: skip
+    )
     return optax.adam(schedule)
 
 
@@ -368,15 +410,30 @@ def init_state(key: Array, sae_cfg: SAEConfig, tx, acts: Array, weight: Array, m
     return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32), scale.astype(jnp.float32), since)
 
 
-def _train_chunk(state: TrainState, acts: Array, weight: Array, key: Array, *, sae_cfg: SAEConfig,
-                 cfg: TrainConfig, tx, steps: int, auxk_k: int) -> tuple[TrainState, dict[str, Array]]:  # fmt: skip
+def _train_chunk(
+    state: TrainState,
+    acts: Array,
+    weight: Array,
+    key: Array,
+    *,
+    sae_cfg: SAEConfig,
+    cfg: TrainConfig,
+    tx,
+    steps: int,
+    auxk_k: int,
+) -> tuple[TrainState, dict[str, Array]]:
     """`steps` optimizer steps on minibatches of one model batch's tokens -> (state, metrics `[steps]` each)."""
     n = acts.shape[0]
     x = acts / state.scale
     order = jnp.concatenate([jax.random.permutation(jax.random.fold_in(key, r), n) for r in range(cfg.reuse)])
     order = order[: steps * cfg.sae_batch].reshape(steps, cfg.sae_batch)
-    loss_fn = functools.partial(loss_and_metrics, cfg=sae_cfg, l1_coeff=cfg.l1_coeff if sae_cfg.kind == "relu" else 0.0,
-                                auxk_coeff=cfg.auxk_coeff if sae_cfg.kind == "topk" else 0.0, auxk_k=auxk_k)  # fmt: skip
+    loss_fn = functools.partial(
+        loss_and_metrics,
+        cfg=sae_cfg,
+        l1_coeff=cfg.l1_coeff if sae_cfg.kind == "relu" else 0.0,
+        auxk_coeff=cfg.auxk_coeff if sae_cfg.kind == "topk" else 0.0,
+        auxk_k=auxk_k,
+    )
 
     def step(s: TrainState, idx: Array):
         xb, wb = x[idx], weight[idx]
@@ -493,11 +550,13 @@ def train_sae(
     Raises:
       RunInterrupted (after checkpointing) on SIGTERM/SIGINT; ResumeError for a foreign or unexpected checkpoint.
     """
-    from jlang.resumable import ResumeError, RunInterrupted, check_fingerprint, stop_requested
+    from jlang.io.checkpoint import ResumeError, RunInterrupted, check_fingerprint, stop_requested
 
     if stream.layer is not None and (sae_cfg.layer, sae_cfg.hook_point) != (stream.layer, stream.point):
-        raise SAEError(f"the SAE reads layer {sae_cfg.layer} {sae_cfg.hook_point} but the stream gives layer "
-                       f"{stream.layer} {stream.point}")  # fmt: skip
+        raise SAEError(
+            f"the SAE reads layer {sae_cfg.layer} {sae_cfg.hook_point} but the stream gives layer "
+            f"{stream.layer} {stream.point}"
+        )
     width, mesh = stream.width, stream.mesh
     if sae_cfg.d_in != width:
         raise SAEError(f"SAE d_in={sae_cfg.d_in} but the stream's activations have width {width}")
@@ -515,13 +574,17 @@ def train_sae(
     if latest is not None:
         if not resume:
             store.close()
-            raise ResumeError(f"{store.directory} holds a checkpoint of an SAE run ({latest} steps done); pass "
-                              f"resume to continue it, or delete {store.directory} to start over")  # fmt: skip
+            raise ResumeError(
+                f"{store.directory} holds a checkpoint of an SAE run ({latest} steps done); pass "
+                f"resume to continue it, or delete {store.directory} to start over"
+            )
         record = store.read_record(latest)
         check_fingerprint(record.get("fingerprint", {}), fingerprint, str(store.directory))
-        template = jax.eval_shape(lambda a, w: init_state(key, sae_cfg, tx, a, w),
-                                  jax.ShapeDtypeStruct((stream.tokens_per_batch, width), jnp.float32),
-                                  jax.ShapeDtypeStruct((stream.tokens_per_batch,), jnp.float32))  # fmt: skip
+        template = jax.eval_shape(
+            lambda a, w: init_state(key, sae_cfg, tx, a, w),
+            jax.ShapeDtypeStruct((stream.tokens_per_batch, width), jnp.float32),
+            jax.ShapeDtypeStruct((stream.tokens_per_batch,), jnp.float32),
+        )
         template = _with_shardings(template, sae_cfg, mesh)
         state = store.restore_state(latest, template)
         stream.restore(record["stream"])
@@ -547,9 +610,14 @@ def train_sae(
                 for i in range(per_batch):
                     window.append({k: float(host[k][i]) for k in METRICS})
                     if (done + i + 1) % cfg.log_every == 0:
-                        history.append({"step": done + i + 1, "tokens": tokens,
-                                        **{k: float(np.mean([w[k] for w in window])) for k in METRICS},
-                                        "dead": window[-1]["dead"]})  # fmt: skip
+                        history.append(
+                            {
+                                "step": done + i + 1,
+                                "tokens": tokens,
+                                **{k: float(np.mean([w[k] for w in window])) for k in METRICS},
+                                "dead": window[-1]["dead"],
+                            }
+                        )
                         window = []
                 done += per_batch
                 bar.update(per_batch)
@@ -558,8 +626,13 @@ def train_sae(
                 due = checkpoint_every and done % checkpoint_every < per_batch and done < total
                 halt = stop_after is not None and done >= stop_after and done < total
                 if store is not None and (stop or due or halt):
-                    record = {"fingerprint": fingerprint, "stream": stream.state(), "history": history,
-                              "window": window, "tokens": tokens}  # fmt: skip
+                    record = {
+                        "fingerprint": fingerprint,
+                        "stream": stream.state(),
+                        "history": history,
+                        "window": window,
+                        "tokens": tokens,
+                    }
                     store.save(done, state, record)
                 if stop:
                     raise RunInterrupted(
@@ -581,8 +654,16 @@ def train_sae(
         "tokens": tokens,
         "data": stream.describe(),
     }
-    return TrainResult(SAE(sae_cfg, params, meta), history, np.asarray(state.since_fired), done, tokens,
-                       time.perf_counter() - start_time, resumed_from, finished)  # fmt: skip
+    return TrainResult(
+        SAE(sae_cfg, params, meta),
+        history,
+        np.asarray(state.since_fired),
+        done,
+        tokens,
+        time.perf_counter() - start_time,
+        resumed_from,
+        finished,
+    )
 
 
 def _with_shardings(template: TrainState, sae_cfg: SAEConfig, mesh) -> TrainState:
@@ -603,8 +684,13 @@ def _with_shardings(template: TrainState, sae_cfg: SAEConfig, mesh) -> TrainStat
         return put(a, sh[key] if key in params else rep)
 
     opt_state = jax.tree_util.tree_map_with_path(moment, template.opt_state)
-    return TrainState(params, opt_state, put(template.step, rep), put(template.scale, rep),
-                      put(template.since_fired, sh["since_fired"]))  # fmt: skip
+    return TrainState(
+        params,
+        opt_state,
+        put(template.step, rep),
+        put(template.scale, rep),
+        put(template.since_fired, sh["since_fired"]),
+    )
 
 
 # ----------------------------------------------------------------------------- sentences -> bucketed batches
@@ -613,9 +699,9 @@ def _with_shardings(template: TrainState, sae_cfg: SAEConfig, mesh) -> TrainStat
 def sentence_rows(tokenized, *, max_len: int, max_per_language: int | None = None):
     """One row per document of a `TokenizedCorpus` (BOS included when it was added), cut at `max_len` tokens.
 
-    Returns `jlang.evals.scoring.TokenRows` (`group` = language index); `score` marks the real tokens.
+    Returns `jlang.models.scoring.TokenRows` (`group` = language index); `score` marks the real tokens.
     """
-    from jlang.evals.scoring import rows_from_token_lists
+    from jlang.models.scoring import rows_from_token_lists
 
     tokens, groups = [], []
     for k, lang in enumerate(tokenized.languages):
@@ -634,7 +720,7 @@ def iterate_rows(model, rows, batch_size: int) -> Iterator[tuple[np.ndarray, dic
 
     Batches keep `batch_size` rows (padding rows are all-invalid, index -1) so a handful of shapes compile.
     """
-    from jlang.evals.scoring import plan_batches
+    from jlang.models.scoring import plan_batches
 
     batch = parallel.pad_batch_to(batch_size, model.mesh)
     for idx, width in plan_batches(rows.lengths, batch, rows.ids.shape[1]):
@@ -673,13 +759,23 @@ def sae_splice(hook_point: str, kind: str, k: int) -> Callable:
     return splice
 
 
-def _eval_batch(params, ids, positions, attend, splice_args, *, cfg: ModelConfig, sae_cfg: SAEConfig, chunk: int,
-                splice: Callable):  # fmt: skip
+def _eval_batch(
+    params, ids, positions, attend, splice_args, *, cfg: ModelConfig, sae_cfg: SAEConfig, chunk: int, splice: Callable
+):
     """(token log-probs `[b, t-1]`, hook activations of the SAE's layer `[b, t, d]`) with `splice_args`' mode."""
-    from jlang.evals.vocab import target_logprob
+    from jlang.models.vocab import target_logprob
 
-    hidden, probes = forward(params, ids, cfg, positions=positions, valid=attend, output="hidden", splice=splice,
-                             splice_args=splice_args, probe=lambda points, v: points[sae_cfg.hook_point])  # fmt: skip
+    hidden, probes = forward(
+        params,
+        ids,
+        cfg,
+        positions=positions,
+        valid=attend,
+        output="hidden",
+        splice=splice,
+        splice_args=splice_args,
+        probe=lambda points, v: points[sae_cfg.hook_point],
+    )
     logp = target_logprob(params, hidden[:, :-1], ids[:, 1:], cfg, chunk)
     return logp, probes[sae_cfg.layer].astype(jnp.float32)
 
@@ -709,8 +805,16 @@ def _eval_fns(cfg: ModelConfig, sae_cfg: SAEConfig, vocab_chunk: int) -> tuple[C
     return step, jax.jit(functools.partial(_sae_batch_stats, sae_cfg=sae_cfg))
 
 
-def evaluate(model, sae: SAE, rows, *, batch_size: int = 8, vocab_chunk: int = 16384, skip_bos: bool = True,
-             progress: bool = True) -> dict:  # fmt: skip
+def evaluate(
+    model,
+    sae: SAE,
+    rows,
+    *,
+    batch_size: int = 8,
+    vocab_chunk: int = 16384,
+    skip_bos: bool = True,
+    progress: bool = True,
+) -> dict:
     """NLL clean / with the SAE spliced in / with the hook point zeroed, and the SAE's MSE, EV and L0, on `rows`.
 
     Args:
@@ -721,7 +825,7 @@ def evaluate(model, sae: SAE, rows, *, batch_size: int = 8, vocab_chunk: int = 1
     """
     from tqdm.auto import tqdm
 
-    from jlang.evals.scoring import effective_score
+    from jlang.models.scoring import effective_score
 
     c = sae.config
     check_hook(model, c.layer, c.hook_point)
@@ -784,7 +888,7 @@ def dead_features(since_fired: np.ndarray, window: int) -> dict:
 def load_tokenized(model, corpus: Any, *, add_bos: bool | None = True, progress: bool = True):
     """Tokenize `corpus` (a Corpus or mapping language -> source) with the model's tokenizer, checking the ids fit."""
     from jlang.data.pipeline import tokenize_corpus
-    from jlang.resumable import check_ids_fit
+    from jlang.stats.resumable import check_ids_fit
 
     if model.tokenizer is None:
         raise SAEError(f"{model.name} has no tokenizer; SAE training needs one to tokenize the corpus")

@@ -69,11 +69,31 @@ DEFAULT_TEMPLATE = "Translate into {language}: {source}\n"
 
 # English names used in prompts ("Translate into French: ..."); an unknown code is used as it is.
 LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "zh": "Chinese", "fr": "French", "es": "Spanish", "ru": "Russian", "ja": "Japanese",
-    "de": "German", "ar": "Arabic", "ko": "Korean", "id": "Indonesian", "vi": "Vietnamese", "hi": "Hindi",
-    "it": "Italian", "pt": "Portuguese", "nl": "Dutch", "tr": "Turkish", "pl": "Polish", "sv": "Swedish",
-    "th": "Thai", "bn": "Bengali", "sw": "Swahili", "uk": "Ukrainian", "cs": "Czech", "fa": "Persian",
-}  # fmt: skip
+    "en": "English",
+    "zh": "Chinese",
+    "fr": "French",
+    "es": "Spanish",
+    "ru": "Russian",
+    "ja": "Japanese",
+    "de": "German",
+    "ar": "Arabic",
+    "ko": "Korean",
+    "id": "Indonesian",
+    "vi": "Vietnamese",
+    "hi": "Hindi",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "nl": "Dutch",
+    "tr": "Turkish",
+    "pl": "Polish",
+    "sv": "Swedish",
+    "th": "Thai",
+    "bn": "Bengali",
+    "sw": "Swahili",
+    "uk": "Ukrainian",
+    "cs": "Czech",
+    "fa": "Persian",
+}
 
 Pair = tuple[str, str]
 
@@ -152,9 +172,12 @@ def translation_pairs(
             if not src or not tgt or src.strip() == tgt.strip():
                 continue
             prompt = template.format(
-                language=language_name(lang), source_language=language_name(source_language), lang=lang,
-                source_lang=source_language, source=src,
-            )  # fmt: skip
+                language=language_name(lang),
+                source_language=language_name(source_language),
+                lang=lang,
+                source_lang=source_language,
+                source=src,
+            )
             items.append((prompt, tgt))
         if not items:
             raise CorpusError(f"{where} has no row with both {source_language!r} and {lang!r}")
@@ -254,8 +277,13 @@ def pair_rows(
     languages = [lang for lang in pairs if pairs[lang]]
     if not languages:
         raise CorpusError("no pairs to tokenize")
-    tok = tokenize_corpus(Corpus({lang: list(pairs[lang]) for lang in languages}), tokenizer, add_bos=add_bos,
-                          add_eos=add_eos, progress=False)  # fmt: skip
+    tok = tokenize_corpus(
+        Corpus({lang: list(pairs[lang]) for lang in languages}),
+        tokenizer,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        progress=False,
+    )
     ids, attend, loss, lang_ids = [], [], [], []
     skipped = {}
     for k, lang in enumerate(tok.languages):
@@ -287,8 +315,15 @@ def pair_rows(
             f"no pair has a response token within seq_len={seq_len}: raise data.seq_len, or check that the "
             "tokenizer turns the texts into tokens at all"
         )
-    out = PairRows(np.stack(ids), np.stack(attend), np.stack(loss), np.asarray(lang_ids, np.int32),
-                   tuple(tok.languages), int(tok.pad_id), skipped)  # fmt: skip
+    out = PairRows(
+        np.stack(ids),
+        np.stack(attend),
+        np.stack(loss),
+        np.asarray(lang_ids, np.int32),
+        tuple(tok.languages),
+        int(tok.pad_id),
+        skipped,
+    )
     if vocab_size is not None and (int(out.ids.max()) >= vocab_size or not 0 <= out.pad_id < vocab_size):
         raise ValueError(
             f"the tokenized pairs hold id {max(int(out.ids.max()), out.pad_id)}, outside the model's vocabulary of "

@@ -36,7 +36,7 @@ source, whose identity is part of the fingerprint.
 
 Outputs under `out`: `checkpoint/` (a jlang checkpoint: `jlang.load_model`),
 `hf/` (with `export_hf: true`), `loss.json` + `loss.png`, `config.yaml`,
-`summary.md`. Multi-process runs (`jlang.distributed`) shard the batch rows by
+`summary.md`. Multi-process runs (`jlang.parallel.distributed`) shard the batch rows by
 process and write every output once, from process 0.
 """
 
@@ -58,9 +58,9 @@ from typing import Any, Literal
 import numpy as np
 
 from jlang import config as config_lib
-from jlang import distributed
 from jlang.config import ConfigError, MeshSection, ModelSection
-from jlang.resumable import OrbaxRun
+from jlang.io.checkpoint import OrbaxRun
+from jlang.parallel import distributed
 from jlang.train.data import DEFAULT_TEMPLATE
 
 __all__ = [
@@ -207,7 +207,7 @@ def load_pairs(d: DataSection, seed: int):
     from jlang.train import data as data_lib
 
     if d.source == "default":
-        from jlang.data.gettext_corpus import ensure_default_corpus
+        from jlang.data.corpora.gettext import ensure_default_corpus
 
         path = ensure_default_corpus() / "parallel" / f"{d.split}.jsonl"
     else:
@@ -220,12 +220,17 @@ def load_pairs(d: DataSection, seed: int):
             ".jsonl file (the packaged corpus's only parallel split is 'heldout')"
         )
     rows = data_lib.read_jsonl(path)
-    common = {"pairs_per_language": d.pairs_per_language, "eval_pairs_per_language": d.eval_pairs_per_language,
-              "seed": seed, "where": str(path)}  # fmt: skip
+    common = {
+        "pairs_per_language": d.pairs_per_language,
+        "eval_pairs_per_language": d.eval_pairs_per_language,
+        "seed": seed,
+        "where": str(path),
+    }
     if all(isinstance(r.get("text"), dict) for r in rows):
         texts = [r["text"] for r in rows]
-        return data_lib.translation_pairs(texts, d.languages, source_language=d.source_language,
-                                          template=d.template, **common)  # fmt: skip
+        return data_lib.translation_pairs(
+            texts, d.languages, source_language=d.source_language, template=d.template, **common
+        )
     if all("prompt" in r and "response" in r for r in rows):
         return data_lib.instruction_pairs(rows, d.languages, **common)
     raise CorpusError(
@@ -250,8 +255,9 @@ def trainable_names(cfg: FinetuneConfig, param_names: list[str]) -> list[str]:
     return names
 
 
-def neuron_update_masks(masks, languages, num_layers: int, num_neurons: int, *, model: str | None = None,
-                        family: str | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def neuron_update_masks(
+    masks, languages, num_layers: int, num_neurons: int, *, model: str | None = None, family: str | None = None
+) -> dict[str, np.ndarray]:
     """Where `trainable: neurons` may change weights: the union of `languages`' neurons, per kernel.
 
     Returns bool arrays broadcastable to the kernels: `layers.gate` and `layers.up` `[L, 1, F]`
@@ -319,8 +325,8 @@ def token_logprob(params: Mapping[str, Any], x, targets, cfg, vocab_chunk: int |
     import jax
     import jax.numpy as jnp
 
-    from jlang.evals.vocab import chunk_plan, unembed_slice
     from jlang.models.decoder import unembed
+    from jlang.models.vocab import chunk_plan, unembed_slice
 
     vocab = cfg.vocab_size
     if vocab_chunk is None or vocab_chunk >= vocab:
@@ -398,11 +404,12 @@ class _Checkpoints(OrbaxRun):
         import orbax.checkpoint as ocp
 
         self.save_items(
-            step, record,
+            step,
+            record,
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             iterator=grain.checkpoint.CheckpointSave(iterator),
-        )  # fmt: skip
+        )
 
     def restore(self, step: int, params, opt_state, iterator):
         """(params, opt_state) of checkpoint `step`, shaped and sharded like the abstract templates
@@ -415,7 +422,7 @@ class _Checkpoints(OrbaxRun):
             params=ocp.args.StandardRestore(params),
             opt_state=ocp.args.StandardRestore(opt_state),
             iterator=grain.checkpoint.CheckpointRestore(iterator),
-        )  # fmt: skip
+        )
         return got["params"], got["opt_state"]
 
 
@@ -454,16 +461,23 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict:
 
 
 def _check_fingerprint(saved: Mapping, current: Mapping, where: str) -> None:
-    from jlang.resumable import ResumeError
+    from jlang.io.checkpoint import ResumeError
 
     if saved.get("format") != FORMAT:
-        raise ResumeError(f"{where} does not hold a jlang fine-tuning checkpoint (format {saved.get('format')!r}); "
-                          "delete it or set train.checkpoint_dir elsewhere")  # fmt: skip
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}" for k in sorted(current)
-             if k != "format" and saved.get(k) != current.get(k)]  # fmt: skip
+        raise ResumeError(
+            f"{where} does not hold a jlang fine-tuning checkpoint (format {saved.get('format')!r}); "
+            "delete it or set train.checkpoint_dir elsewhere"
+        )
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+        for k in sorted(current)
+        if k != "format" and saved.get(k) != current.get(k)
+    ]
     if diffs:
-        raise ResumeError(f"{where} holds a checkpoint of a different run ({'; '.join(diffs)}); resume with the same "
-                          f"config, or delete {where} to start a new run")  # fmt: skip
+        raise ResumeError(
+            f"{where} holds a checkpoint of a different run ({'; '.join(diffs)}); resume with the same "
+            f"config, or delete {where} to start a new run"
+        )
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -487,8 +501,14 @@ def plot_loss(history: list[dict], path: Path, *, title: str, evals: Mapping[str
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
         ax.plot(steps[w - 1 :], smooth, lw=2, label=f"running mean ({w} steps)")
     if evals:
-        ax.plot([0, steps[-1]], [evals["before"], evals["after"]], "s--", color="C3", lw=1,
-                label=f"held-out loss: {evals['before']:.3f} -> {evals['after']:.3f}")  # fmt: skip
+        ax.plot(
+            [0, steps[-1]],
+            [evals["before"], evals["after"]],
+            "s--",
+            color="C3",
+            lw=1,
+            label=f"held-out loss: {evals['before']:.3f} -> {evals['after']:.3f}",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("response NLL (nats / token)")
     ax.set_title(title, fontsize=10)
@@ -539,11 +559,12 @@ def summary_markdown(result: Mapping[str, Any]) -> str:
         lines.append(f"| held-out pairs, after | {ev['after']:.4f} |")
     lines += [
         "",
-        "Wall time: " + ", ".join(f"{name} {s:.1f} s" for name, s in result["timings"].items())
+        "Wall time: "
+        + ", ".join(f"{name} {s:.1f} s" for name, s in result["timings"].items())
         + f"; peak memory (max RSS of process 0) {result['peak_rss_gb']:.2f} GB.",
         "",
         "![loss curve](loss.png)",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -574,7 +595,7 @@ class _Run:
 
 def _check_outputs(cfg: FinetuneConfig, store: _Checkpoints, resume: bool) -> int | None:
     """The newest checkpoint's step; refuse a half-done run without `resume`, and a finished one."""
-    from jlang.resumable import ResumeError
+    from jlang.io.checkpoint import ResumeError
 
     latest = store.latest_step()
     if latest is not None and not resume:
@@ -607,17 +628,25 @@ def _prepare(cfg: FinetuneConfig, *, show: bool) -> _Run:
             f"train.batch_size {cfg.train.batch_size} must be a multiple of the mesh's data axis ({data_axis}) "
             f"and of the {shards} data shard(s)"
         )
-    model = distributed.for_processes(jlang.load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=mesh,
-                                                       progress=show))  # fmt: skip
+    model = distributed.for_processes(
+        jlang.load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=mesh, progress=show)
+    )
     mcfg = model.config
-    tokenize = functools.partial(data_lib.pair_rows, tokenizer=model.tokenizer, seq_len=cfg.data.seq_len,
-                                 add_bos=cfg.data.add_bos, add_eos=cfg.data.add_eos, vocab_size=mcfg.vocab_size)  # fmt: skip
+    tokenize = functools.partial(
+        data_lib.pair_rows,
+        tokenizer=model.tokenizer,
+        seq_len=cfg.data.seq_len,
+        add_bos=cfg.data.add_bos,
+        add_eos=cfg.data.add_eos,
+        vocab_size=mcfg.vocab_size,
+    )
     rows = tokenize(train_pairs)
     eval_rows = tokenize(eval_pairs) if cfg.data.eval_pairs_per_language else None
     update_masks = {}
     if masks is not None:
-        update_masks = neuron_update_masks(masks, cfg.mask_languages, mcfg.num_layers, mcfg.d_ff, model=model.name,
-                                           family=model.family)  # fmt: skip
+        update_masks = neuron_update_masks(
+            masks, cfg.mask_languages, mcfg.num_layers, mcfg.d_ff, model=model.name, family=model.family
+        )
     run = _Run(cfg, model, mesh, shard, shards, rows, eval_rows, trainable_names(cfg, mcfg.param_names()), update_masks)
     masks_digest = _digest(update_masks["layers.down"]) if update_masks else None
     run.fingerprint = run_fingerprint(cfg, model, rows.digest(), masks_digest, shards)
@@ -646,13 +675,16 @@ def _training_state(run: _Run):
         masks = jax.device_put(masks, next(iter(trainable.values())).sharding)
     shardings = None
     if mesh is not None:  # the step keeps every array where it was: no resharding between steps
-        shardings = (jax.tree.map(lambda x: x.sharding, trainable), jax.tree.map(lambda x: x.sharding, opt_state),
-                     parallel.replicated(mesh))  # fmt: skip
+        shardings = (
+            jax.tree.map(lambda x: x.sharding, trainable),
+            jax.tree.map(lambda x: x.sharding, opt_state),
+            parallel.replicated(mesh),
+        )
     step = jax.jit(
         functools.partial(train_step, cfg=run.model.config, optimizer=optimizer, vocab_chunk=run.cfg.train.vocab_chunk),
         donate_argnums=(0, 1),  # parameters and moments are updated in place
         out_shardings=shardings,
-    )  # fmt: skip
+    )
     return trainable, frozen, opt_state, masks, step, schedule
 
 
@@ -668,9 +700,10 @@ def _evaluator(run: _Run, frozen: Mapping[str, Any]):
     nll_fn = jax.jit(
         functools.partial(response_nll, cfg=run.model.config, vocab_chunk=run.cfg.train.vocab_chunk),
         out_shardings=parallel.replicated(run.mesh) if run.mesh is not None else None,  # each process reads its copy
-    )  # fmt: skip
-    batches = data_lib.eval_batches(run.eval_rows, batch_size=run.cfg.train.batch_size, shard=run.shard,
-                                    shards=run.shards)  # fmt: skip
+    )
+    batches = data_lib.eval_batches(
+        run.eval_rows, batch_size=run.cfg.train.batch_size, shard=run.shard, shards=run.shards
+    )
 
     def evaluate(trainable) -> float:
         nll = count = 0.0
@@ -683,8 +716,9 @@ def _evaluator(run: _Run, frozen: Mapping[str, Any]):
     return evaluate
 
 
-def _train_loop(run: _Run, state, store: _Checkpoints, iterator, start: int, history: list, record_extra: dict, *,
-                show: bool):  # fmt: skip
+def _train_loop(
+    run: _Run, state, store: _Checkpoints, iterator, start: int, history: list, record_extra: dict, *, show: bool
+):
     """Steps `start + 1 .. steps`: checkpoints every `checkpoint_every` steps, at the end, and on a signal.
 
     Returns the trained parameters (the optimizer state is dropped: its memory is free for the outputs);
@@ -692,25 +726,33 @@ def _train_loop(run: _Run, state, store: _Checkpoints, iterator, start: int, his
     """
     from tqdm.auto import tqdm
 
-    from jlang.resumable import RunInterrupted, stop_requested
+    from jlang.io.checkpoint import RunInterrupted, stop_requested
 
     trainable, frozen, opt_state, masks, step_fn, schedule = state
     total, every = run.cfg.train.steps, run.cfg.train.checkpoint_every
     with stop_requested() as flag:
         if show:  # printed once the signal handler is in place: a SIGTERM from now on checkpoints first
             n = _count_trained(trainable, run.update_masks)
-            print(f"fine-tuning {run.model.name} ({run.cfg.trainable}): {n:,} trained parameters, steps "
-                  f"{start}..{total}, {len(run.rows)} rows of {run.rows.seq_len} tokens", flush=True)  # fmt: skip
+            print(
+                f"fine-tuning {run.model.name} ({run.cfg.trainable}): {n:,} trained parameters, steps "
+                f"{start}..{total}, {len(run.rows)} rows of {run.rows.seq_len} tokens",
+                flush=True,
+            )
         bar = tqdm(total=total, initial=start, desc="fine-tuning", unit="step", disable=not show)
         try:
             for step in range(start + 1, total + 1):
                 batch = next(iterator)
                 placed = {k: run.model.place_batch(batch[k]) for k in ("ids", "attend", "loss")}
                 trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, placed, masks)
-                history.append({
-                    "step": step, "loss": _host_scalar(metrics["loss"]), "tokens": int(_host_scalar(metrics["tokens"])),
-                    "grad_norm": _host_scalar(metrics["grad_norm"]), "lr": float(schedule(step - 1)),
-                })  # fmt: skip
+                history.append(
+                    {
+                        "step": step,
+                        "loss": _host_scalar(metrics["loss"]),
+                        "tokens": int(_host_scalar(metrics["tokens"])),
+                        "grad_norm": _host_scalar(metrics["grad_norm"]),
+                        "lr": float(schedule(step - 1)),
+                    }
+                )
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
                 stop = distributed.any_process(flag.is_set())  # every process stops at the same step
@@ -752,10 +794,12 @@ def release_freed_memory() -> None:
 
 def _count_trained(trainable: Mapping[str, Any], update_masks: Mapping[str, np.ndarray]) -> int:
     """Weights the optimizer can change (only the masked entries in "neurons" mode)."""
-    return int(sum(
-        int(np.broadcast_to(update_masks[k], np.shape(v)).sum()) if k in update_masks else int(np.prod(np.shape(v)))
-        for k, v in trainable.items()
-    ))  # fmt: skip
+    return int(
+        sum(
+            int(np.broadcast_to(update_masks[k], np.shape(v)).sum()) if k in update_masks else int(np.prod(np.shape(v)))
+            for k, v in trainable.items()
+        )
+    )
 
 
 def _write_outputs(run: _Run, params: dict, history: list, evals: dict | None, timings: dict, t0: float) -> Path:
@@ -763,19 +807,25 @@ def _write_outputs(run: _Run, params: dict, history: list, evals: dict | None, t
     import jax
     import yaml
 
-    from jlang.models.model import Model, _decoder_from_params
+    from jlang.models.model import Model, decoder_from_params
 
     cfg, model, out = run.cfg, run.model, Path(run.cfg.out)
     final = out / "checkpoint"
     t = time.perf_counter()
-    tuned = Model(_decoder_from_params(model.config, params), model.tokenizer, name=f"{model.name}-finetuned",
-                  source=str(final), mesh=run.mesh, hf_config=model.hf_config)  # fmt: skip
+    tuned = Model(
+        decoder_from_params(model.config, params),
+        model.tokenizer,
+        name=f"{model.name}-finetuned",
+        source=str(final),
+        mesh=run.mesh,
+        hf_config=model.hf_config,
+    )
     if final.exists() and distributed.is_primary():  # a resumed run that had saved it already: write it again
         shutil.rmtree(final)
     distributed.barrier("jlang-finetune-final-cleared")
     tuned.save(final)  # collective on several processes
     if cfg.export_hf:
-        from jlang.train.export_hf import save_hf
+        from jlang.models.export import save_hf
 
         save_hf(tuned, out / "hf")
     timings["save"] = time.perf_counter() - t
@@ -819,8 +869,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
       resume: continue from the newest checkpoint in the checkpoint directory (its fingerprint must
         match); without it, an existing checkpoint is an error (a half-done run is never clobbered).
     Raises:
-      jlang.resumable.RunInterrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
-      jlang.resumable.ResumeError, ConfigError, MaskError, CorpusError, FileExistsError: bad input,
+      jlang.stats.resumable.RunInterrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
+      jlang.stats.resumable.ResumeError, ConfigError, MaskError, CorpusError, FileExistsError: bad input,
         before training starts.
     """
     from jlang.train import data as data_lib
@@ -837,8 +887,9 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         run = _prepare(cfg, show=show)
         timings["load model and data"] = time.perf_counter() - t
         trainable, frozen, opt_state, masks, step_fn, schedule = _training_state(run)
-        dataset = data_lib.batch_dataset(run.rows, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-                                         shard=run.shard, shards=run.shards)  # fmt: skip
+        dataset = data_lib.batch_dataset(
+            run.rows, batch_size=cfg.train.batch_size, seed=cfg.train.seed, shard=run.shard, shards=run.shards
+        )
         iterator = data_lib.iterator(dataset)
         start, history, eval_before = 0, [], None
         if resume and latest is None and show:
@@ -863,8 +914,7 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
         t = time.perf_counter()
         state = (trainable, frozen, opt_state, masks, step_fn, schedule)
         del trainable, opt_state  # `state` holds them; the loop consumes (donates) them
-        trainable = _train_loop(run, state, store, iterator, start, history, {"eval_before": eval_before},
-                                show=show)  # fmt: skip
+        trainable = _train_loop(run, state, store, iterator, start, history, {"eval_before": eval_before}, show=show)
         del state
         if cfg.train.steps > start:
             timings["training"] = time.perf_counter() - t

@@ -1,0 +1,143 @@
+"""`jlang stats`: the statistics pass from the command line, resumable and multi-process.
+
+    jlang stats --model M --corpus DIR --out OUT                      # one process
+    jlang stats ... --checkpoint-every 200                            # checkpoint every 200 batches
+    jlang stats ... --resume                                          # continue after SIGTERM / preemption
+    jlang stats ... --coordinator 10.0.0.2:1234 --num-processes 4 --process-id $I   # on each of 4 hosts
+    jlang stats ... --distributed                                     # TPU pod slice: JAX finds the hosts
+
+A checkpoint (orbax: exact accumulators + grain iterator state) is saved every
+`--checkpoint-every` batches and when SIGTERM or SIGINT arrives; the process
+then exits with code 128 + signal number. `--resume` continues and ends with
+exactly the counts of an uninterrupted run. The result `OUT/stats.npz` is
+written by process 0 only, atomically, and the checkpoint is deleted after it.
+
+This module holds `cmd_stats` and `_stats_parser` for `jlang.cli`, and a
+`main` so that `python -m jlang.cli.stats stats ...` runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jlang.parallel import distributed
+
+DEFAULT_CHECKPOINT_EVERY = 100
+CHECKPOINT_SUBDIR = "stats-checkpoint"
+
+
+def parse_mesh(spec: str | None) -> tuple[int | None, int | None]:
+    """`DATA,MODEL` -> sizes; an empty side is inferred from the devices (`,4`: all devices / 4 on data)."""
+    if not spec:
+        return None, None
+    parts = spec.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        data, model = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ValueError(f"--mesh wants DATA,MODEL (two integers, either may be empty), got {spec!r}") from None
+    if any(x is not None and x < 1 for x in (data, model)):
+        raise ValueError(f"--mesh sizes must be positive, got {spec!r}")
+    return data, model
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """`--checkpoint-dir`, or `OUT/stats-checkpoint`."""
+    return Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.out) / CHECKPOINT_SUBDIR
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Check inputs (checkpoint state, corpus, mesh, model), run the pass, write `OUT/stats.npz` on process 0."""
+    import jlang
+    from jlang.data.sources import resolve_corpus
+    from jlang.io.checkpoint import RunInterrupted, check_no_stale_checkpoint
+    from jlang.stats.resumable import collect_stats_resumable, finish
+
+    distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
+    primary = distributed.is_primary()
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    ckpt = checkpoint_dir(args)
+    step = check_no_stale_checkpoint(ckpt, args.resume)  # fail before loading anything
+    if primary and args.resume:
+        print(
+            f"resuming from {ckpt} ({step} batches done)"
+            if step is not None
+            else f"no checkpoint in {ckpt}; starting from the first batch"
+        )
+    corpus = resolve_corpus(args.corpus, args.languages, args.split)
+    mesh = distributed.default_mesh(*parse_mesh(args.mesh))
+    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=primary)
+    try:
+        stats = collect_stats_resumable(
+            model,
+            corpus,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            mode=args.mode,
+            max_tokens=args.max_tokens,
+            checkpoint_dir=ckpt,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            progress=primary,
+        )
+    except RunInterrupted as e:
+        if primary:
+            print(f"jlang: {e}", file=sys.stderr)
+        return e.exit_code
+    path = finish(stats, Path(args.out) / "stats.npz", ckpt)
+    if path is not None:
+        counts = ", ".join(f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.tokens))
+        print(f"wrote {path}: {counts} tokens")
+    return 0
+
+
+def _stats_parser(sub) -> None:
+    """Register `stats` on `jlang`'s sub-command parsers."""
+    from jlang.config import CorpusSection, StatsSection
+
+    p = sub.add_parser("stats", help="activation statistics per language at mlp.act (resumable, multi-process)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--corpus", default="default", help='"default" or a directory of {lang}.txt / {lang}.jsonl files')
+    p.add_argument("--languages", nargs="+", default=list(CorpusSection.languages))
+    p.add_argument("--split", default="train", choices=["train", "heldout"])
+    p.add_argument(
+        "--mode", default="pack", choices=["pack", "pad"], help="pack (LAPE) or pad sentence by sentence (FLORES)"
+    )
+    p.add_argument("--batch-size", type=int, default=StatsSection.batch_size, help="rows per batch on each process")
+    p.add_argument("--seq-len", type=int, default=StatsSection.seq_len)
+    p.add_argument("--max-tokens", type=int, default=None, help="cap per language")
+    p.add_argument("--out", required=True, help="output directory (stats.npz)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="DATA,MODEL",
+        help="device mesh sizes, e.g. 2,4 (default: one device; all devices on data with several processes)",
+    )
+    g = p.add_argument_group("checkpoints")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help="checkpoint every N batches (0: only on SIGTERM/SIGINT)",
+    )
+    g.add_argument("--checkpoint-dir", default=None, help=f"default: OUT/{CHECKPOINT_SUBDIR} (shared by all processes)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    distributed.add_arguments(p, suppress_defaults=True)
+    p.set_defaults(func=cmd_stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jlang.cli.stats stats ...` is `jlang stats ...` (kept for scripts and tests that call it)."""
+    from jlang.cli import main as jlang_main
+
+    return jlang_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

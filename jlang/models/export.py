@@ -1,0 +1,287 @@
+"""A jlang model -> a Hugging Face directory (`config.json`, `model.safetensors`, tokenizer) that
+`transformers.AutoModelForCausalLM.from_pretrained` loads.
+
+This inverts `jlang.models.convert`. jlang keeps every parameter in Hugging Face
+conventions except for layout, so the inverse is short:
+
+- kernels: jlang stores Flax kernels `[in, out]` (`convert.TRANSPOSED`); HF
+  `Linear.weight` is `[out, in]`, so they are transposed back;
+- layers: jlang stacks per-layer tensors on a leading `[L, ...]` axis; HF names
+  one tensor per layer (`model.layers.{i}.…`, the family's name map);
+- tied embeddings: no `lm_head.weight` is written (HF ties it to `embed_tokens`).
+
+What a GGUF source changed is already undone when jlang reads it
+(`jlang.models.gguf`): the rows of llama's `attn_q`/`attn_k` are back in HF's
+rotate-half order, and Gemma's norm weights are back to HF's `w` (the file
+stores `w + 1`). So an export of a GGUF-sourced model is a plain HF checkpoint:
+nothing is permuted or offset on the way out, and Gemma norms stay `w` (HF
+Gemma computes `x * (1 + w)`, as jlang does with `norm_offset`).
+
+The config is built from jlang's `ModelConfig`, the numbers the decoder really
+uses, not copied from the source (a GGUF-sourced model's config was itself
+rebuilt from metadata); only non-architectural values (token ids, maximum
+positions) are taken from the source config when it has them. Before anything
+is written, the config is read back with `jlang.models.families.model_config_from_hf`
+and must give the same `ModelConfig`, so an export never silently describes
+another model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jlang.models.convert import TRANSPOSED, hf_names, hf_shape
+from jlang.models.decoder import param_shapes
+from jlang.models.families import FAMILIES, ModelConfig, RoPE, model_config_from_hf
+
+__all__ = ["ExportError", "hf_config_dict", "hf_layout", "hf_tensors", "save_hf", "write_safetensors"]
+
+
+class ExportError(ValueError):
+    """The model has a feature its family's Hugging Face config cannot express."""
+
+
+# jlang family -> (HF model_type, activation key of the config)
+_MODEL_TYPES = {
+    "llama": ("llama", "hidden_act"),
+    "mistral": ("mistral", "hidden_act"),
+    "qwen2": ("qwen2", "hidden_act"),
+    "qwen3": ("qwen3", "hidden_act"),
+    "gemma": ("gemma", "hidden_activation"),
+    "gemma2": ("gemma2", "hidden_activation"),
+    "gemma3": ("gemma3_text", "hidden_activation"),
+}
+_HF_ACTIVATIONS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+# Values that do not change the computation, taken from the source config when it has them.
+_CARRIED = (
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "initializer_range",
+)
+
+
+def _rope_dict(rope: RoPE) -> dict[str, Any]:
+    """HF `rope_parameters` for one attention type: the kind, the base and every field off its default."""
+    out: dict[str, Any] = {"rope_type": rope.kind, "rope_theta": rope.theta}
+    default = RoPE(theta=rope.theta)
+    for name in (
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    ):
+        value = getattr(rope, name)
+        if value != getattr(default, name) or rope.kind == "llama3" or (rope.kind == "linear" and name == "factor"):
+            out[name] = value
+    return out
+
+
+def _layer_types(cfg: ModelConfig) -> list[str]:
+    return ["sliding_attention" if local else "full_attention" for local in cfg.local_layers]
+
+
+def hf_config_dict(
+    cfg: ModelConfig, *, source_config: dict | None = None, tokenizer: Any = None, dtype: str = "float32"
+) -> dict[str, Any]:
+    """The `config.json` of `cfg` for its family's `transformers` class (checked by reading it back).
+
+    Args:
+      cfg: the model's `ModelConfig`.
+      source_config: the config the model was loaded from (`Model.hf_config`): token ids and
+        maximum positions are carried over from it.
+      tokenizer: fills token ids the source config lacks.
+      dtype: the parameters' dtype.
+    Raises:
+      ExportError: the family's HF config cannot express `cfg` (e.g. an attention scale other than
+        `head_dim ** -0.5` outside Gemma 2/3).
+    """
+    if cfg.family not in _MODEL_TYPES:
+        raise ExportError(f"no Hugging Face export for family {cfg.family!r}; supported: {sorted(_MODEL_TYPES)}")
+    model_type, act_key = _MODEL_TYPES[cfg.family]
+    family = FAMILIES[cfg.family]
+    d: dict[str, Any] = {
+        "architectures": [family.architectures[0]],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        act_key: _HF_ACTIVATIONS[cfg.activation],
+        "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": cfg.o_bias,
+        "dtype": dtype,
+    }
+    problems = []
+    if cfg.family == "gemma3":
+        d["rope_parameters"] = {
+            "full_attention": _rope_dict(cfg.rope_global),
+            "sliding_attention": _rope_dict(cfg.rope_local),
+        }
+    else:
+        d["rope_parameters"] = _rope_dict(cfg.rope_global)
+        if any(cfg.local_layers) and cfg.rope_local != cfg.rope_global:
+            problems.append(f"{cfg.family} has one RoPE for all layers, this model has a local and a global one")
+    if any(cfg.local_layers):
+        d["sliding_window"] = cfg.sliding_window
+        if cfg.family == "mistral":
+            if not all(cfg.local_layers):
+                problems.append("Mistral uses the sliding window on every layer or none")
+        else:
+            d["layer_types"] = _layer_types(cfg)
+            if cfg.family in ("qwen2", "qwen3"):
+                d["use_sliding_window"] = True
+    else:
+        d["sliding_window"] = None
+        if cfg.family in ("qwen2", "qwen3"):
+            d["use_sliding_window"] = False
+        if cfg.family in ("gemma2", "gemma3", "qwen2", "qwen3"):
+            d["layer_types"] = _layer_types(cfg)
+    if cfg.family in ("gemma2", "gemma3"):
+        scalar = 1.0 / cfg.attn_scale**2
+        d["query_pre_attn_scalar"] = round(scalar) if math.isclose(scalar, round(scalar), rel_tol=1e-9) else scalar
+        d["attn_logit_softcapping"] = cfg.attn_softcap
+        d["final_logit_softcapping"] = cfg.final_softcap
+    else:
+        if not math.isclose(cfg.attn_scale, cfg.head_dim**-0.5, rel_tol=1e-9):
+            problems.append(f"attention scale {cfg.attn_scale} is not head_dim ** -0.5, which {cfg.family} assumes")
+        if cfg.attn_softcap is not None or cfg.final_softcap is not None:
+            problems.append(f"{cfg.family} has no logit soft-capping")
+    if cfg.family == "qwen2" and cfg.o_bias:
+        problems.append("Qwen2 has biases on q/k/v only, this model has one on o too")
+    if cfg.family not in ("qwen2",) and cfg.qkv_bias != cfg.o_bias:
+        problems.append(f"{cfg.family}'s attention_bias puts biases on q, k, v and o together")
+    if problems:
+        raise ExportError("cannot export to a Hugging Face config: " + "; ".join(problems))
+
+    source_config = source_config or {}
+    for key in _CARRIED:
+        if source_config.get(key) is not None:
+            d[key] = source_config[key]
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if d.get(key) is None and tokenizer is not None and getattr(tokenizer, key, None) is not None:
+            d[key] = int(getattr(tokenizer, key))
+    _check_round_trip(d, cfg)
+    return d
+
+
+def _check_round_trip(d: dict, cfg: ModelConfig) -> None:
+    """The written config must read back (as jlang reads HF configs) to exactly `cfg`."""
+    from transformers import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[d["model_type"]].from_dict(dict(d))
+    back = model_config_from_hf(config)
+    if back != cfg:
+        diffs = [
+            f"{k}: {v!r} -> {getattr(back, k)!r}"
+            for k, v in cfg.to_dict().items()
+            if getattr(back, k) != getattr(cfg, k)
+        ]
+        raise ExportError("the Hugging Face config does not read back to this model's config: " + "; ".join(diffs))
+
+
+def hf_tensors(params: Mapping[str, Any], cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """`(HF name, host array in HF layout)` for every tensor, one jlang parameter at a time.
+
+    Weights come out `[out, in]`, one tensor per layer. Each jlang parameter is brought to the host
+    (`jlang.parallel.to_host`: a collective on several processes, so every process must run this
+    generator to the end) only when its tensors are due, so host memory holds one parameter at a time.
+    """
+    from jlang import parallel
+
+    for name in cfg.param_names():
+        arr = parallel.to_host(params[name])
+        parts = [arr[i] for i in range(cfg.num_layers)] if name.startswith("layers.") else [arr]
+        for hf, part in zip(hf_names(cfg, name), parts):
+            yield hf, (part.T if name in TRANSPOSED else part)
+
+
+def hf_layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """`(HF name, HF shape)` of every tensor, in the order `hf_tensors` yields them."""
+    shapes = param_shapes(cfg)
+    return [(hf, hf_shape(name, shapes[name])) for name in cfg.param_names() for hf in hf_names(cfg, name)]
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def write_safetensors(
+    path: Path,
+    layout: list[tuple[str, tuple[int, ...]]],
+    dtype: str,
+    tensors: Iterator[tuple[str, np.ndarray]],
+    metadata: Mapping[str, str],
+) -> None:
+    """Stream tensors into a `.safetensors` file: the header (known from `layout`), then each tensor's bytes.
+
+    The format (huggingface/safetensors): an 8-byte little-endian header length, a JSON header
+    `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}` padded with spaces to a
+    multiple of 8, then the data. `safetensors.numpy.save_file` needs every tensor in memory at once;
+    streaming keeps one.
+    """
+    itemsize = np.dtype(jnp_dtype(dtype)).itemsize
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for (name, shape), (got, arr) in zip(layout, tensors, strict=True):
+            if got != name or tuple(arr.shape) != tuple(shape):
+                raise ExportError(f"internal: tensor {got} {arr.shape} where {name} {shape} was announced")
+            f.write(np.ascontiguousarray(arr, dtype=jnp_dtype(dtype)).reshape(-1).view(np.uint8).data)
+
+
+def jnp_dtype(name: str):
+    """The NumPy dtype of a jlang dtype name ("bfloat16" is ml_dtypes', as JAX's)."""
+    import jax.numpy as jnp
+
+    return jnp.dtype(name)
+
+
+def save_hf(model, path: str | os.PathLike) -> Path:
+    """Write `model` (a `jlang.Model`) as a Hugging Face directory at `path` (replaced atomically).
+
+    Call on every process (each parameter is gathered to the host in turn); process 0 writes.
+    Host memory holds one parameter at a time (the largest is usually the embedding).
+    """
+    from jlang.io.atomic import atomic_directory
+    from jlang.parallel import distributed
+
+    cfg = model.config
+    d = hf_config_dict(cfg, source_config=model.hf_config, tokenizer=model.tokenizer, dtype=model.dtype)
+    tensors = hf_tensors(model.params, cfg)
+    path = Path(path)
+    if distributed.is_primary():
+        with atomic_directory(path) as tmp:
+            write_safetensors(tmp / "model.safetensors", hf_layout(cfg), model.dtype, tensors, {"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+            if model.tokenizer is not None:
+                model.tokenizer.save_pretrained(tmp)
+    else:
+        for _ in tensors:  # the gathers are collective: take part in every one
+            pass
+    distributed.barrier("jlang-export-hf")
+    return path

@@ -1,0 +1,256 @@
+"""Log-probabilities of token rows under neuron edits: the one jitted program behind PPL and LSS.
+
+A row is a tokenized text (BOS first when the tokenizer has one) with two masks:
+`attend` marks its real tokens (padding is never attended to) and `score` marks
+the tokens whose log-probability counts. Position 0 is never scored: nothing
+predicts it (vLLM's `prompt_logprobs[0]` is `None`, and LAPE's and NJUNLP's
+`ppl.py` skip it); a token at position `j` is scored from the hidden state at
+`j - 1`, which must be a real token too.
+
+`Scorer` runs the forward with `output="hidden"` and takes the log-softmax of
+each next token over vocabulary chunks (`jlang.models.vocab.target_logprob`), so
+`[batch, seq, vocab]` logits never exist. It sorts rows by length and cuts
+batches of `batch_size` rows whose width is the batch's longest row rounded up
+to a power of two (>= 16): a handful of compiled shapes, little padding. Edits
+are arguments (data), so every edit condition reuses the same programs.
+
+Several processes (`jlang.parallel.distributed`): by default every process passes the
+same rows, and each batch is split over all devices (the batches of a
+single-process run). With `sharded=True` each process passes its own rows (its
+grain shard, as `ppl` does); the processes then agree on one plan (as many
+batches as the longest shard needs, each as wide as its widest shard's rows),
+feed their rows as their share of each global batch, and get back the sums of
+their own rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from jlang import parallel
+from jlang.models.decoder import Edits, forward
+from jlang.models.families import ModelConfig
+from jlang.models.vocab import DEFAULT_CHUNK, target_logprob
+from jlang.parallel import distributed
+from jlang.parallel.batch_loop import bucket_width
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """Rows to score, right-padded: ids int32 `[N, T]`, attend/score bool `[N, T]`, group int32 `[N]`."""
+
+    ids: np.ndarray
+    attend: np.ndarray
+    score: np.ndarray
+    group: np.ndarray
+
+    def __post_init__(self) -> None:
+        n, t = self.ids.shape
+        if self.attend.shape != (n, t) or self.score.shape != (n, t) or self.group.shape != (n,):
+            raise ValueError(
+                f"TokenRows: ids {self.ids.shape}, attend {self.attend.shape}, score {self.score.shape}, "
+                f"group {self.group.shape} do not agree"
+            )
+        if (self.score & ~self.attend).any():
+            raise ValueError("TokenRows: a scored position is not an attended (real) token")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int `[N]`: one past the last real token of each row."""
+        t = self.ids.shape[1]
+        last = np.where(self.attend, np.arange(t), -1).max(axis=1)
+        return last + 1
+
+    def scored_counts(self) -> np.ndarray:
+        """int64 `[N]`: tokens that count in each row (scored, not at position 0, real predecessor)."""
+        return effective_score(self.attend, self.score).sum(axis=1, dtype=np.int64)
+
+
+def effective_score(attend: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """bool `[N, T]`: `score` without position 0 and without tokens whose predecessor is not real."""
+    out = score.copy()
+    out[:, 0] = False
+    out[:, 1:] &= attend[:, :-1]
+    return out
+
+
+def rows_from_token_lists(
+    tokens: Sequence[Sequence[int]], score_from: Sequence[int], group: Sequence[int], *, pad_id: int = 0
+) -> TokenRows:
+    """Rows from ragged token lists; row i scores its tokens from position `score_from[i]` on."""
+    n = len(tokens)
+    width = max((len(t) for t in tokens), default=1)
+    ids = np.full((n, width), pad_id, np.int32)
+    attend = np.zeros((n, width), bool)
+    score = np.zeros((n, width), bool)
+    for i, (toks, start) in enumerate(zip(tokens, score_from)):
+        ids[i, : len(toks)] = toks
+        attend[i, : len(toks)] = True
+        score[i, start : len(toks)] = True
+    return TokenRows(ids, attend, score, np.asarray(group, np.int32))
+
+
+def rows_from_batches(batches: Iterable[Mapping[str, np.ndarray]]) -> TokenRows:
+    """Rows of `jlang.data.make_batches` output (plain text: `valid` = real tokens = scored); padding rows dropped."""
+    ids, valid, lang = [], [], []
+    for b in batches:
+        keep = np.asarray(b["lang"]) >= 0
+        ids.append(np.asarray(b["ids"])[keep])
+        valid.append(np.asarray(b["valid"])[keep])
+        lang.append(np.asarray(b["lang"])[keep])
+    valid_arr = np.concatenate(valid)
+    return TokenRows(
+        np.concatenate(ids).astype(np.int32), valid_arr, valid_arr.copy(), np.concatenate(lang).astype(np.int32)
+    )
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int, cap: int) -> list[tuple[np.ndarray, int]]:
+    """(row indices, width) per batch: rows sorted by length (stable), `batch_size` per batch."""
+    order = np.argsort(lengths, kind="stable")
+    out = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        out.append((idx, bucket_width(int(lengths[idx].max()), cap)))
+    return out
+
+
+def plan_shard_batches(lengths: np.ndarray, batch_size: int, cap: int, mesh) -> list[tuple[np.ndarray, int]]:
+    """`plan_batches` agreed by every data shard: this shard's row indices and the common width, per batch.
+
+    A collective (`jlang.parallel.distributed.gather_shards`, see `merge_plans`); on one shard, `plan_batches`.
+    """
+    every = distributed.gather_shards(np.append(np.asarray(lengths, np.int64), cap), mesh)  # each shard's cap last
+    if len(every) == 1:
+        return plan_batches(lengths, batch_size, cap)
+    cap = int(max(e[-1] for e in every))
+    shard, _ = distributed.data_shard(mesh)
+    return merge_plans([plan_batches(e[:-1], batch_size, cap) for e in every], shard)
+
+
+def merge_plans(plans: Sequence[list[tuple[np.ndarray, int]]], shard: int) -> list[tuple[np.ndarray, int]]:
+    """Shard `shard`'s part of one plan for all shards (each shard's `plan_batches`, in shard order).
+
+    Every process must run each global batch, with one shape: the plan has as many batches as the
+    longest shard's plan (a shard out of rows feeds none) and batch i is as wide as the widest
+    shard's batch i.
+    """
+    empty = np.zeros(0, np.int64)
+    out = []
+    for i in range(max(len(p) for p in plans)):
+        width = max(p[i][1] for p in plans if i < len(p))
+        out.append((plans[shard][i][0] if i < len(plans[shard]) else empty, width))
+    return out
+
+
+def _batch(rows: TokenRows, idx: np.ndarray, width: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """ids, attend `[batch, width]` of rows `idx`, padded with empty rows (and columns past the rows' width)."""
+    ids = np.zeros((batch, width), np.int32)
+    attend = np.zeros((batch, width), bool)
+    w = min(width, rows.ids.shape[1])
+    ids[: len(idx), :w] = rows.ids[idx, :w]
+    attend[: len(idx), :w] = rows.attend[idx, :w]
+    return ids, attend
+
+
+def _token_logprobs(params, ids, positions, attend, edits, *, cfg: ModelConfig, chunk: int):
+    """log p(ids[:, j] | ids[:, :j]) for j >= 1: float32 `[batch, seq - 1]`."""
+    hidden, _ = forward(params, ids, cfg, positions=positions, valid=attend, edits=edits, output="hidden")
+    return target_logprob(params, hidden[:, :-1], ids[:, 1:], cfg, chunk)
+
+
+class Scorer:
+    """Jitted next-token log-probabilities of a model, for any `Edits` of its shape.
+
+    Args:
+      model: a `jlang.Model`.
+      vocab_chunk: vocabulary chunk of the log-softmax (memory `batch x seq x chunk` float32).
+    """
+
+    def __init__(self, model, *, vocab_chunk: int = DEFAULT_CHUNK):
+        self.model = model
+        self.vocab_chunk = int(vocab_chunk)
+        self._step = jax.jit(functools.partial(_token_logprobs, cfg=model.config, chunk=self.vocab_chunk))
+        self._identity: Edits | None = None
+
+    def _edits(self, edits: Edits | None) -> Edits:
+        if edits is None:
+            from jlang.edits import identity
+
+            if self._identity is None:
+                self._identity = identity((self.model.num_layers, self.model.num_neurons))
+            return self._identity
+        return edits
+
+    def token_logprobs(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None = None) -> np.ndarray:
+        """float32 `[batch, seq - 1]` log-probabilities of tokens 1.. of one batch (no bucketing; the same rows
+        on every process)."""
+        b = len(ids)
+        return parallel.to_host(self._dispatch(np.asarray(ids), np.asarray(attend, bool), edits, sharded=False))[:b]
+
+    def plan(self, rows: TokenRows, batch_size: int, *, sharded: bool = False) -> list[tuple[np.ndarray, int]]:
+        """(row indices, width) per batch; with `sharded`, agreed by every shard (a collective)."""
+        if sharded:
+            return plan_shard_batches(rows.lengths, batch_size, rows.ids.shape[1], self.model.mesh)
+        return plan_batches(rows.lengths, batch_size, rows.ids.shape[1])
+
+    def row_sums(
+        self,
+        rows: TokenRows,
+        edits: Edits | None = None,
+        *,
+        batch_size: int = 8,
+        progress=None,
+        sharded: bool = False,
+        plan: list[tuple[np.ndarray, int]] | None = None,
+    ) -> np.ndarray:
+        """float64 `[N]`: the sum of scored log-probabilities of each row (`effective_score` positions).
+
+        `sharded`: `rows` are this process's share (they differ between data shards) and `batch_size`
+        counts this process's rows per batch; every process must call this the same number of times.
+        Default: every process passes the same rows; `batch_size` counts the rows of a whole batch.
+        `plan`: `self.plan(rows, batch_size, sharded=sharded)`, computed once for several calls on the same rows.
+        """
+        total = np.zeros(len(rows), np.float64)
+        score = effective_score(rows.attend, rows.score)
+        pending = None
+        for idx, width in plan if plan is not None else self.plan(rows, batch_size, sharded=sharded):
+            ids, attend = _batch(rows, idx, width, batch_size)  # keep the compiled batch shape
+            out = self._dispatch(ids, attend, edits, sharded=sharded)
+            if pending is not None:  # fold the previous batch while this one runs
+                self._fold(total, score, *pending, sharded=sharded)
+            pending = (idx, width, out)
+            if progress is not None:
+                progress.update(1)
+        if pending is not None:
+            self._fold(total, score, *pending, sharded=sharded)
+        return total
+
+    def _dispatch(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None, *, sharded: bool):
+        model = self.model
+        ids = model.check_ids(ids)
+        b, t = ids.shape
+        rows = distributed.local_batch_rows(b, model.mesh) if sharded else parallel.pad_batch_to(b, model.mesh)
+        if rows != b:
+            ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
+            attend = np.concatenate([attend, np.zeros((rows - b, t), bool)])
+        positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
+        place = model.place_batch if sharded else functools.partial(distributed.place_whole_batch, model)
+        return self._step(model.params, place(ids), place(positions), place(attend), self._edits(edits))
+
+    def _fold(self, total: np.ndarray, score: np.ndarray, idx: np.ndarray, width: int, out, *, sharded: bool) -> None:
+        host = distributed.local_rows(out, self.model.mesh) if sharded else parallel.to_host(out)
+        logp = host[: len(idx)].astype(np.float64)  # [b, width - 1]
+        mask = score[idx, 1:width]
+        total[idx] = np.where(mask, logp, 0.0).sum(axis=1)
+
+    def num_batches(self, rows: TokenRows, batch_size: int, *, sharded: bool = False) -> int:
+        """Batches `row_sums` runs (with `sharded`, a collective)."""
+        return len(self.plan(rows, batch_size, sharded=sharded))

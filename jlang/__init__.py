@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # Old import path -> where the module lives now (the layout of issue 14).
 MOVED_MODULES = {
     "jlang.collect": "jlang.stats.collect",
-    "jlang.resumable": "jlang.stats.resumable",
+    "jlang.resumable": "jlang.stats.checkpoint",
     "jlang.distributed": "jlang.parallel.distributed",
     "jlang.runs": "jlang.methods.chain",
     "jlang.generate": "jlang.models.generate",

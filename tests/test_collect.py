@@ -149,15 +149,46 @@ def test_packing_equals_padding_when_valid_tokens_are_the_same(tiny_dirs):
 
 
 def test_repeated_passes_reuse_the_compiled_step(tiny_dirs):
-    from jlang.stats.collect import _stats_step
+    from jlang.stats.collect import jitted_stats_step
 
     path, _ = tiny_dirs["llama2"]
     model = jlang.load_model(path, progress=False)
     batches = _batches(model.config.vocab_size, K=3, n=2)
     first = run_stats(model, batches, 3, progress=False)
-    compiled = _stats_step._cache_size()
+    compiled = jitted_stats_step._cache_size()
     again = run_stats(model, batches, 3, progress=False)
-    assert _stats_step._cache_size() == compiled  # no new compilation for the same model and shapes
+    assert jitted_stats_step._cache_size() == compiled  # no new compilation for the same model and shapes
     assert np.array_equal(first.over_zero, again.over_zero)
     run_stats(model, batches, 4, progress=False)  # another language count is another program
-    assert _stats_step._cache_size() == compiled + 1
+    assert jitted_stats_step._cache_size() == compiled + 1
+
+
+def test_token_id_files_need_no_tokenizer(tmp_path):
+    """A LAPE token-id corpus runs on a model directory without tokenizer files; text there is refused by name."""
+    from tiny_models import build_torch_model, family_configs, save_tiny
+
+    from jlang.data.sources import CorpusError
+    from jlang.io import torchfile
+
+    config = family_configs()["llama2"]
+    bare, full = tmp_path / "bare", tmp_path / "full"
+    build_torch_model(config).save_pretrained(bare)  # weights and config only
+    save_tiny(config, full)
+    ids = np.random.default_rng(0).integers(4, config.vocab_size, 200).astype(np.int64)
+    torchfile.save(tmp_path / "id.fr.train.llama", ids)
+    without = jlang.load_model(bare, progress=False)
+    assert without.tokenizer is None
+    got = jlang.collect_stats(without, {"fr": tmp_path / "id.fr.train.llama"}, batch_size=2, seq_len=8, progress=False)
+    ref = jlang.collect_stats(
+        jlang.load_model(full, progress=False),
+        {"fr": tmp_path / "id.fr.train.llama"},
+        batch_size=2,
+        seq_len=8,
+        progress=False,
+    )
+    assert got.tokens[0] == 200 // 8 * 8
+    np.testing.assert_array_equal(got.over_zero, ref.over_zero)
+    np.testing.assert_array_equal(got.sum, ref.sum)
+    (tmp_path / "fr.txt").write_text("w5 w6 w7\n")
+    with pytest.raises(CorpusError, match=r"'fr'.*is text and there is no tokenizer"):
+        jlang.collect_stats(without, {"fr": tmp_path / "fr.txt"}, batch_size=2, seq_len=8, progress=False)

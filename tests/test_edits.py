@@ -298,3 +298,37 @@ def test_document_means_match_pytorch_hooks(tiny, tiny_dirs):
     finally:
         for h in hooks:
             h.remove()
+
+
+def _misfits(model):
+    """Edits made for other models: one layer more (once silently ignored) and three neurons more (once XLA's error)."""
+    L, F = model.num_layers, model.num_neurons
+    return {"one layer more": E.identity((L + 1, F)), "three neurons more": E.identity((L, F + 3))}
+
+
+@pytest.mark.parametrize("which", ["one layer more", "three neurons more"])
+def test_edits_of_another_model_fail_by_name_everywhere(tiny, which):
+    """forward, Model.logits, generation and the evaluations' scorer and lens all refuse misfit edits clearly."""
+    from jlang.evals.logit_lens import lens_top_k
+    from jlang.models.decoder import AttnEdits, forward
+    from jlang.models.generate import generate
+    from jlang.models.scoring import Scorer, rows_from_token_lists
+
+    bad = _misfits(tiny)[which]
+    ids = _ids(tiny)
+    where = r"edits do not fit .*layers x .* MLP neurons: mask"
+    with pytest.raises(MaskShapeError, match=where):
+        forward(tiny.params, jnp.asarray(ids), tiny.config, edits=bad)
+    with pytest.raises(MaskShapeError, match=rf"{where}.*\(expected \[{tiny.num_layers}, {tiny.num_neurons}\]\)"):
+        tiny.logits(ids, edits=bad)
+    with pytest.raises(MaskShapeError, match=where):
+        generate(tiny, [[1, 5, 6]], max_new_tokens=2, edits=bad)
+    rows = rows_from_token_lists([[1, 5, 6, 7]], [0], [0])
+    with pytest.raises(MaskShapeError, match=where):
+        Scorer(tiny, vocab_chunk=64).row_sums(rows, bad, batch_size=1)
+    with pytest.raises(MaskShapeError, match=where):
+        lens_top_k(tiny, ids, np.ones(ids.shape, bool), k=3, edits=bad)
+    c = tiny.config
+    attn = AttnEdits.ones(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim + 1)
+    with pytest.raises(MaskShapeError, match=r"attn\.q"):
+        tiny.logits(ids, edits=Edits(**{**vars(E.identity(tiny)), "attn": attn}))

@@ -319,7 +319,7 @@ def mask_from_another_model(c: Ctx):
 
 
 def checkpoint_without_resume(c: Ctx):
-    from jlang.stats.resumable import CheckpointStore
+    from jlang.stats.checkpoint import CheckpointStore
 
     store = CheckpointStore(c.inp / "ckpt")
     store.save(3, {"tokens": np.zeros(3, np.int64)}, {"next_index": 3}, {"model": "llama2"})
@@ -328,7 +328,7 @@ def checkpoint_without_resume(c: Ctx):
 
 
 def checkpoint_of_another_run(c: Ctx):
-    from jlang.stats.resumable import FORMAT, CheckpointStore
+    from jlang.stats.checkpoint import FORMAT, CheckpointStore
 
     store = CheckpointStore(c.inp / "ckpt")
     store.save(3, {"tokens": np.zeros(3, np.int64)}, {"next_index": 3}, {"format": FORMAT, "model": "other-model"})

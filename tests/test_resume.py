@@ -17,7 +17,9 @@ from test_multihost import LANGS, REPO, write_corpus
 
 import jlang
 from jlang.cli import stats as stats_cli
-from jlang.stats import ActivationStats, StatsError, resumable
+from jlang.io import checkpoint
+from jlang.stats import ActivationStats, StatsError
+from jlang.stats import checkpoint as stats_checkpoint
 from jlang.stats.collect import Accumulator
 
 ARRAYS = ("tokens", "over_zero", "sum", "sum_sq", "max")
@@ -121,8 +123,8 @@ def test_checkpoint_roundtrip_is_exact_past_2_24_and_2_31(tmp_path):
     acc.over_zero[:] = np.array([[[2**31 - 1, 2**40 + 7, 2**24 + 1]], [[0, 1, 2**53 - 1]]])
     acc.sum[:] = 2.0**25  # float32 would drop a +1 here
     acc.max[:] = [[[-np.inf, 0.5, 7.25]], [[1.0, 2.0, 3.0]]]
-    store = resumable.CheckpointStore(tmp_path / "ckpt")
-    store.save(7, acc.state(), {"next_index": 7}, {"format": resumable.FORMAT})
+    store = stats_checkpoint.CheckpointStore(tmp_path / "ckpt")
+    store.save(7, acc.state(), {"next_index": 7}, {"format": stats_checkpoint.FORMAT})
     assert store.latest_step() == 7 and store.read_record(7)["batches_done"] == 7
     back = Accumulator(2, 1, 3)
     state, iterator_state = store.restore(7, back.state())
@@ -153,7 +155,7 @@ def test_checkpoint_roundtrip_is_exact_past_2_24_and_2_31(tmp_path):
 
 def test_stop_flag_is_scoped_to_the_run():
     before = signal.getsignal(signal.SIGTERM)
-    with resumable.stop_requested() as flag:
+    with checkpoint.stop_requested() as flag:
         assert not flag.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):  # delivered at the next bytecode boundary
@@ -162,15 +164,15 @@ def test_stop_flag_is_scoped_to_the_run():
             time.sleep(0.001)
         assert flag.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
-    e = resumable.RunInterrupted(signal.SIGINT, 3, 10, "/ckpt")
+    e = checkpoint.RunInterrupted(signal.SIGINT, 3, 10, "/ckpt")
     assert e.exit_code == 130 and "SIGINT after 3 of 10 batches" in str(e) and "/ckpt" in str(e)
 
 
 def test_fingerprint_differences_are_named():
     saved = {"model": "a", "batch_size": 4, "corpus": {"en": "x"}, "batches_done": 3}
-    resumable.check_fingerprint(saved, {"model": "a", "batch_size": 4, "corpus": {"en": "moved"}}, "d")
-    with pytest.raises(resumable.ResumeError, match=r"model: checkpoint 'a', this run 'b'.*delete d"):
-        resumable.check_fingerprint(saved, {"model": "b", "batch_size": 4}, "d")
+    stats_checkpoint.check_fingerprint(saved, {"model": "a", "batch_size": 4, "corpus": {"en": "moved"}}, "d")
+    with pytest.raises(checkpoint.ResumeError, match=r"model: checkpoint 'a', this run 'b'.*delete d"):
+        stats_checkpoint.check_fingerprint(saved, {"model": "b", "batch_size": 4}, "d")
 
 
 # ----------------------------------------------------------------------------- killed writes

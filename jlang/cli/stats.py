@@ -54,7 +54,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import jlang
     from jlang.data.sources import resolve_corpus
     from jlang.io.checkpoint import RunInterrupted, check_no_stale_checkpoint
-    from jlang.stats.resumable import collect_stats_resumable, finish
+    from jlang.stats.collect import collect_stats, finish
 
     distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
     primary = distributed.is_primary()
@@ -72,7 +72,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     mesh = distributed.default_mesh(*parse_mesh(args.mesh))
     model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=primary)
     try:
-        stats = collect_stats_resumable(
+        stats = collect_stats(
             model,
             corpus,
             batch_size=args.batch_size,

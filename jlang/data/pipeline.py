@@ -173,7 +173,8 @@ def tokenize_corpus(
 
     Args:
       corpus: a Corpus, or a mapping language -> path / list of strings.
-      tokenizer: a `transformers` tokenizer (called with `add_special_tokens=False`).
+      tokenizer: a `transformers` tokenizer (called with `add_special_tokens=False`); None when every
+        source is a token-id file (they need no tokenizer).
       languages: which languages, in which order (default: the corpus's order).
       add_bos: prepend `bos_token_id` to each document; None = if the tokenizer has one.
         LAPE packs the ids of `tokenizer(doc)`, which for Llama starts with BOS.
@@ -195,13 +196,13 @@ def tokenize_corpus(
         raise CorpusError("add_eos=True but the tokenizer has no eos_token_id")
     if pad_id is None:
         pad_id = next((t for t in (getattr(tokenizer, "pad_token_id", None), eos) if t is not None), 0)
-    vocab = len(tokenizer)
+    vocab = len(tokenizer) if tokenizer is not None else None
     data: dict[str, TokenizedLanguage] = {}
     pairs: dict[str, bool] = {}
     for lang, source in corpus.sources.items():
         if source.kind == "token_ids":
             ids = read_token_ids(source)
-            if int(ids.max()) >= vocab:
+            if vocab is not None and int(ids.max()) >= vocab:
                 raise CorpusError(
                     f"language {lang!r}: {source.path} has token id {int(ids.max())} but the tokenizer has "
                     f"{vocab} tokens; the file was made with a different tokenizer"
@@ -211,6 +212,11 @@ def tokenize_corpus(
             )
             pairs[lang] = False
             continue
+        if tokenizer is None:
+            raise CorpusError(
+                f"language {lang!r}: {source.describe()} is text and there is no tokenizer to tokenize it "
+                "(the model was loaded without tokenizer files); pass token-id files, or add the tokenizer files"
+            )
         try:
             docs = read_documents(source)
         except CorpusError as e:

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,7 +41,7 @@ __all__ = ["Corpus", "CorpusError", "Source", "SourceLike", "as_source", "read_d
 
 MAX_LINE_BYTES = 1 << 20
 
-Document = Union[str, tuple[str, str]]
+Document = str | tuple[str, str]
 
 
 class CorpusError(ValueError):
@@ -78,7 +78,7 @@ class Source:
         return f"<{len(self.documents or ())} in-memory documents>"
 
 
-SourceLike = Union[Source, str, os.PathLike, Sequence[str], Sequence[tuple[str, str]]]
+SourceLike = Source | str | os.PathLike | Sequence[str] | Sequence[tuple[str, str]]
 
 
 def _is_torch_file(path: Path) -> bool:
@@ -353,3 +353,16 @@ def resolve_corpus(source: str, languages, split: str = "train"):
     if source == "default":
         return Corpus.default(split=split, languages=list(languages))
     return Corpus.from_dir(source, split=split, languages=list(languages))
+
+
+def describe_corpus(corpus: Any) -> dict[str, str]:
+    """language -> a short description of its source, for the metadata of statistics and checkpoints."""
+    out = {}
+    for lang, source in getattr(corpus, "sources", corpus).items():
+        if hasattr(source, "describe"):
+            out[lang] = source.describe()
+        elif isinstance(source, (list, tuple)):
+            out[lang] = f"{len(source)} in-memory texts"
+        else:
+            out[lang] = str(source)
+    return out

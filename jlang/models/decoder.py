@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jlang.masks import MaskShapeError
 from jlang.models.families import ModelConfig, RoPE
 
 Array = jax.Array
@@ -179,6 +180,37 @@ class Edits:
             mask=jnp.zeros((num_layers, num_neurons), bool),
             scale=jnp.ones((num_layers, num_neurons), jnp.float32),
             shift=jnp.zeros((num_layers, num_neurons), jnp.float32),
+        )
+
+
+def check_edits_fit(edits: Edits | None, cfg: ModelConfig, model: str | None = None) -> None:
+    """Raise `MaskShapeError` unless `edits` (and their `attn` scales) are shaped for `cfg`'s layers.
+
+    Called by every forward, so edits made for another model fail by name wherever they are
+    passed (logits, statistics, generation, the evaluations) instead of XLA's broadcasting error
+    or, for a model with fewer layers, silently ignoring the extra ones.
+    """
+    if edits is None:
+        return
+    L, F = cfg.num_layers, cfg.d_ff
+    qd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    arrays = {"mask": (edits.mask, (L, F)), "scale": (edits.scale, (L, F)), "shift": (edits.shift, (L, F))}
+    if edits.attn is not None:
+        a = edits.attn
+        arrays |= {
+            "attn.q": (a.q, (L, qd)),
+            "attn.k": (a.k, (L, kd)),
+            "attn.v": (a.v, (L, kd)),
+            "attn.o": (a.o, (L, qd)),
+        }
+    expected = {name: shape for name, (_, shape) in arrays.items()}
+    got = {name: tuple(np.shape(array)) for name, (array, _) in arrays.items()}
+    wrong = {name: shape for name, shape in got.items() if shape != expected[name]}
+    if wrong:
+        what = ", ".join(f"{name} {list(shape)} (expected {list(expected[name])})" for name, shape in wrong.items())
+        raise MaskShapeError(
+            f"edits do not fit {model or 'the model'} with {L} layers x {F} MLP neurons: {what}; "
+            "build the edits from masks made for this model (e.g. jlang.edits.deactivate(masks, lang, model=model))"
         )
 
 
@@ -502,6 +534,7 @@ def _run(
     splice_args: Any = None,
 ) -> tuple[Array | None, Any, KVCache | None]:
     """The body shared by `forward` and `forward_cached` (the cache is scanned per layer as xs)."""
+    check_edits_fit(edits, cfg)  # at trace time: shapes are static
     b, t = ids.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -550,7 +583,7 @@ def _run(
         outs = []
         for layer in range(cfg.num_layers):
             p = {k: v[layer] for k, v in layer_params.items()}
-            edit, past_kv = jax.tree.map(lambda a: a[layer], (edits, past))
+            edit, past_kv = jax.tree.map(lambda a, i=layer: a[i], (edits, past))
             x, out = body(x, (p, cfg.local_layers[layer], edit, past_kv, layer_index[layer]))
             outs.append(out)
         probes, new_kv = jax.tree.map(lambda *a: jnp.stack(a), *outs)

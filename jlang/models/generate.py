@@ -42,6 +42,7 @@ from jlang.models.decoder import (
     CACHE_AXES,
     Edits,
     KVCache,
+    check_edits_fit,
     forward,
     forward_cached,
     unembed,
@@ -386,10 +387,7 @@ def generate(
         raise ValueError(f"need top_k >= 1 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}")
     if stop and model.tokenizer is None:
         raise ValueError("stop strings need a tokenizer to read the generated text")
-    if edits is not None and edits.mask.shape != (model.num_layers, model.num_neurons):
-        raise ValueError(
-            f"edits are {tuple(edits.mask.shape)}, the model has {model.num_layers} layers x {model.num_neurons} neurons"
-        )
+    check_edits_fit(edits, model.config, model.name)
     rows = _encode(model, prompts)
     if max_new_tokens <= 0 or not rows:
         return [""] * len(rows)

@@ -22,7 +22,16 @@ from jax.sharding import Mesh
 
 from jlang import parallel
 from jlang.models import convert
-from jlang.models.decoder import LOGICAL_AXES, Decoder, Edits, Probe, Splice, forward, param_shapes
+from jlang.models.decoder import (
+    LOGICAL_AXES,
+    Decoder,
+    Edits,
+    Probe,
+    Splice,
+    check_edits_fit,
+    forward,
+    param_shapes,
+)
 from jlang.models.families import ModelConfig, model_config_from_hf
 from jlang.models.sources import CheckpointError, SafetensorsSource
 from jlang.parallel import distributed
@@ -93,7 +102,10 @@ class Model:
         return int(sum(np.prod(s) for s in param_shapes(self.config).values()))
 
     def __repr__(self) -> str:
-        return f"Model({self.name!r}, family={self.family}, layers={self.num_layers}, neurons={self.num_neurons}, dtype={self.dtype})"
+        return (
+            f"Model({self.name!r}, family={self.family}, layers={self.num_layers}, neurons={self.num_neurons}, "
+            f"dtype={self.dtype})"
+        )
 
     def with_mesh(self, mesh: Mesh | None) -> Model:
         """This model with its parameters placed on `mesh` (sharded by the logical-axis rules)."""
@@ -163,6 +175,7 @@ class Model:
 
         `edit_where` (bool `[batch, seq]`) limits `edits` to chosen positions (e.g. the prompt only);
         `splice(point, value, layer, splice_args)` replaces `mlp.out` or `resid.post` (decoder docs)."""
+        check_edits_fit(edits, self.config, self.name)
         return self._jitted(
             self.unstacked_params(),
             ids,

@@ -208,7 +208,7 @@ class ActivationStream:
 
     def fingerprint(self) -> dict:
         """What makes two streams give the same activations (for refusing a foreign checkpoint)."""
-        from jlang.stats.resumable import corpus_digest
+        from jlang.stats.checkpoint import corpus_digest
 
         return {
             "model": self.model.name,
@@ -888,7 +888,7 @@ def dead_features(since_fired: np.ndarray, window: int) -> dict:
 def load_tokenized(model, corpus: Any, *, add_bos: bool | None = True, progress: bool = True):
     """Tokenize `corpus` (a Corpus or mapping language -> source) with the model's tokenizer, checking the ids fit."""
     from jlang.data.pipeline import tokenize_corpus
-    from jlang.stats.resumable import check_ids_fit
+    from jlang.stats.collect import check_ids_fit
 
     if model.tokenizer is None:
         raise SAEError(f"{model.name} has no tokenizer; SAE training needs one to tokenize the corpus")

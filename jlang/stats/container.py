@@ -322,7 +322,8 @@ class ActivationStats:
                 n, styles = obj["total_tokens"], styles | {"njunlp"}
             else:
                 raise StatsError(
-                    f"{path}: no token count: expected key 'n' (LAPE) or 'total_tokens' (NJUNLP); keys: {sorted(map(str, obj))}"
+                    f"{path}: no token count: expected key 'n' (LAPE) or 'total_tokens' (NJUNLP); "
+                    f"keys: {sorted(map(str, obj))}"
                 )
             n = int(np.asarray(n).reshape(()))
             oz = _as_counts(f"{path}: over_zero", obj["over_zero"], 2)

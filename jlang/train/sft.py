@@ -869,8 +869,8 @@ def finetune(cfg: FinetuneConfig, *, progress: bool = True, resume: bool = False
       resume: continue from the newest checkpoint in the checkpoint directory (its fingerprint must
         match); without it, an existing checkpoint is an error (a half-done run is never clobbered).
     Raises:
-      jlang.stats.resumable.RunInterrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
-      jlang.stats.resumable.ResumeError, ConfigError, MaskError, CorpusError, FileExistsError: bad input,
+      jlang.io.checkpoint.RunInterrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
+      jlang.io.checkpoint.ResumeError, ConfigError, MaskError, CorpusError, FileExistsError: bad input,
         before training starts.
     """
     from jlang.train import data as data_lib

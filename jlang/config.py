@@ -13,6 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
@@ -127,8 +129,6 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 
 def load_config(path: str | Path | None, cls: type = RunConfig, overrides: list[str] = ()) -> Any:
     """Load a YAML config and apply `key.sub=value` overrides (values parsed as YAML)."""
-    import yaml
-
     data: dict = {}
     if path is not None:
         path = Path(path)

@@ -6,19 +6,19 @@ at every position, and every one is an affine map on those neurons:
 
     a' = where(mask, a * scale + shift, a)        mask, scale, shift: [L, F]
 
-| constructor          | scale | shift      | paper / code                                                                |
-|----------------------|-------|------------|-----------------------------------------------------------------------------|
-| `deactivate`         | 0     | δ          | LAPE (Tang et al. 2024, RUCAIBox/Language-Specific-Neurons `ppl.py`:        |
-|                      |       |            | `index_fill_(2, mask, 0)`); language arithmetics (Gurgurov et al. 2025,     |
-|                      |       |            | d-gurgurov/Language-Neurons-Manipulation: δ = −1, fallbacks −1.5)           |
-| `amplify`            | α     | 0          | `a *= c` (tauimbz/lang-task-neuron `operation_target "*c"`)                 |
-| `set_to`             | 0     | c or c[l,j]| `a = c` (`"=c"`, e.g. `=10`; SAE-LAPE neuron steering `a[idx] = value`)     |
-| `set_to_statistic`   | 0     | p_t[l,j]   | patched amplification (Rahmanisa et al. 2025, `set_activation_mlp_v2`      |
-|                      |       |            | with `max.pt` / `median.pt`)                                                |
-| `add`                | 1     | α·μ_t      | additive arithmetics (Gurgurov, `batch_generation.py`: `a[mask_t] += α μ_t`)|
-| `replace`            | 0     | μ_t        | replacement (Gurgurov: `a[mask_t] = μ_t`)                                   |
-| `diffmean`           | 1     | μ_t − μ̄_¬t | Gurgurov `diffmean`: `a[mask_t] += μ_t − mean_{k≠t} μ_k`                   |
-| `combine`            |       |            | several at once (deactivate s and steer to t)                              |
+| constructor        | scale | shift      | paper / code                                                              |
+|--------------------|-------|------------|---------------------------------------------------------------------------|
+| `deactivate`       | 0     | δ          | LAPE (Tang et al. 2024, RUCAIBox/Language-Specific-Neurons `ppl.py`:      |
+|                    |       |            | `index_fill_(2, mask, 0)`); language arithmetics (Gurgurov et al. 2025,   |
+|                    |       |            | d-gurgurov/Language-Neurons-Manipulation: δ = −1, fallbacks −1.5)         |
+| `amplify`          | α     | 0          | `a *= c` (tauimbz/lang-task-neuron `operation_target "*c"`)               |
+| `set_to`           | 0     | c, c[l,j]  | `a = c` (`"=c"`, e.g. `=10`; SAE-LAPE neuron steering `a[idx] = value`)   |
+| `set_to_statistic` | 0     | p_t[l,j]   | patched amplification (Rahmanisa et al. 2025, `set_activation_mlp_v2`    |
+|                    |       |            | with `max.pt` / `median.pt`)                                              |
+| `add`              | 1     | α·μ_t      | additive arithmetics (Gurgurov, `batch_generation.py`: `a[mask_t] += αμ_t`)|
+| `replace`          | 0     | μ_t        | replacement (Gurgurov: `a[mask_t] = μ_t`)                                 |
+| `diffmean`         | 1     | μ_t − μ̄_¬t | Gurgurov `diffmean`: `a[mask_t] += μ_t − mean_{k≠t} μ_k`                 |
+| `combine`          |       |            | several at once (deactivate s and steer to t)                            |
 
 `μ_t[l, j]` is the mean activation of language t over all its tokens
 (`ActivationStats.mean` = Σa / n), Gurgurov's `average_activations`. Before their
@@ -50,6 +50,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jlang.io import torchfile
 from jlang.masks import MaskShapeError, NeuronMasks, UnknownLanguageError
 from jlang.models.decoder import Edits
 
@@ -153,8 +154,6 @@ class DocumentSummaries:
         cls, max_path: str | Path, median_path: str | Path, languages: Sequence[str]
     ) -> DocumentSummaries:
         """Read tauimbz/lang-task-neuron's `max.pt` and `median.pt` (`[langs, L, I]`), without torch."""
-        from jlang.io import torchfile
-
         arrays = {}
         for name, path in (("max", max_path), ("median", median_path)):
             arr = torchfile.load(path)

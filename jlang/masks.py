@@ -108,7 +108,9 @@ class NeuronMasks:
 
     def __repr__(self) -> str:
         k, l, f = self.shape
-        return f"NeuronMasks(languages={self.languages}, L={l}, F={f}, counts={self.counts().sum(1).tolist()}, method={self.meta.get('method')!r})"
+        counts = self.counts().sum(1).tolist()
+        method = self.meta.get("method")
+        return f"NeuronMasks(languages={self.languages}, L={l}, F={f}, counts={counts}, method={method!r})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NeuronMasks):

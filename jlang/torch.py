@@ -200,7 +200,8 @@ def _to_edits(source: Any, L: int, F: int, *, lang, mode, value, languages, opti
             source = NeuronMasks.from_indices(indices, languages, num_neurons=F)
     if not isinstance(source, NeuronMasks):
         raise BridgeError(
-            f"expected jlang Edits, NeuronMasks, a .npz / LAPE .pt path or a LAPE index list, got {type(source).__name__}"
+            "expected jlang Edits, NeuronMasks, a .npz / LAPE .pt path or a LAPE index list, "
+            f"got {type(source).__name__}"
         )
     source.check_fits(L, F)
     if mode not in MODES:

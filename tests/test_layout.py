@@ -198,3 +198,16 @@ def test_modules_and_functions_are_readable_in_one_sitting():
 def test_moved_modules_keep_their_old_import_path(old):
     new = importlib.import_module("jlang").MOVED_MODULES[old]
     assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_masks_and_statistics_need_no_jax():
+    """NumPy-only users of masks and statistics do not pay for importing JAX (the lazy public API)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jlang, jlang.masks, jlang.stats; jlang.NeuronMasks; "
+        "print(sorted({'jax', 'torch'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

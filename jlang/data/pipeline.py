@@ -41,13 +41,16 @@ checkpoint and resume a pass exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grain
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jlang.data.sources import Corpus, CorpusError, SourceLike, read_documents, read_token_ids
 
@@ -224,8 +227,6 @@ def tokenize_corpus(
         pairs[lang] = isinstance(docs[0], tuple)
         bar = None
         if progress and len(docs) > chunk_size:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(docs), desc=f"tokenizing {lang}", unit="doc")
         try:
             data[lang] = _tokenize_documents(
@@ -372,13 +373,35 @@ class Batches:
 
 def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax
-
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     return process_index, process_count
+
+
+def _select(tok: TokenizedCorpus, languages: Sequence[str] | None, pad_id: int | None) -> TokenizedCorpus:
+    """`tok` restricted to (and ordered as) `languages`, with another padding id if given."""
+    if languages is not None:
+        missing = [lang for lang in languages if lang not in tok.data]
+        if missing:
+            raise CorpusError(f"languages {missing} are not in the tokenized corpus; it has {list(tok.languages)}")
+        tok = dataclasses.replace(tok, languages=tuple(languages))
+    if pad_id is not None:
+        tok = dataclasses.replace(tok, pad_id=int(pad_id))
+    return tok
+
+
+def _row_table(
+    tok: TokenizedCorpus, mode: str, seq_len: int, max_tokens: int | None
+) -> tuple[_RowTable, dict[str, int]]:
+    """The rows of `mode` ("pack": LAPE windows; "pad": one document per row) and the rows skipped per language."""
+    if mode == "pad":
+        return _pad_rows(tok, seq_len, max_tokens)
+    with_pairs = [lang for lang in tok.languages if tok.has_pairs.get(lang)]
+    if with_pairs:
+        raise CorpusError(f"languages {with_pairs} hold (prompt, response) pairs; use mode='pad'")
+    return _pack_rows(tok, seq_len, max_tokens), {lang: 0 for lang in tok.languages}
 
 
 def make_batches(
@@ -404,7 +427,7 @@ def make_batches(
 
     Args:
       corpus: a Corpus / mapping language -> source, or an already `TokenizedCorpus`.
-      tokenizer: a `transformers` tokenizer (not needed for a TokenizedCorpus).
+      tokenizer: a `transformers` tokenizer (not needed for a TokenizedCorpus or token-id files).
       batch_size: rows per batch on this process.
       seq_len: tokens per row.
       mode: "pack" (LAPE: concatenated windows) or "pad" (one document per row, with `valid` mask;
@@ -427,32 +450,12 @@ def make_batches(
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     p_index, p_count = _process_shard(process_index, process_count)
     if isinstance(corpus, TokenizedCorpus):
-        tok = corpus
-        if languages is not None:
-            missing = [lang for lang in languages if lang not in tok.data]
-            if missing:
-                raise CorpusError(f"languages {missing} are not in the tokenized corpus; it has {list(tok.languages)}")
-            tok = TokenizedCorpus(
-                tuple(languages), tok.data, tok.pad_id, tok.bos_id, tok.add_bos, tok.add_eos, tok.has_pairs
-            )
-        if pad_id is not None:
-            tok = TokenizedCorpus(
-                tok.languages, tok.data, int(pad_id), tok.bos_id, tok.add_bos, tok.add_eos, tok.has_pairs
-            )
+        tok = _select(corpus, languages, pad_id)
     else:
-        if tokenizer is None:
-            raise ValueError("a tokenizer is needed to tokenize the corpus")
         tok = tokenize_corpus(
             corpus, tokenizer, languages=languages, add_bos=add_bos, add_eos=add_eos, pad_id=pad_id, progress=progress
         )
-
-    if mode == "pack":
-        with_pairs = [lang for lang in tok.languages if tok.has_pairs.get(lang)]
-        if with_pairs:
-            raise CorpusError(f"languages {with_pairs} hold (prompt, response) pairs; use mode='pad'")
-        table, skipped = _pack_rows(tok, seq_len, max_tokens), {lang: 0 for lang in tok.languages}
-    else:
-        table, skipped = _pad_rows(tok, seq_len, max_tokens)
+    table, skipped = _row_table(tok, mode, seq_len, max_tokens)
 
     n_real = len(table)
     global_batch = batch_size * p_count

@@ -27,6 +27,7 @@ always mean a wrong file (minified JSON, binary data); pass
 from __future__ import annotations
 
 import json
+import json as _json
 import os
 import re
 import warnings
@@ -36,6 +37,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from jlang.data.corpora.gettext import ensure_default_corpus
+from jlang.io.torchfile import load
 
 __all__ = ["Corpus", "CorpusError", "Source", "SourceLike", "as_source", "read_documents", "read_token_ids"]
 
@@ -233,8 +237,6 @@ def read_documents(source: Source) -> list[Document]:
 
 def read_token_ids(source: Source) -> np.ndarray:
     """The flat id stream of a LAPE token-id file: int64 `[n_tokens]` (read without executing pickle code)."""
-    from jlang.io.torchfile import load
-
     obj = load(source.path)
     arr = np.asarray(obj) if isinstance(obj, np.ndarray) else None
     if arr is None or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
@@ -339,9 +341,6 @@ class Corpus:
     @classmethod
     def default(cls, *, split: str = "train", languages: Sequence[str] | None = None) -> Corpus:
         """The packaged default corpus (gettext catalogs of PyPI packages), built on first use."""
-        import json as _json
-
-        from jlang.data.corpora.gettext import ensure_default_corpus
 
         root = ensure_default_corpus()
         kept = _json.loads((root / "manifest.json").read_text(encoding="utf-8"))["languages"]

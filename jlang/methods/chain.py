@@ -17,18 +17,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
 from jlang.data.sources import resolve_corpus
 from jlang.masks import NeuronMasks
+from jlang.methods import lape, ternary
+from jlang.parallel import distributed
 from jlang.stats import ActivationStats
+from jlang.stats.collect import collect_stats
 
 
 def identify(
     stats: ActivationStats, cfg: config_lib.IdentifySection, prompt_stats: ActivationStats | None = None
 ) -> NeuronMasks:
-    from jlang.methods import lape, ternary
-
     if cfg.method == "lape":
         return lape(
             stats, top_rate=cfg.top_rate, filter_rate=cfg.filter_rate, activation_bar_ratio=cfg.activation_bar_ratio
@@ -55,9 +58,8 @@ def summary_markdown(stats: ActivationStats, masks: NeuronMasks, timings: Mappin
     ]
     for k, lang in enumerate(masks.languages):
         top = np.argsort(-counts[k], kind="stable")[:3]
-        lines.append(
-            f"| {lang} | {int(stats.tokens[k]):,} | {int(counts[k].sum()):,} | {', '.join(f'L{l} ({counts[k, l]})' for l in top)} |"
-        )
+        top_layers = ", ".join(f"L{l} ({counts[k, l]})" for l in top)
+        lines.append(f"| {lang} | {int(stats.tokens[k]):,} | {int(counts[k].sum()):,} | {top_layers} |")
     jac = masks.jaccard()
     off = jac[~np.eye(len(jac), dtype=bool)]
     lines += [
@@ -73,11 +75,6 @@ def summary_markdown(stats: ActivationStats, masks: NeuronMasks, timings: Mappin
 
 def run_lape(cfg: config_lib.RunConfig, *, progress: bool = True) -> dict:
     """Run the chain; return the paths written and the timings."""
-    import yaml
-
-    import jlang
-    from jlang.parallel import distributed
-    from jlang.stats.collect import collect_stats
 
     out = Path(cfg.out)
     timings: dict[str, float] = {}

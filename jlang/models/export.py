@@ -36,11 +36,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+from transformers import CONFIG_MAPPING
 
+from jlang import parallel
+from jlang.io.atomic import atomic_directory
 from jlang.models.convert import TRANSPOSED, hf_names, hf_shape
 from jlang.models.decoder import param_shapes
 from jlang.models.families import FAMILIES, ModelConfig, RoPE, model_config_from_hf
+from jlang.parallel import distributed
 
 __all__ = ["ExportError", "hf_config_dict", "hf_layout", "hf_tensors", "save_hf", "write_safetensors"]
 
@@ -180,8 +185,6 @@ def hf_config_dict(
 
 def _check_round_trip(d: dict, cfg: ModelConfig) -> None:
     """The written config must read back (as jlang reads HF configs) to exactly `cfg`."""
-    from transformers import CONFIG_MAPPING
-
     config = CONFIG_MAPPING[d["model_type"]].from_dict(dict(d))
     back = model_config_from_hf(config)
     if back != cfg:
@@ -200,8 +203,6 @@ def hf_tensors(params: Mapping[str, Any], cfg: ModelConfig) -> Iterator[tuple[st
     (`jlang.parallel.to_host`: a collective on several processes, so every process must run this
     generator to the end) only when its tensors are due, so host memory holds one parameter at a time.
     """
-    from jlang import parallel
-
     for name in cfg.param_names():
         arr = parallel.to_host(params[name])
         parts = [arr[i] for i in range(cfg.num_layers)] if name.startswith("layers.") else [arr]
@@ -256,8 +257,6 @@ def write_safetensors(
 
 def jnp_dtype(name: str):
     """The NumPy dtype of a jlang dtype name ("bfloat16" is ml_dtypes', as JAX's)."""
-    import jax.numpy as jnp
-
     return jnp.dtype(name)
 
 
@@ -267,9 +266,6 @@ def save_hf(model, path: str | os.PathLike) -> Path:
     Call on every process (each parameter is gathered to the host in turn); process 0 writes.
     Host memory holds one parameter at a time (the largest is usually the embedding).
     """
-    from jlang.io.atomic import atomic_directory
-    from jlang.parallel import distributed
-
     cfg = model.config
     d = hf_config_dict(cfg, source_config=model.hf_config, tokenizer=model.tokenizer, dtype=model.dtype)
     tensors = hf_tensors(model.params, cfg)

@@ -36,6 +36,11 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+from transformers import CONFIG_MAPPING, AutoTokenizer
+from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING, _gguf_parse_value
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from jlang.models.sources import CheckpointError
 
@@ -127,8 +132,6 @@ def unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 def _field_value(reader_field) -> Any:
     """A metadata value as transformers parses it: a scalar, a string, or a list."""
-    from transformers.integrations.ggml import _gguf_parse_value
-
     values = [_gguf_parse_value(reader_field.parts[i], reader_field.types) for i in reader_field.data]
     return values[0] if len(values) == 1 else values
 
@@ -142,8 +145,6 @@ def transformers_config_dict(fields: Mapping[str, Any], tensor_names: list[str])
     `gguf.GGUFReader`'s. Only the values transformers keeps are parsed, so the
     vocabulary (hundreds of thousands of strings) is not decoded here.
     """
-    from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
-
     architecture = _field_value(fields["general.architecture"])
     names = [_field_value(fields["general.name"])] if "general.name" in fields else []
     # transformers' rule, quirks included: only a model *named* exactly "mistral" becomes one
@@ -176,8 +177,6 @@ def causal_lm_architectures(model_type: str) -> list[str]:
     A GGUF does not say which class it was converted from, and transformers leaves
     `architectures` unset; jlang's loaders pick the family from it.
     """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     return [name] if name else []
 
@@ -189,8 +188,6 @@ def _open_reader(path: Path):
     every tensor's bytes lie inside the file, so a truncated download fails here and
     not when its last tensor is read.
     """
-    from gguf import GGUFReader
-
     if not path.exists():
         raise CheckpointError(f"{path}: no such GGUF file")
     if not path.is_file():
@@ -263,8 +260,6 @@ class GGUFSource:
     def config(self):
         """The transformers config (e.g. `Gemma3TextConfig`) with `architectures` set."""
         if self._config is None:
-            from transformers import CONFIG_MAPPING
-
             model_type = self._config_dict["model_type"]
             self._config = CONFIG_MAPPING[model_type].from_dict(dict(self._config_dict))
         return self._config
@@ -278,9 +273,6 @@ class GGUFSource:
 
     def read(self, name: str) -> np.ndarray:
         """Tensor `name`, dequantised to a fresh float32 array in Hugging Face layout."""
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
-
         tensor = self._tensors.get(name)
         if tensor is None:
             raise CheckpointError(f"{self.path}: no tensor {name!r} in this GGUF checkpoint")
@@ -300,6 +292,4 @@ class GGUFSource:
 
     def tokenizer(self):
         """transformers' tokenizer rebuilt from the GGUF metadata (vocabulary, merges, special tokens)."""
-        from transformers import AutoTokenizer
-
         return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)

@@ -17,11 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
+from transformers import AutoTokenizer
 
 from jlang import parallel
-from jlang.models import convert
+from jlang.models import convert, packaged
 from jlang.models.decoder import (
     LOGICAL_AXES,
     Decoder,
@@ -33,6 +35,7 @@ from jlang.models.decoder import (
     param_shapes,
 )
 from jlang.models.families import ModelConfig, model_config_from_hf
+from jlang.models.gguf import GGUFSource
 from jlang.models.sources import CheckpointError, SafetensorsSource
 from jlang.parallel import distributed
 
@@ -206,8 +209,6 @@ class Model:
         Written into a temporary sibling directory and renamed at the end, so an
         interrupted save never leaves a directory that loads.
         """
-        import orbax.checkpoint as ocp
-
         path = Path(path).absolute()
         if path.exists():
             raise FileExistsError(f"{path} exists; choose a new path or remove it first")
@@ -312,8 +313,6 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
 def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
     """Restore a directory written by `Model.save`, optionally casting and sharding."""
     path = Path(path).absolute()  # orbax restores absolute paths only
-    import orbax.checkpoint as ocp
-    from transformers import AutoTokenizer
 
     meta = json.loads((path / CHECKPOINT_MARKER).read_text())
     cfg = ModelConfig.from_dict(meta["model_config"])
@@ -356,9 +355,6 @@ def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) 
     """
     import warnings
 
-    from jlang.models import packaged
-    from jlang.models.gguf import GGUFSource
-
     gguf_path = packaged.resolve_packaged(name)
     converted = packaged.cache_dir() / f"{name}-{dtype}-v{CONVERSION_VERSION}.jlang"
     if (converted / CHECKPOINT_MARKER).is_file():
@@ -387,8 +383,6 @@ def load_model(
       mesh: a `(data, model)` mesh (`jlang.parallel.make_mesh`) to shard the
         parameters over: neurons, heads and vocabulary over `model`.
     """
-    from jlang.models import packaged
-
     dtype = _check_dtype(dtype)
     text = str(source)
     if text in packaged.PACKAGED:
@@ -402,7 +396,6 @@ def load_model(
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a file must be a .gguf checkpoint")
-        from jlang.models.gguf import GGUFSource
 
         return from_source(GGUFSource(path), name=path.stem, dtype=dtype, mesh=mesh, progress=progress)
     if (path / CHECKPOINT_MARKER).is_file():

@@ -14,6 +14,7 @@ comes from a package index like any other dependency. A *packaged model* is a na
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -187,8 +188,6 @@ def _write_sidecar(target: Path, sha256: str) -> None:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

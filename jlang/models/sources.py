@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from safetensors import safe_open
+from transformers import AutoConfig, AutoTokenizer
 
 
 class CheckpointError(ValueError):
@@ -98,7 +101,6 @@ class SafetensorsSource:
                     f"{self.path}: no *.safetensors files (PyTorch .bin checkpoints are not read: "
                     "convert them with `save_pretrained(..., safe_serialization=True)`)"
                 )
-        from safetensors import safe_open
 
         self._files = [self.path / f for f in files]
         self._name_to_file: dict[str, Path] = {}
@@ -114,8 +116,6 @@ class SafetensorsSource:
     @property
     def config(self):
         if self._config is None:
-            from transformers import AutoConfig
-
             try:
                 self._config = AutoConfig.from_pretrained(self.path)
             except (ValueError, KeyError) as e:
@@ -126,17 +126,12 @@ class SafetensorsSource:
         return dict(self._shapes)
 
     def read(self, name: str) -> np.ndarray:
-        from safetensors import safe_open
-
         with safe_open(self._name_to_file[name], framework="numpy") as f:
             return f.get_tensor(name)
 
     def tokenizer(self):
         """The directory's tokenizer, or None (with a warning) when it has none: weights-only
         directories still load, and only text-in commands need a tokenizer."""
-        import warnings
-
-        from transformers import AutoTokenizer
 
         try:
             return AutoTokenizer.from_pretrained(self.path)

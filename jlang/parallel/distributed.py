@@ -38,7 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from jlang.parallel.mesh import batch_sharding, make_mesh, to_host
 
 __all__ = [
     "DistributedError",
@@ -184,8 +188,6 @@ def initialize(spec: DistributedSpec | None) -> bool:
     A second call once JAX is initialised is a no-op (JAX keeps the process layout). It must run
     before anything touches a JAX device; otherwise JAX's error is turned into one that says so.
     """
-    import jax
-
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
     if spec is None:
@@ -218,28 +220,19 @@ def initialize_from_args(args: Any = None, environ: Mapping[str, str] | None = N
 
 def is_primary() -> bool:
     """True on the process that writes results (process 0); True on a single process."""
-    import jax
-
     return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
     """Wait until every process reaches `name` (a no-op on one process)."""
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
 def any_process(flag: bool) -> bool:
     """True if `flag` is true on any process: every process takes the same branch (no collective deadlock)."""
-    import jax
-
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
 
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
 
@@ -250,9 +243,6 @@ def default_mesh(data: int | None = None, model: int | None = None):
 
     Several processes need a global mesh: without one each process would count only its own rows.
     """
-    import jax
-
-    from jlang.parallel import make_mesh
 
     if jax.process_count() == 1 and data is None and model is None:
         return None
@@ -269,8 +259,6 @@ def data_shard(mesh) -> tuple[int, int]:
     processes share their slices and must feed the same rows, so they form one shard. Pass the
     result to `make_batches(process_index=..., process_count=...)`.
     """
-    import jax
-
     if mesh is None or jax.process_count() == 1:
         return 0, 1
     owners = np.vectorize(lambda d: d.process_index)(mesh.devices).reshape(mesh.shape["data"], -1)
@@ -296,14 +284,11 @@ def for_processes(model):
     (a plain `device_put` would take each process's rows for the whole batch). Each
     process must feed the rows of its `data_shard(model.mesh)`.
     """
-    import jax
-
     if jax.process_count() == 1:
         return model
     if model.mesh is None:
         raise DistributedError("a multi-process run needs the model on a mesh over all processes (default_mesh())")
     data_shard(model.mesh)
-    from jlang.parallel import batch_sharding
 
     mesh = model.mesh
     placed = copy.copy(model)
@@ -327,11 +312,8 @@ def place_whole_batch(model, x):
     read `x` as this process's share and stack the shares). The output of a step on such a batch
     comes back whole with `jlang.parallel.to_host`.
     """
-    import jax
-
     if jax.process_count() == 1 or model.mesh is None:
         return model.place_batch(x)
-    from jlang.parallel import batch_sharding
 
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(model.mesh, x.ndim), x, x.shape)
@@ -356,8 +338,6 @@ def _local_row_index(mesh, global_rows: int) -> np.ndarray:
     `jax.make_array_from_process_local_data` maps a process's rows onto the row blocks its devices
     hold, in increasing order of the blocks: that order is read back from the sharding here.
     """
-    from jlang.parallel import batch_sharding
-
     blocks = batch_sharding(mesh, 1).addressable_devices_indices_map((global_rows,)).values()
     spans = sorted({(b[0].start or 0, global_rows if b[0].stop is None else b[0].stop) for b in blocks})
     return np.concatenate([np.arange(start, stop) for start, stop in spans])
@@ -365,9 +345,6 @@ def _local_row_index(mesh, global_rows: int) -> np.ndarray:
 
 def local_rows(x, mesh) -> np.ndarray:
     """This process's rows (as it fed them to `Model.place_batch`) of a batch-major step output, on the host."""
-    import jax
-
-    from jlang.parallel import to_host
 
     full = to_host(x)
     if jax.process_count() == 1 or mesh is None:
@@ -380,8 +357,6 @@ def _allgather(x: np.ndarray) -> np.ndarray:
 
     The bytes are gathered, not the values: JAX without x64 would narrow int64 and float64 to 32 bits.
     """
-    from jax.experimental import multihost_utils
-
     x = np.ascontiguousarray(x)
     raw = np.asarray(multihost_utils.process_allgather(x.reshape(-1).view(np.uint8)))
     return raw.view(x.dtype).reshape(len(raw), *x.shape)
@@ -394,8 +369,6 @@ def gather_shards(x, mesh) -> list[np.ndarray]:
     the same everywhere. Processes of one shard hold the same `x`; one of them speaks for it.
     A collective: every process must call it. On one process (or one shard): `[x]`.
     """
-    import jax
-
     x = np.asarray(x)
     shard, shards = data_shard(mesh)
     if shards == 1 or jax.process_count() == 1:

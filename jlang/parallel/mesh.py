@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "model")
@@ -88,7 +89,5 @@ def pad_batch_to(n: int, mesh: Mesh | None) -> int:
 def to_host(x) -> np.ndarray:
     """A (possibly sharded, possibly multi-process) array as one host NumPy array."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)

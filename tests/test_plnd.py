@@ -89,7 +89,8 @@ def test_ffn_code_score_is_sum_of_abs_up(llama):
 
 
 def _qk_reference(q, k, allowed, valid, cfg, *, zero_dims: bool):
-    """Per dimension d, by a loop: softmax of the logits with that dimension changed, minus the original, squared, summed.
+    """Per dimension d, by a loop: softmax of the logits with that dimension changed, minus the original,
+    squared, summed.
 
     zero_dims=False: the released `S − q[d] k[d]^T` (unscaled); True: `S` recomputed with q[d] = k[d] = 0.
     q `[b, t, H, D]`, k `[b, t, G, D]` (float64).
@@ -167,7 +168,7 @@ def test_scaled_delta_equals_zeroing_the_dimension_of_q_and_k(llama):
         )
         ref = _qk_reference(q, k, allowed, valid, c, zero_dims=True)
         np.testing.assert_allclose(np.asarray(fast), ref, rtol=2e-3, atol=1e-8)
-    assert P._dim_chunk(3, 6, 9, 8, 2 * 3 * 6 * 81) == 2
+    assert P.dim_chunk(3, 6, 9, 8, 2 * 3 * 6 * 81) == 2
 
 
 def test_vo_score_is_sum_of_abs_z_and_padding_does_not_count(llama):
@@ -307,7 +308,8 @@ def _torch_logits(torch_model, ids, zero):
 def test_deactivation_with_the_fixed_gqa_mapping_equals_zeroing_the_right_hf_rows(llama, tiny_dirs):
     _, torch_model = tiny_dirs["llama2"]
     ids = np.random.default_rng(1).integers(3, llama.config.vocab_size, (2, 10))
-    # layer 1: query dims 29 = head 3, j 5 (kv row (3//3)*8+5 = 13; released 29//3 = 9) and 17 = head 2, j 1 (row 1; released 5)
+    # layer 1: query dims 29 = head 3, j 5 (kv row (3//3)*8+5 = 13; released 29//3 = 9)
+    # and 17 = head 2, j 1 (row 1; released 5)
     r = _hand_result(
         llama, ffn={0: [5, 7]}, qk={1: [29, 17]}, vo={2: [40]}
     )  # v: 40 = head 5, j 0 -> row 8 (released 13)

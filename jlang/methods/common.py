@@ -4,6 +4,8 @@
 * `kthvalue(values, k)`: `torch.kthvalue` (1-indexed k-th smallest).
 * `lowest_k(values, k)`: `topk(k, largest=False)` with ties broken by flat index, so the
   result is deterministic (torch's tie order is implementation-defined; methods.md §10.3).
+* `quantile_kthvalue(values, rate)`: `kthvalue(values, round(N * rate))`, the originals' thresholds
+  (LAPE's τ and activation bar, the ternary τ).
 * `activation_probs_f32(over_zero, tokens)`: `over_zero / n` the way torch computes it for
   integer tensors -- both operands cast to float32, then divided in float32.
 """
@@ -15,7 +17,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MethodError", "torch_round", "kthvalue", "lowest_k", "activation_probs_f32", "mask_meta"]
+from jlang import __version__
+
+__all__ = [
+    "MethodError",
+    "torch_round",
+    "check_rate",
+    "kthvalue",
+    "quantile_kthvalue",
+    "lowest_k",
+    "activation_probs_f32",
+    "mask_meta",
+]
 
 
 class MethodError(ValueError):
@@ -40,6 +53,12 @@ def kthvalue(values: np.ndarray, k: int) -> float:
     if not 1 <= k <= flat.size:
         raise MethodError(f"kthvalue: k={k} out of range for {flat.size} values")
     return flat.dtype.type(np.partition(flat, k - 1)[k - 1])
+
+
+def quantile_kthvalue(values: np.ndarray, rate: float) -> float:
+    """`kthvalue(values, round(N * rate))`, N = `values.size`: the originals' `kthvalue(p, round(len * rate))`."""
+    values = np.asarray(values)
+    return kthvalue(values, torch_round(values.size * rate))
 
 
 def lowest_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -87,22 +106,8 @@ def mask_meta(stats: Any, method: str, params: Mapping[str, Any], **extra: Any) 
         tokens={lang: int(n) for lang, n in zip(stats.languages, stats.tokens)},
         num_layers=int(stats.num_layers),
         num_neurons=int(stats.num_neurons),
-        jlang_version=_version(),
+        jlang_version=__version__,
         stats_meta=smeta,
     )
     meta.update(extra)
     return meta
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("jlang")
-    except Exception:  # not installed (running from a checkout)
-        try:
-            import jlang
-
-            return str(getattr(jlang, "__version__", "unknown"))
-        except Exception:
-            return "unknown"

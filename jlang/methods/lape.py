@@ -36,9 +36,9 @@ from jlang.methods.common import (
     MethodError,
     activation_probs_f32,
     check_rate,
-    kthvalue,
     lowest_k,
     mask_meta,
+    quantile_kthvalue,
     torch_round,
 )
 from jlang.stats import ActivationStats
@@ -75,12 +75,19 @@ def lape_entropy(probs: np.ndarray) -> np.ndarray:
     return entropy
 
 
-def _filtered_entropy(p: np.ndarray, filter_rate: float) -> tuple[np.ndarray, float]:
-    """Entropy [L, F] with +inf for neurons that no language activates above τ; returns (entropy, τ)."""
+def _selection_inputs(
+    stats: ActivationStats, filter_rate: float, activation_bar_ratio: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """What both LAPE selections rank and assign by (steps 1-4 and 6's bar; rates already checked).
+
+    Returns (p float32 [K, L, F], entropy [L, F] with +inf for neurons that no language
+    activates above τ, τ, activation bar).
+    """
+    p = lape_probs(stats)
     entropy = lape_entropy(p)
-    tau = kthvalue(p, torch_round(p.size * filter_rate))
+    tau = quantile_kthvalue(p, filter_rate)
     entropy[~(p > tau).any(axis=0)] = np.inf
-    return entropy, float(tau)
+    return p, entropy, float(tau), float(quantile_kthvalue(p, activation_bar_ratio))
 
 
 def lape(
@@ -106,12 +113,10 @@ def lape(
     top_rate = check_rate("top_rate", top_rate)
     filter_rate = check_rate("filter_rate", filter_rate)
     activation_bar_ratio = check_rate("activation_bar_ratio", activation_bar_ratio)
-    p = lape_probs(stats)  # [K, L, F] float32
+    p, entropy, tau, bar = _selection_inputs(stats, filter_rate, activation_bar_ratio)  # [K, L, F], [L, F]
     k_langs, n_layers, n_neurons = p.shape
-    entropy, tau = _filtered_entropy(p, filter_rate)  # [L, F]
     num_selected = torch_round(n_layers * n_neurons * top_rate)
     selected = lowest_k(entropy, num_selected)  # flat l*F + j, by (entropy, index)
-    bar = float(kthvalue(p, torch_round(p.size * activation_bar_ratio)))
     assigned = p.reshape(k_langs, -1)[:, selected] > np.float32(bar)  # [K, n_selected]
     masks = np.zeros((k_langs, n_layers * n_neurons), dtype=bool)
     masks[:, selected] = assigned
@@ -154,11 +159,9 @@ def lape_fixed_count(
         raise MethodError(f"num_per_language must be positive, got {num_per_language}")
     filter_rate = check_rate("filter_rate", filter_rate)
     activation_bar_ratio = check_rate("activation_bar_ratio", activation_bar_ratio)
-    p = lape_probs(stats)
+    p, entropy, tau, bar = _selection_inputs(stats, filter_rate, activation_bar_ratio)
     k_langs, n_layers, n_neurons = p.shape
-    entropy, tau = _filtered_entropy(p, filter_rate)
     flat_entropy = entropy.ravel()
-    bar = float(kthvalue(p, torch_round(p.size * activation_bar_ratio)))
     masks = np.zeros((k_langs, n_layers * n_neurons), dtype=bool)
     short = {}
     for k in range(k_langs):

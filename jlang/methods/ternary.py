@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from jlang.masks import NeuronMasks
-from jlang.methods.common import MethodError, check_rate, kthvalue, lowest_k, mask_meta, torch_round
+from jlang.methods.common import MethodError, check_rate, lowest_k, mask_meta, quantile_kthvalue, torch_round
 from jlang.stats import ActivationStats
 
 __all__ = ["ternary", "ternary_probs", "ternary_terms", "ternary_scores", "autosweep", "norm_max"]
@@ -175,7 +175,7 @@ def ternary(
     flat = p.reshape(k, -1)
     h_norm, max_p = ternary_terms(p)
     num_selected = torch_round(n_layers * n_neurons * top_rate)
-    tau = kthvalue(p, torch_round(p.size * activation_bar_ratio))
+    tau = quantile_kthvalue(p, activation_bar_ratio)
     above = flat > tau  # [K, N]
     assign_count = above.sum(axis=0)
 

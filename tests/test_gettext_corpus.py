@@ -18,6 +18,7 @@ from jlang.data.corpora.gettext import (  # noqa: E402
     ensure_default_corpus,
     is_heldout,
 )
+from jlang.data.corpora.gettext import cache as gettext_cache  # noqa: E402
 
 # English msgid -> {locale: translation}; None marks a fuzzy entry.
 MESSAGES = {
@@ -85,7 +86,9 @@ def lines(path):
 
 def test_clean_message_strips_placeholders_and_markup():
     cases = {
-        "Ensure this value is greater than or equal to %(limit_value)s.": "Ensure this value is greater than or equal to.",
+        "Ensure this value is greater than or equal to %(limit_value)s.": (
+            "Ensure this value is greater than or equal to."
+        ),
         "Line %s: Entry before first section header": "Line: Entry before first section header",
         "You have added the '%(code)s' voucher": "You have added the voucher",
         "%(value)s%% discount on %(range)s": "discount on",
@@ -93,7 +96,9 @@ def test_clean_message_strips_placeholders_and_markup():
         'Why not <a href="%(url)s">add some</a>?<br/>Next': "Why not add some? Next",
         "Tom &amp; Jerry&nbsp;show": "Tom & Jerry show",
         "Show {{ count }} items {% if x %}here{% endif %}": "Show items here",
-        "In your time zone %(tz)s, shown as [1:%(formatted)s] or [2:this link].": "In your time zone, shown as or this link.",
+        "In your time zone %(tz)s, shown as [1:%(formatted)s] or [2:this link].": (
+            "In your time zone, shown as or this link."
+        ),
         "Multi\n   line\tmessage": "Multi line message",
         "«\u00a0%(title)s\u00a0» créée": "créée",
     }
@@ -172,7 +177,7 @@ def test_ensure_default_corpus_builds_once_atomically(tmp_path, monkeypatch):
         (out / "train").mkdir()
         (out / "manifest.json").write_text("{}")
 
-    monkeypatch.setattr(gc, "build_gettext_corpus", fake_build)
+    monkeypatch.setattr(gettext_cache, "build_gettext_corpus", fake_build)
     monkeypatch.setenv("JLANG_CACHE_DIR", str(tmp_path / "cache"))
     target = gc.default_corpus_dir()
     assert target == tmp_path / "cache" / "corpora" / "gettext-v1"

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jlang.data.corpora.gettext.cache import ensure_default_corpus
+from jlang.io.atomic import atomic_directory
+
 __all__ = [
     "CodeMixError",
     "CodeMixed",
@@ -114,8 +117,6 @@ def _words(text: str, language: str) -> list[str]:
 def read_parallel(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """Rows `{lang: sentence}` of a parallel JSONL file (`{"text": {...}}` per line); default: the default corpus's."""
     if path is None:
-        from jlang.data.corpora.gettext import ensure_default_corpus
-
         path = ensure_default_corpus() / "parallel" / "heldout.jsonl"
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -250,8 +251,6 @@ class CodeMixed:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """`{directory}/{name}.txt` per set (one sentence per line) and `codemix.json` (info + meta). Atomic."""
-        from jlang.io.atomic import atomic_directory
-
         d = Path(directory)
         with atomic_directory(d) as tmp:
             for name, texts in self.sets.items():

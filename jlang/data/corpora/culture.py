@@ -33,16 +33,29 @@ Layout (as the default corpus): `{dir}/train/{culture}.txt`, `{dir}/heldout/{cul
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from jlang.analysis.langinfo import script_of, text_script_share
+from jlang.data.corpora.common import (
+    corpora_cache_dir,
+    ensure_built,
+    read_manifest,
+    sha256_hex,
+    write_lines,
+    write_manifest,
+)
+from jlang.data.sources import Corpus
 
 __all__ = [
     "DEFAULT_CULTURES",
     "FIELDS",
     "CultureCorpusError",
+    "CultureSettings",
     "build_culture_corpus",
     "culture_corpus",
     "culture_corpus_dir",
@@ -69,6 +82,15 @@ class CultureCorpusError(RuntimeError):
     """The demonstration corpus cannot be built as asked (Faker missing, unknown locale, ...)."""
 
 
+@dataclass(frozen=True)
+class CultureSettings:
+    """How many lines each culture gets, and the seed of Faker's draws (`build_culture_corpus`)."""
+
+    train_lines: int = DEFAULT_TRAIN_LINES
+    heldout_lines: int = DEFAULT_HELDOUT_LINES
+    seed: int = 0
+
+
 def culture_languages(
     cultures: Mapping[str, str] | Sequence[str] | None = None,
 ) -> dict[str, str]:
@@ -86,7 +108,7 @@ def _separator(language: str) -> str:
 
 def _faker(locale: str, seed: int):
     try:
-        import faker
+        import faker  # optional (the `corpus` extra): only the demonstration corpus needs it
     except ImportError:
         raise CultureCorpusError(
             "the demonstration culture corpus needs the Faker package (installed with `pip install -e .[corpus]`, "
@@ -101,8 +123,6 @@ def _faker(locale: str, seed: int):
 
 def culture_lines(locale: str, language: str, n: int, *, seed: int = 0, min_script_share: float = 0.5) -> list[str]:
     """`n` distinct record lines of culture `locale` in `language` (see the module doc)."""
-    from jlang.analysis.langinfo import script_of, text_script_share
-
     fake, _ = _faker(locale, seed)
     script = script_of(language)
     sep = _separator(language)
@@ -144,9 +164,8 @@ def build_culture_corpus(
         _, version = _faker(culture, seed)
         lines = culture_lines(culture, lang, train_lines + heldout_lines, seed=seed)
         train, held = lines[:train_lines], lines[train_lines:]
-        for split, part in (("train", train), ("heldout", held)):
-            (out / split).mkdir(parents=True, exist_ok=True)
-            (out / split / f"{culture}.txt").write_text("".join(x + "\n" for x in part), encoding="utf-8")
+        write_lines(out / "train" / f"{culture}.txt", train)
+        write_lines(out / "heldout" / f"{culture}.txt", held)
         counts[culture] = {
             "language": lang,
             "train_lines": len(train),
@@ -167,66 +186,52 @@ def build_culture_corpus(
         "counts": counts,
         "layout": {"train": "train/{culture}.txt", "heldout": "heldout/{culture}.txt"},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_manifest(out, manifest)
     return manifest
 
 
-def culture_corpus_dir(
-    cultures: Mapping[str, str] | Sequence[str] | None = None,
-    *,
-    train_lines: int = DEFAULT_TRAIN_LINES,
-    heldout_lines: int = DEFAULT_HELDOUT_LINES,
-    seed: int = 0,
-) -> Path:
-    """The cache directory of a demonstration corpus: `{cache}/corpora/culture-faker-v1[-<hash of the settings>]`."""
-    from jlang.data.corpora.gettext import default_corpus_dir
+def culture_corpus_dir(cultures: Mapping[str, str] | Sequence[str] | None = None, **settings) -> Path:
+    """The cache directory of a demonstration corpus: `{cache}/corpora/culture-faker-v1[-<hash of the settings>]`.
 
+    Args:
+      cultures: as for `build_culture_corpus`.
+      settings: `train_lines`, `heldout_lines`, `seed` (`CultureSettings`; defaults: the default corpus's).
+    """
     mapping = culture_languages(cultures)
-    settings = (mapping, train_lines, heldout_lines, seed)
-    name = NAME
-    if settings != (DEFAULT_CULTURES, DEFAULT_TRAIN_LINES, DEFAULT_HELDOUT_LINES, 0):
-        key = json.dumps([sorted(mapping.items()), train_lines, heldout_lines, seed])
-        name += "-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
-    return default_corpus_dir().parent / name
+    chosen = CultureSettings(**settings)
+    if mapping == DEFAULT_CULTURES and chosen == CultureSettings():
+        return corpora_cache_dir() / NAME
+    key = json.dumps([sorted(mapping.items()), chosen.train_lines, chosen.heldout_lines, chosen.seed])
+    return corpora_cache_dir() / f"{NAME}-{sha256_hex(key)[:10]}"
 
 
 def ensure_culture_corpus(
     cultures: Mapping[str, str] | Sequence[str] | None = None,
     *,
     path: str | os.PathLike | None = None,
-    train_lines: int = DEFAULT_TRAIN_LINES,
-    heldout_lines: int = DEFAULT_HELDOUT_LINES,
-    seed: int = 0,
+    **settings,
 ) -> Path:
-    """The demonstration corpus directory, built once (into a temporary sibling renamed into place when complete)."""
-    from jlang.io.atomic import atomic_directory
+    """The demonstration corpus directory, built once (into a temporary sibling renamed into place when complete).
 
-    target = (
-        Path(path)
-        if path is not None
-        else culture_corpus_dir(cultures, train_lines=train_lines, heldout_lines=heldout_lines, seed=seed)
-    )
-    if (target / "manifest.json").exists():
-        return target
-    with atomic_directory(target) as tmp:
-        build_culture_corpus(
-            tmp,
-            cultures,
-            train_lines=train_lines,
-            heldout_lines=heldout_lines,
-            seed=seed,
-        )
-    return target
+    Args:
+      cultures: as for `build_culture_corpus`.
+      path: where (default: `culture_corpus_dir(cultures, **settings)`).
+      settings: `train_lines`, `heldout_lines`, `seed` (`CultureSettings`).
+    """
+    chosen = dataclasses.asdict(CultureSettings(**settings))
+    target = Path(path) if path is not None else culture_corpus_dir(cultures, **chosen)
+    return ensure_built(target, lambda tmp: build_culture_corpus(tmp, cultures, **chosen))
 
 
 def culture_corpus(
     split: str = "train",
     cultures: Mapping[str, str] | Sequence[str] | None = None,
     **options,
-):
-    """The demonstration culture corpus as a `jlang.data.Corpus` keyed by culture (built and cached on first use)."""
-    from jlang.data.sources import Corpus
+) -> Corpus:
+    """The demonstration culture corpus as a `jlang.data.Corpus` keyed by culture (built and cached on first use).
 
+    `options`: `path` and the settings of `ensure_culture_corpus`.
+    """
     root = ensure_culture_corpus(cultures, **options)
-    mapping = json.loads((root / "manifest.json").read_text(encoding="utf-8"))["cultures"]
+    mapping = read_manifest(root)["cultures"]
     return Corpus.from_dir(root, split=split, languages=list(mapping))

@@ -177,14 +177,14 @@ def test_no_views_on_a_mesh(tiny_dirs):
 def test_changing_edits_scope_and_penalty_does_not_recompile(load):
     model = load("llama2")
     generate(model, PROMPTS, max_new_tokens=N, edits=_random_edit(model, 0), edit_scope="all")
-    sizes = gen._prefill._cache_size(), gen._decode._cache_size()
+    sizes = gen.prefill._cache_size(), gen.decode._cache_size()
     texts = set()
     for seed, scope, penalty in [(1, "prompt", 1.0), (2, "generated", 1.1), (3, "all", 1.3)]:
         edit = _random_edit(model, seed, value=float(seed))
         texts.add(
             tuple(generate(model, PROMPTS, max_new_tokens=N, edits=edit, edit_scope=scope, repetition_penalty=penalty))
         )
-    assert (gen._prefill._cache_size(), gen._decode._cache_size()) == sizes
+    assert (gen.prefill._cache_size(), gen.decode._cache_size()) == sizes
     assert len(texts) == 3  # the edits did change the text
 
 

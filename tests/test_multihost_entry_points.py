@@ -268,7 +268,7 @@ def test_single_process_helpers(tiny_dirs):
     np.testing.assert_array_equal(distributed.sum_over_shards(x, None), x)
     mesh = make_mesh(data=4, model=2, devices=jax.devices()[:8])
     assert distributed.local_batch_rows(3, mesh) == 4 and distributed.local_batch_rows(3, None) == 3
-    np.testing.assert_array_equal(distributed._local_row_index(mesh, 8), np.arange(8))
+    np.testing.assert_array_equal(distributed.local_row_index(mesh, 8), np.arange(8))
     model = jlang.load_model(tiny_dirs["llama2"][0], mesh=mesh, progress=False)
     ids = np.arange(8 * 5, dtype=np.int32).reshape(8, 5) % 100
     placed = distributed.place_whole_batch(model, ids)

@@ -145,7 +145,7 @@ def _emit(state: DecodeState, logits: Array, is_eos: Array, key: Array, knobs, s
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "max_new_tokens", "cache_sharding"))
-def _prefill(
+def prefill(
     params,
     ids,
     valid,
@@ -196,7 +196,7 @@ def _prefill(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler"), donate_argnames=("state",))
-def _decode(
+def decode(
     params, state: DecodeState, limit, is_eos, key, knobs, edits, edit_generated, *, cfg: ModelConfig, sampler: Sampler
 ) -> DecodeState:
     """Generate one token per iteration until `limit` tokens are out or every row is done."""
@@ -304,7 +304,7 @@ def _run_batch(
     params, cfg = model.params, model.config
     place = functools.partial(distributed.place_whole_batch, model)  # the same prompts on every process
     is_eos = jnp.zeros(cfg.vocab_size, bool).at[eos].set(True, mode="drop")  # [V]: any count of EOS ids, one shape
-    state = _prefill(
+    state = prefill(
         params,
         place(ids),
         place(valid),
@@ -335,7 +335,7 @@ def _run_batch(
         if step >= max_new_tokens or done.all():
             break
         limit = jnp.asarray(min(step + chunk, max_new_tokens), jnp.int32)
-        state = _decode(
+        state = decode(
             decode_params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler
         )
     out = parallel.to_host(state.out)

@@ -332,7 +332,7 @@ def local_batch_rows(n: int, mesh) -> int:
     return -(-n // slices) * slices
 
 
-def _local_row_index(mesh, global_rows: int) -> np.ndarray:
+def local_row_index(mesh, global_rows: int) -> np.ndarray:
     """Global row of each row this process fed to `Model.place_batch`, in the order it fed them.
 
     `jax.make_array_from_process_local_data` maps a process's rows onto the row blocks its devices
@@ -349,7 +349,7 @@ def local_rows(x, mesh) -> np.ndarray:
     full = to_host(x)
     if jax.process_count() == 1 or mesh is None:
         return full
-    return full[_local_row_index(mesh, full.shape[0])]
+    return full[local_row_index(mesh, full.shape[0])]
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:

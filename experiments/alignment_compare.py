@@ -1,6 +1,7 @@
 """Align the default model on a few languages, then compare it with the base model (ternary-neuron paper §3.5).
 
-    python experiments/alignment_compare.py configs/alignment_compare.yaml [--set compare.max_tokens_per_language=1000 ...]
+    python experiments/alignment_compare.py configs/alignment_compare.yaml
+    python experiments/alignment_compare.py configs/alignment_compare.yaml --set compare.max_tokens_per_language=1000
 
 Zhang et al. 2025 (NJUNLP/Language-Neurons-Alignment) compare a model's ternary
 neurons before and after multilingual alignment and report "spontaneous
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from jlang.analysis.compare.run import run_compare
-    from jlang.train.sft import finetune, load_finetune_config
+    from jlang.train.config import load_finetune_config
+    from jlang.train.sft import finetune
 
     log = lambda msg: print(f"[alignment_compare] {msg}", flush=True)
     ft_cfg = load_finetune_config(cfg.finetune.config, list(cfg.finetune.overrides))  # validated before any work

@@ -157,7 +157,8 @@ def train_or_reuse(cfg: SAELapeConfig, model, log):
     """(SAE, history, dead-feature summary, seconds, how)."""
     from jlang.io.report import write_json
     from jlang.sae.model import SAE, SAEConfig
-    from jlang.sae.train import ActivationStream, dead_features, load_tokenized, save_history, train_sae
+    from jlang.sae.stream import ActivationStream, load_tokenized
+    from jlang.sae.train import dead_features, save_history, train_sae
 
     out = Path(cfg.out)
     s = cfg.sae
@@ -333,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     from jlang.parallel import make_mesh
     from jlang.sae import lape as lape_lib
     from jlang.sae.classify import classify
+    from jlang.sae.evaluation import evaluate
     from jlang.sae.steer import steering_success
-    from jlang.sae.train import evaluate, load_tokenized, sentence_rows
+    from jlang.sae.stream import load_tokenized, sentence_rows
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -542,6 +544,9 @@ def write_report(
 
     c, tr = sae.config, cfg.train
     last = history[-1] if history else {}
+    dropped = (
+        "; features of more than one language dropped (`--lang-specific`)" if features.params["lang_specific"] else ""
+    )
     lines = [
         f"# SAE-LAPE on `{model.name}`",
         "",
@@ -555,17 +560,18 @@ def write_report(
         "",
         (
             f"{sae.meta.get('steps', last.get('step'))} Adam steps of {tr.sae_batch} tokens (lr {tr.lr:g}, warm-up "
-            f"{tr.warmup_steps}, linear decay over the last {1 - tr.decay_from:.0%}), AuxK {tr.auxk_coeff:g}; activations "
-            f"streamed from the model over the train split ({cfg.data.batch_size} x {cfg.data.seq_len}-token packed windows "
-            f"per model batch, each token used {tr.reuse}x, BOS left out), {sae.meta.get('tokens', 0):,} fresh tokens, "
+            f"{tr.warmup_steps}, linear decay over the last {1 - tr.decay_from:.0%}), AuxK {tr.auxk_coeff:g}; "
+            f"activations streamed from the model over the train split ({cfg.data.batch_size} x "
+            f"{cfg.data.seq_len}-token packed windows per model batch, each token used {tr.reuse}x, BOS left out), "
+            f"{sae.meta.get('tokens', 0):,} fresh tokens, "
             f"{train_seconds:.0f} s. Inputs were divided by {sae.meta.get('scale', float('nan')):.3g} during training "
             "(E||x||² = d_model); the saved SAE has it folded back in."
         ),
         "",
         (
             f"Final training window: explained variance **{last.get('ev', float('nan')):.3f}**, MSE (normalised) "
-            f"{last.get('mse', float('nan')):.1f}, L0 {last.get('l0', float('nan')):.1f}. Dead features (no activation in "
-            f"the last {dead['window_tokens']:,} training tokens): **{dead['dead']} / {dead['features']}** "
+            f"{last.get('mse', float('nan')):.1f}, L0 {last.get('l0', float('nan')):.1f}. Dead features (no activation "
+            f"in the last {dead['window_tokens']:,} training tokens): **{dead['dead']} / {dead['features']}** "
             f"({dead['share']:.1%})."
         ),
         "",
@@ -574,8 +580,8 @@ def write_report(
         "## Held-out evaluation",
         "",
         (
-            f"{ev['tokens']:,} tokens of held-out sentences ({cfg.eval.sentences_per_language} per language, BOS left out "
-            f"for the SAE metrics; {ev['scored']:,} next-token predictions scored)."
+            f"{ev['tokens']:,} tokens of held-out sentences ({cfg.eval.sentences_per_language} per language, BOS left "
+            f"out for the SAE metrics; {ev['scored']:,} next-token predictions scored)."
         ),
         "",
         "| metric | value |",
@@ -593,11 +599,10 @@ def write_report(
         "",
         (
             f"Statistics on the {cfg.lape.split} split: {int(stats.num_examples.sum()):,} sentences "
-            f"(≤ {cfg.lape.sentences_per_language} per language), {int(stats.num_tokens.sum()):,} tokens. Candidate filter "
-            f"(some language fires in ≥ int({features.params['example_rate']}·examples) and some on > "
-            f"int({features.params['token_rate']}·tokens)): **{int(features.candidates.sum())}** of {c.num_features} features. "
-            f"Assignment: p_k ≥ {features.params['threshold_ratio']} · max p"
-            f"{'; features of more than one language dropped (`--lang-specific`)' if features.params['lang_specific'] else ''}. "
+            f"(≤ {cfg.lape.sentences_per_language} per language), {int(stats.num_tokens.sum()):,} tokens. Candidate "
+            f"filter (some language fires in ≥ int({features.params['example_rate']}·examples) and some on > "
+            f"int({features.params['token_rate']}·tokens)): **{int(features.candidates.sum())}** of {c.num_features} "
+            f"features. Assignment: p_k ≥ {features.params['threshold_ratio']} · max p{dropped}. "
             f"Without `--lang-specific`: {sum(shared.counts().values())} (language, feature) pairs; with it: "
             f"**{sum(features.counts().values())}** language-specific features."
         ),
@@ -630,13 +635,15 @@ def write_report(
         "",
     ]
     if result is not None:
+        n = cfg.classify.sentences_per_language
+        examples = ", ".join(f"{k} {v}" for k, v in result.meta["examples"].items())
         lines += [
             "## Language identification (held-out split)",
             "",
             (
                 f"{next(iter(result.metrics.values()))['n']:,} held-out sentences ("
-                f"{'all of them' if cfg.classify.sentences_per_language is None else f'at most {cfg.classify.sentences_per_language} per language'}"
-                f": {', '.join(f'{k} {v}' for k, v in result.meta['examples'].items())}). sae-count: argmax over languages of the "
+                f"{'all of them' if n is None else f'at most {n} per language'}: {examples}). sae-count: argmax over "
+                "languages of the "
                 "number of (token, feature) activations among the language's features; sae-min-max: the sum of min-max "
                 f"scaled activations, with the {d_rates['example_rate']} / {d_rates['token_rate']} features; rows "
                 f"`({features.params['example_rate']}/{features.params['token_rate']})` use the original filter's "
@@ -661,9 +668,10 @@ def write_report(
             "## Steering",
             "",
             (
-                f"{s.prompts} `{s.source}` held-out prompts as `{s.template!r}`, greedy, {s.max_new_tokens} new tokens, "
-                f"repetition penalty {s.repetition_penalty}; `h += m · maxact_f · W_dec[f]` over the target's features at "
-                f"`{c.hook_point}` of layer {c.layer}, at {'every token' if s.where == 'all' else 'the last prompt token'}. "
+                f"{s.prompts} `{s.source}` held-out prompts as `{s.template!r}`, greedy, {s.max_new_tokens} new "
+                f"tokens, repetition penalty {s.repetition_penalty}; `h += m · maxact_f · W_dec[f]` over the target's "
+                f"features at `{c.hook_point}` of layer {c.layer}, at "
+                f"{'every token' if s.where == 'all' else 'the last prompt token'}. "
                 f"Success = py3langid says the continuation is in the target language."
             ),
             "",

@@ -23,6 +23,7 @@ import jlang
 from jlang.config import ConfigError, ModelSection
 from jlang.io.checkpoint import ResumeError
 from jlang.masks import MaskShapeError, NeuronMasks, UnknownLanguageError
+from jlang.train.config import DataSection, FinetuneConfig, TrainSection, load_finetune_config
 from jlang.train.data import (
     batch_dataset,
     eval_batches,
@@ -30,13 +31,7 @@ from jlang.train.data import (
     pair_rows,
     translation_pairs,
 )
-from jlang.train.sft import (
-    DataSection,
-    FinetuneConfig,
-    TrainSection,
-    finetune,
-    load_finetune_config,
-)
+from jlang.train.sft import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW_DEFAULT_STEPS = 8
@@ -160,7 +155,7 @@ def test_chunked_loss_equals_full_logits(tiny_dirs):
     equal the plain log-softmax of the full logits (gemma2: tied embedding and final soft-cap)."""
     import jax
 
-    from jlang.train.sft import response_nll
+    from jlang.train.step import response_nll
 
     model = jlang.load_model(tiny_dirs["gemma2"][0], progress=False)
     rng = np.random.default_rng(0)
@@ -186,7 +181,7 @@ def test_chunked_loss_equals_full_logits(tiny_dirs):
 
 
 def test_learning_rate_schedules():
-    from jlang.train.sft import make_optimizer
+    from jlang.train.step import make_optimizer
 
     def lrs(**kw):
         _, schedule = make_optimizer(TrainSection(learning_rate=1.0, **kw))

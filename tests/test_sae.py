@@ -11,9 +11,11 @@ import pytest
 
 from jlang.io.checkpoint import ResumeError
 from jlang.sae import classify as C
+from jlang.sae import evaluation as E
 from jlang.sae import lape as LP
 from jlang.sae import model as M
 from jlang.sae import steer as S
+from jlang.sae import stream as ST
 from jlang.sae import train as T
 
 # ----------------------------------------------------------------------------- helpers
@@ -133,7 +135,7 @@ def test_topk_sae_recovers_planted_features():
     x, D = planted()
     cfg = M.SAEConfig(d_in=24, num_features=64, kind="topk", k=3)
     res = T.train_sae(
-        T.ArrayStream(x, 1024),
+        ST.ArrayStream(x, 1024),
         cfg,
         T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20, dead_window=4000, log_every=50),
         progress=False,
@@ -151,7 +153,7 @@ def test_relu_l1_sae_recovers_a_planted_feature():
     x, D = planted(n=8000, d=12, num=8, active=2, seed=1)
     cfg = M.SAEConfig(d_in=12, num_features=32, kind="relu")
     res = T.train_sae(
-        T.ArrayStream(x, 1024),
+        ST.ArrayStream(x, 1024),
         cfg,
         T.TrainConfig(steps=400, sae_batch=256, lr=3e-3, warmup_steps=20, l1_coeff=2.0, log_every=50),
         progress=False,
@@ -165,16 +167,16 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
     x, _ = planted(n=3000, d=8, num=10)
     cfg = M.SAEConfig(d_in=8, num_features=16, kind="topk", k=2)
     tc = T.TrainConfig(steps=48, sae_batch=128, reuse=2, log_every=4, dead_window=500)
-    full = T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, tc, progress=False)  # 6 batches per epoch: crosses epochs
+    full = T.train_sae(ST.ArrayStream(x, 512, seed=3), cfg, tc, progress=False)  # 6 batches per epoch: crosses epochs
     ckpt = tmp_path / "ckpt"
-    part = T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, stop_after=24, progress=False)
+    part = T.train_sae(ST.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, stop_after=24, progress=False)
     assert not part.finished and part.steps == 24
     with pytest.raises(ResumeError, match="pass resume"):
-        T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, progress=False)
+        T.train_sae(ST.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, progress=False)
     other = dataclasses.replace(tc, lr=1e-3)
     with pytest.raises(ResumeError, match="different run"):
-        T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, other, checkpoint_dir=ckpt, resume=True, progress=False)
-    rest = T.train_sae(T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, resume=True, progress=False)
+        T.train_sae(ST.ArrayStream(x, 512, seed=3), cfg, other, checkpoint_dir=ckpt, resume=True, progress=False)
+    rest = T.train_sae(ST.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=ckpt, resume=True, progress=False)
     assert rest.resumed_from == 24 and rest.finished and rest.steps == 48
     for k in M.PARAM_NAMES:
         np.testing.assert_array_equal(rest.sae.params[k], full.sae.params[k], err_msg=k)
@@ -187,7 +189,7 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
 
     from jlang.io.checkpoint import RunInterrupted
 
-    class Killed(T.ArrayStream):
+    class Killed(ST.ArrayStream):
         def next(self):
             if self.epoch == 0 and self.position == 3 * 512:
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -197,7 +199,7 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
         T.train_sae(Killed(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", progress=False)
     assert info.value.done == 32 and info.value.exit_code == 128 + signal.SIGTERM
     again = T.train_sae(
-        T.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", resume=True, progress=False
+        ST.ArrayStream(x, 512, seed=3), cfg, tc, checkpoint_dir=tmp_path / "k", resume=True, progress=False
     )
     assert again.resumed_from == 32
     np.testing.assert_array_equal(again.sae.params["W_dec"], full.sae.params["W_dec"])
@@ -205,12 +207,12 @@ def test_resume_gives_bit_identical_params_array_stream(tmp_path):
 
 def test_resume_from_the_model_stream_is_bit_identical(tiny, tmp_path):
     """Activations streamed from a model through the grain pipeline; the run crosses an epoch boundary."""
-    tok = T.load_tokenized(tiny, {k: v[:6] for k, v in tiny_corpus().items()}, progress=False)
+    tok = ST.load_tokenized(tiny, {k: v[:6] for k, v in tiny_corpus().items()}, progress=False)
     cfg = M.SAEConfig(d_in=48, num_features=32, kind="topk", k=4, layer=1)
     tc = T.TrainConfig(steps=24, sae_batch=32, log_every=4)
 
     def stream():
-        return T.ActivationStream(tiny, tok, layer=1, batch_size=2, seq_len=16, seed=5)
+        return ST.ActivationStream(tiny, tok, layer=1, batch_size=2, seq_len=16, seed=5)
 
     s = stream()
     assert len(s._batches) * 2 < tc.steps  # two steps per batch: the run needs more than one epoch
@@ -230,15 +232,15 @@ def test_sharded_training_matches_one_device_and_resumes_exactly(tmp_path):
     x, _ = planted(n=2048, d=8, num=10)
     cfg = M.SAEConfig(d_in=8, num_features=16, kind="topk", k=2)
     tc = T.TrainConfig(steps=8, sae_batch=128, log_every=4)
-    one = T.train_sae(T.ArrayStream(x, 512), cfg, tc, progress=False)
+    one = T.train_sae(ST.ArrayStream(x, 512), cfg, tc, progress=False)
     mesh = make_mesh(data=2, model=4)
-    many = T.train_sae(T.ArrayStream(x, 512, mesh=mesh), cfg, tc, progress=False)
+    many = T.train_sae(ST.ArrayStream(x, 512, mesh=mesh), cfg, tc, progress=False)
     for k in M.PARAM_NAMES:
         np.testing.assert_allclose(many.sae.params[k], one.sae.params[k], rtol=1e-4, atol=1e-5, err_msg=k)
     # a sharded run restores its state onto the same shardings and ends where the uninterrupted one does
-    T.train_sae(T.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", stop_after=4, progress=False)
+    T.train_sae(ST.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", stop_after=4, progress=False)
     rest = T.train_sae(
-        T.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", resume=True, progress=False
+        ST.ArrayStream(x, 512, mesh=mesh), cfg, tc, checkpoint_dir=tmp_path / "c", resume=True, progress=False
     )
     for k in M.PARAM_NAMES:
         np.testing.assert_array_equal(rest.sae.params[k], many.sae.params[k], err_msg=k)
@@ -249,7 +251,7 @@ def test_hook_activations_of_the_model_prefix_equal_the_full_forward(tiny):
     pos = jnp.broadcast_to(jnp.arange(9, dtype=jnp.int32), (2, 9))
     valid = jnp.ones((2, 9), bool)
     _, full = tiny.forward(ids, probe=lambda points, v: points["mlp.out"])
-    part = T.hook_activations(tiny.params, ids, pos, valid, cfg=tiny.config, layer=2, point="mlp.out")
+    part = ST.hook_activations(tiny.params, ids, pos, valid, cfg=tiny.config, layer=2, point="mlp.out")
     np.testing.assert_allclose(np.asarray(part), np.asarray(full[2]), rtol=1e-5, atol=1e-5)
 
 
@@ -261,7 +263,7 @@ def test_splicing_an_exact_sae_leaves_the_logits_unchanged(tiny, kind):
     sae = exact_sae(tiny.config.d_model, kind, layer=2)
     ids = jnp.asarray(np.random.default_rng(1).integers(3, 131, (2, 11)), jnp.int32)
     clean, _ = tiny.forward(ids)
-    splice = T.sae_splice("mlp.out", kind, sae.config.k)
+    splice = E.sae_splice("mlp.out", kind, sae.config.k)
     args = {"layer": jnp.int32(2), "mode": jnp.int32(1), "params": sae.jax_params}
     spliced, _ = tiny.forward(ids, splice=splice, splice_args=args)
     np.testing.assert_allclose(np.asarray(spliced), np.asarray(clean), rtol=0, atol=1e-5)
@@ -269,8 +271,8 @@ def test_splicing_an_exact_sae_leaves_the_logits_unchanged(tiny, kind):
     assert np.abs(np.asarray(zeroed) - np.asarray(clean)).max() > 1e-3  # the splice does act on layer 2
     if kind == "relu":
         return  # one evaluation is enough (it compiles the whole model three ways)
-    tok = T.load_tokenized(tiny, {k: v[:6] for k, v in tiny_corpus().items()}, progress=False)
-    ev = T.evaluate(tiny, sae, T.sentence_rows(tok, max_len=16), batch_size=8, vocab_chunk=64, progress=False)
+    tok = ST.load_tokenized(tiny, {k: v[:6] for k, v in tiny_corpus().items()}, progress=False)
+    ev = E.evaluate(tiny, sae, ST.sentence_rows(tok, max_len=16), batch_size=8, vocab_chunk=64, progress=False)
     assert abs(ev["delta_nll"]) < 1e-5 and ev["ev"] > 1 - 1e-6 and ev["mse"] < 1e-8
     assert ev["loss_recovered"] == pytest.approx(1.0, abs=1e-4) and ev["l0"] <= tiny.config.d_model
 
@@ -404,8 +406,8 @@ def test_feature_stats_and_results_round_trip(tmp_path):
 def test_feature_stats_from_the_model_count_exactly(tiny):
     """The device reductions equal a direct count over the encoded activations (BOS and padding left out)."""
     corpus = {k: v[:5] for k, v in tiny_corpus(seed=3).items()}
-    tok = T.load_tokenized(tiny, corpus, progress=False)
-    rows = T.sentence_rows(tok, max_len=16)
+    tok = ST.load_tokenized(tiny, corpus, progress=False)
+    rows = ST.sentence_rows(tok, max_len=16)
     cfg = M.SAEConfig(d_in=48, num_features=24, kind="topk", k=3, layer=1)
     sae = M.SAE(cfg, {k: np.asarray(v) for k, v in M.init_params(jax.random.key(1), cfg).items()})
     st = LP.feature_stats(tiny, sae, rows, list(tok.languages), batch_size=4, progress=False)
@@ -415,7 +417,7 @@ def test_feature_stats_from_the_model_count_exactly(tiny):
     ntok = np.zeros(3, np.int64)
     n, w = rows.ids.shape
     pos = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), (n, w))
-    acts = T.hook_activations(
+    acts = ST.hook_activations(
         tiny.params, jnp.asarray(rows.ids), pos, jnp.asarray(rows.attend), cfg=tiny.config, layer=1, point="mlp.out"
     )
     codes = sae.encode(np.asarray(acts))
@@ -460,11 +462,11 @@ def test_classifiers_on_handmade_counts():
 
 def test_classify_on_the_tiny_model_runs_every_classifier(tiny):
     tok_texts = tiny_corpus(seed=4, n=40)
-    tok = T.load_tokenized(tiny, tok_texts, progress=False)
+    tok = ST.load_tokenized(tiny, tok_texts, progress=False)
     cfg = M.SAEConfig(d_in=48, num_features=24, kind="topk", k=3, layer=1)
     sae = M.SAE(cfg, {k: np.asarray(v) for k, v in M.init_params(jax.random.key(2), cfg).items()})
     st = LP.feature_stats(
-        tiny, sae, T.sentence_rows(tok, max_len=16), list(tok.languages), batch_size=8, progress=False
+        tiny, sae, ST.sentence_rows(tok, max_len=16), list(tok.languages), batch_size=8, progress=False
     )
     feats = LP.identify(st, example_rate=0.0, token_rate=0.0)
 
@@ -498,7 +500,7 @@ def test_bad_inputs_are_named():
         T.TrainConfig(steps=0)
     with pytest.raises(M.SAEError, match="width"):
         T.train_sae(
-            T.ArrayStream(np.zeros((64, 5)), 32),
+            ST.ArrayStream(np.zeros((64, 5)), 32),
             M.SAEConfig(d_in=4, num_features=8, k=2),
             T.TrainConfig(steps=1, sae_batch=32),
             progress=False,
@@ -540,18 +542,18 @@ def test_bad_inputs_are_named():
 
 
 def test_bad_model_inputs_are_named(tiny, tmp_path):
-    tok = T.load_tokenized(tiny, {k: v[:4] for k, v in tiny_corpus().items()}, progress=False)
+    tok = ST.load_tokenized(tiny, {k: v[:4] for k, v in tiny_corpus().items()}, progress=False)
     with pytest.raises(M.SAEError, match="out of range"):
-        T.ActivationStream(tiny, tok, layer=9)
+        ST.ActivationStream(tiny, tok, layer=9)
     with pytest.raises(M.SAEError, match="hook point"):
-        T.ActivationStream(tiny, tok, layer=1, point="mlp.act")
-    stream = T.ActivationStream(tiny, tok, layer=1, batch_size=2, seq_len=8)
+        ST.ActivationStream(tiny, tok, layer=1, point="mlp.act")
+    stream = ST.ActivationStream(tiny, tok, layer=1, batch_size=2, seq_len=8)
     with pytest.raises(M.SAEError, match="stream gives layer 1"):
         T.train_sae(
             stream, M.SAEConfig(d_in=48, num_features=8, k=2, layer=2), T.TrainConfig(sae_batch=16), progress=False
         )
     with pytest.raises(M.SAEError, match="d_model"):
-        T.evaluate(tiny, exact_sae(5, "topk", 1), T.sentence_rows(tok, max_len=8), progress=False)
+        E.evaluate(tiny, exact_sae(5, "topk", 1), ST.sentence_rows(tok, max_len=8), progress=False)
     np.savez(tmp_path / "junk.npz", a=np.zeros(3))
     with pytest.raises(M.SAEError, match="jlang.SAE"):
         M.SAE.load(tmp_path / "junk.npz")

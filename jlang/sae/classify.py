@@ -24,14 +24,16 @@ computes those arrays from the model in one pass (`lape.row_feature_reductions`)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jlang.sae.lape import SAELapeFeatures
+from jlang.evals.langid import Py3LangID
+from jlang.io.report import new_figure, save_figure, write_json
+from jlang.models.scoring import rows_from_token_lists
+from jlang.sae.lape import SAELapeFeatures, row_feature_reductions
 from jlang.sae.model import SAE, SAEError
 
 METHODS = ("sae-count", "sae-min-max")
@@ -139,19 +141,15 @@ class ClassifyResult:
             lines.append(f"| {lang} | " + " | ".join(row) + " |")
         return "\n".join(lines)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        from jlang.io.atomic import atomic_file
-        from jlang.io.npz import jsonable
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-        p = Path(path)
-        with atomic_file(p) as tmp:
-            tmp.write_text(json.dumps(jsonable(dataclasses.asdict(self)), indent=1))
-        return p
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `path` (`.json`): the languages, every classifier's metrics, the silent count, meta."""
+        return write_json(path, self.to_dict())
 
     def plot(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
         """Confusion matrices of the classifiers `names` (default: all) side by side (rows: true language)."""
-        from jlang.io.report import new_figure, save_figure
-
         names = list(names or self.metrics)
         fig = new_figure(4.2 * len(names), 4.2)
         axes = [fig.add_subplot(1, len(names), i + 1) for i in range(len(names))]
@@ -173,17 +171,18 @@ def example_arrays(
     model, sae: SAE | Sequence[SAE], rows, *, batch_size: int = 16, skip_bos: bool = True, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """(counts int32, sums float32) `[N, L, F]` of every row of `rows` (one example per row)."""
-    from jlang.sae.lape import row_feature_reductions
-
     saes = [sae] if isinstance(sae, SAE) else list(sae)
     n, L, F = len(rows), len(saes), saes[0].config.num_features
     counts, sums = np.zeros((n, L, F), np.int32), np.zeros((n, L, F), np.float32)
-    for idx, r in row_feature_reductions(
-        model, saes, rows, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE language ID"
-    ):
+
+    def fold(idx: np.ndarray, r: dict[str, np.ndarray]) -> None:
         real = idx >= 0
         counts[idx[real]] = r["count"][real]
         sums[idx[real]] = r["sum"][real]
+
+    row_feature_reductions(
+        model, saes, rows, fold, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE language ID"
+    )
     return counts, sums
 
 
@@ -208,9 +207,6 @@ def classify(
       more_features: other feature sets (name -> features of the same SAEs and languages, e.g. other
         identification settings) scored on the same model pass, as "sae-count (name)" / "sae-min-max (name)".
     """
-    from jlang.evals.langid import Py3LangID
-    from jlang.models.scoring import rows_from_token_lists
-
     saes = [sae] if isinstance(sae, SAE) else list(sae)
     if [s.config.layer for s in saes] != list(features.layers):
         raise SAEError(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang.io.npz import read_npz, write_npz
-from jlang.sae.model import SAE, SAEError, encode
+from jlang import parallel
+from jlang.io.npz import write_npz
+from jlang.models.scoring import TokenRows
+from jlang.parallel.batch_loop import Throughput, pipelined, place_rows
+from jlang.sae.model import SAE, SAEError, encode, read_sae_file
+from jlang.sae.stream import check_hook, iterate_rows, layer_activations, token_weight
 
 _STATS_FORMAT = "jlang.SAEFeatureStats/1"
 _FEATURES_FORMAT = "jlang.SAELapeFeatures/1"
@@ -122,10 +126,7 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
-        try:
-            arrays, languages, meta = read_npz(path, format_prefix="jlang.SAEFeatureStats/")
-        except ValueError as e:
-            raise SAEError(str(e)) from None
+        arrays, languages, meta = read_sae_file(path, "jlang.SAEFeatureStats/")
         layers = arrays.pop("layers").tolist()
         return cls(languages, layers, meta=meta, **arrays)
 
@@ -144,66 +145,26 @@ def _row_reductions(params_list, acts_by_layer: jax.Array, weight: jax.Array, *,
     return {k: jnp.stack(v, axis=1) for k, v in out.items()}
 
 
-def _hook_layers(params, ids, positions, valid, *, cfg, layers: tuple[int, ...], point: str) -> jax.Array:
-    """Activations at `point` of each of `layers`: `[len(layers), b, t, d]` (model run up to the deepest one)."""
-    from jlang.models.decoder import forward
-    from jlang.sae.train import prefix_config
-
-    depth = max(layers) + 1
-    sub = {k: (v[:depth] if k.startswith("layers.") else v) for k, v in params.items()}
-    _, probes = forward(
-        sub,
-        ids,
-        prefix_config(cfg, depth),
-        positions=positions,
-        valid=valid,
-        output="none",
-        probe=lambda points, v: points[point],
-    )
-    return probes[jnp.asarray(layers)].astype(jnp.float32)
-
-
 @functools.lru_cache(maxsize=8)
 def _reduction_fns(cfg, layers: tuple[int, ...], point: str, sae_cfgs: tuple) -> tuple:
-    """(jitted `_hook_layers`, jitted `_row_reductions`) for one model config and set of SAEs (cached)."""
-    hook = jax.jit(functools.partial(_hook_layers, cfg=cfg, layers=layers, point=point))
+    """(jitted `layer_activations`, jitted `_row_reductions`) for one model config and set of SAEs (cached)."""
+    hook = jax.jit(functools.partial(layer_activations, cfg=cfg, layers=layers, point=point))
     reduce = jax.jit(functools.partial(_row_reductions, saes=tuple((c, i) for i, c in enumerate(sae_cfgs))))
     return hook, reduce
 
 
-def row_feature_reductions(
-    model,
-    saes: SAE | Sequence[SAE],
-    rows,
-    *,
-    batch_size: int = 16,
-    skip_bos: bool = True,
-    progress: bool = True,
-    desc: str = "SAE features",
-) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """For batches of `rows` (`TokenRows`, one example per row): (row indices, per-row reductions).
-
-    Reductions (host arrays): `count` int32 `[b, L, F]` (tokens with a_f > 0), `sum`, `max` (0 where none),
-    `min` (+inf where none) of the positive activations, and `tokens` int `[b]` (tokens counted). Padding
-    rows have index -1. BOS tokens are left out when `skip_bos`.
-    """
-    from tqdm.auto import tqdm
-
-    from jlang import parallel
-    from jlang.sae.train import check_hook, iterate_rows, token_weight
-
-    saes = [saes] if isinstance(saes, SAE) else list(saes)
+def _check_saes(model, saes: list[SAE]) -> None:
+    """One SAE per layer, all on one hook point, all of one width, all fitting `model`."""
     if not saes:
         raise SAEError("no SAE given")
     points = {s.config.hook_point for s in saes}
     if len(points) != 1:
         raise SAEError(f"all SAEs must read the same hook point, got {sorted(points)}")
-    layers = tuple(s.config.layer for s in saes)
+    layers = [s.config.layer for s in saes]
     if len(set(layers)) != len(layers):
-        raise SAEError(f"one SAE per layer, got layers {list(layers)}")
-    point = points.pop()
+        raise SAEError(f"one SAE per layer, got layers {layers}")
     for s in saes:
-        check_hook(model, s.config.layer, point)
+        check_hook(model, s.config.layer, s.config.hook_point)
         if s.config.d_in != model.config.d_model:
             raise SAEError(f"{s} does not fit {model.name} (d_model {model.config.d_model})")
     widths = {s.config.num_features for s in saes}
@@ -211,19 +172,50 @@ def row_feature_reductions(
         raise SAEError(
             f"all SAEs must have the same number of features to stack their statistics, got {sorted(widths)}"
         )
-    hook, reduce = _reduction_fns(model.config, layers, point, tuple(s.config for s in saes))
+
+
+def row_feature_reductions(
+    model,
+    saes: SAE | Sequence[SAE],
+    rows: TokenRows,
+    fold: Callable[[np.ndarray, dict[str, np.ndarray]], None],
+    *,
+    batch_size: int = 16,
+    skip_bos: bool = True,
+    progress: bool = True,
+    desc: str = "SAE features",
+) -> None:
+    """`fold(row indices, per-row reductions)` for every batch of `rows` (`TokenRows`, one example per row).
+
+    Reductions (host arrays): `count` int32 `[b, L, F]` (tokens with a_f > 0), `sum`, `max` (0 where none),
+    `min` (+inf where none) of the positive activations, and `tokens` int `[b]` (tokens counted). Padding
+    rows have index -1. BOS tokens are left out when `skip_bos`. The model runs one batch ahead of `fold`.
+    """
+    saes = [saes] if isinstance(saes, SAE) else list(saes)
+    _check_saes(model, saes)
+    layers = tuple(s.config.layer for s in saes)
+    hook, reduce = _reduction_fns(model.config, layers, saes[0].config.hook_point, tuple(s.config for s in saes))
     params_list = [s.jax_params for s in saes]
     bos = getattr(model.tokenizer, "bos_token_id", None)
     plan = list(iterate_rows(model, rows, batch_size))
-    for idx, batch in tqdm(plan, desc=desc, unit="batch", disable=not progress):
-        ids, valid = batch["ids"], batch["valid"]
-        weight = token_weight(ids, valid, bos, skip_bos)
-        acts = hook(
-            model.params, model.place_batch(ids), model.place_batch(batch["positions"]), model.place_batch(valid)
-        )
-        out = {k: parallel.to_host(v) for k, v in reduce(params_list, acts, model.place_batch(weight)).items()}
+    rate = Throughput(len(plan), desc, "tokens", enabled=progress)
+
+    def dispatch(batch):
+        _, host = batch
+        placed = place_rows(model, host)
+        weight = token_weight(host["ids"], host["valid"], bos, skip_bos)
+        acts = hook(model.params, placed["ids"], placed["positions"], placed["valid"])
+        return weight, reduce(params_list, acts, model.place_batch(weight))
+
+    def fold_batch(i, batch, result):
+        weight, reductions = result
+        out = {k: parallel.to_host(v) for k, v in reductions.items()}
         out["tokens"] = weight.sum(axis=1).astype(np.int64)
-        yield idx, out
+        fold(batch[0], out)
+        rate.update(int(out["tokens"].sum()))
+
+    pipelined(plan, dispatch, fold_batch)
+    rate.close()
 
 
 def feature_stats(
@@ -244,9 +236,8 @@ def feature_stats(
     over_tok, over_ex = np.zeros((K, L, F), np.int64), np.zeros((K, L, F), np.int64)
     total = np.zeros((K, L, F), np.float64)
     high, low = np.zeros((K, L, F), np.float32), np.full((K, L, F), np.inf, np.float32)
-    for idx, r in row_feature_reductions(
-        model, saes, rows, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE-LAPE statistics"
-    ):
+
+    def fold(idx: np.ndarray, r: dict[str, np.ndarray]) -> None:
         for j in np.flatnonzero((idx >= 0) & (r["tokens"] > 0)):
             k = int(rows.group[idx[j]])
             tokens[k] += r["tokens"][j]
@@ -256,6 +247,10 @@ def feature_stats(
             total[k] += r["sum"][j]
             np.maximum(high[k], r["max"][j], out=high[k])
             np.minimum(low[k], r["min"][j], out=low[k])
+
+    row_feature_reductions(
+        model, saes, rows, fold, batch_size=batch_size, skip_bos=skip_bos, progress=progress, desc="SAE-LAPE statistics"
+    )
     empty = [languages[k] for k in range(K) if examples[k] == 0]
     if empty:
         raise SAEError(f"languages {empty} have no example with a counted token")
@@ -333,10 +328,7 @@ class SAELapeFeatures:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SAELapeFeatures:
-        try:
-            arrays, languages, meta = read_npz(path, format_prefix="jlang.SAELapeFeatures/")
-        except ValueError as e:
-            raise SAEError(str(e)) from None
+        arrays, languages, meta = read_sae_file(path, "jlang.SAELapeFeatures/")
         m = arrays["mask"]
         nest = lambda a: [[a[k, i][m[k, i]] for i in range(m.shape[1])] for k in range(m.shape[0])]
         feats = [[np.flatnonzero(m[k, i]) for i in range(m.shape[1])] for k in range(m.shape[0])]

@@ -307,6 +307,14 @@ def _auxk(params: Params, x: Array, x_hat: Array, pre: Array, w: Array, dead: Ar
 # ----------------------------------------------------------------------------- a trained SAE
 
 
+def read_sae_file(path: str | os.PathLike, format_prefix: str) -> tuple[dict[str, np.ndarray], list[str], dict]:
+    """(arrays, languages, meta) of a jlang `.npz` of the SAE family (`jlang.io.npz.read_npz`); errors as `SAEError`."""
+    try:
+        return read_npz(path, format_prefix=format_prefix)
+    except ValueError as e:
+        raise SAEError(str(e)) from None
+
+
 @dataclasses.dataclass
 class SAE:
     """A trained SAE reading raw activations: `config`, `params` (NumPy or JAX arrays), `meta`.
@@ -340,10 +348,7 @@ class SAE:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SAE:
-        try:
-            arrays, _, meta = read_npz(path, format_prefix="jlang.SAE/")
-        except ValueError as e:
-            raise SAEError(str(e)) from None
+        arrays, _, meta = read_sae_file(path, "jlang.SAE/")
         if "config" not in meta:
             raise SAEError(f"{path}: no SAE config in its metadata")
         try:

@@ -1,4 +1,4 @@
-"""Feature steering (SAE-LAPE `intervention.py`; methods.md §7.4): `h += sum_f m * maxact_f * W_dec[f]` at the SAE's hook.
+"""Feature steering (SAE-LAPE `intervention.py`; methods.md §7.4): `h += sum_f m * maxact_f * W_dec[f]` at the hook.
 
 For a target language t and the SAE of layer l, the steering vector is
 
@@ -28,7 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jlang import parallel
+from jlang.evals.langid import Py3LangID
 from jlang.models.decoder import SPLICE_POINTS, KVCache, forward_cached, unembed
+from jlang.models.generate import eos_ids
+from jlang.models.generate import repetition_penalty as penalize_repeats
 from jlang.sae.lape import SAELapeFeatures
 from jlang.sae.model import SAE, SAEError
 
@@ -58,7 +61,7 @@ def vector_table(vectors: np.ndarray, layer: int, num_layers: int) -> np.ndarray
 
 @functools.cache
 def steer_splice(hook_point: str) -> Callable:
-    """The splice adding `args["vectors"][row, layer] [b, L, d]` at `hook_point`, where `args["where"] [b, t]` is True."""
+    """The splice adding `args["vectors"][row, layer] [b, L, d]` at `hook_point` where `args["where"] [b, t]`."""
     if hook_point not in SPLICE_POINTS:
         raise SAEError(f"hook point must be one of {SPLICE_POINTS}, got {hook_point!r}")
 
@@ -83,8 +86,6 @@ def _left_pad(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarr
 @functools.partial(jax.jit, static_argnames=("cfg", "splice", "max_new_tokens"))
 def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, splice, max_new_tokens: int):
     """Left-padded prompts `[B, T]` -> greedy new tokens int32 `[B, max_new_tokens]` (-1 after EOS)."""
-    from jlang.models.generate import repetition_penalty
-
     b, t = ids.shape
     cache = KVCache.empty(cfg, b, t + max_new_tokens, params["embed"].dtype)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
@@ -111,7 +112,7 @@ def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, spl
 
     def body(carry, _):
         logits, pos, cache, seen, done = carry
-        token = jnp.argmax(repetition_penalty(logits, seen, penalty), axis=-1).astype(jnp.int32)
+        token = jnp.argmax(penalize_repeats(logits, seen, penalty), axis=-1).astype(jnp.int32)
         out = jnp.where(done, -1, token)
         done = done | is_eos[token]
         seen = seen.at[rows, token].set(True)
@@ -155,8 +156,6 @@ def generate_steered(
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape != (len(prompts), cfg.num_layers, cfg.d_model):
         raise SAEError(f"vectors must be [{len(prompts)}, {cfg.num_layers}, {cfg.d_model}], got {vectors.shape}")
-    from jlang.models.generate import eos_ids
-
     tok = model.tokenizer
     encoded = [np.asarray(tok(p)["input_ids"], np.int32) for p in prompts]
     if any(len(e) == 0 for e in encoded):
@@ -210,8 +209,6 @@ def steering_success(
     Returns {"rows": [{prompt, target, multiplier, text, language}], "success": {target: {m: share identified
     as target}}, "baseline": {target: share of unsteered continuations already in target}}.
     """
-    from jlang.evals.langid import Py3LangID
-
     identify = identifier or Py3LangID(features.languages)
     L = model.config.num_layers
     jobs = [(p, None, 0.0) for p in prompts]

@@ -1,7 +1,9 @@
 """Alignment fine-tuning (`jlang finetune`): supervised training on multilingual pairs, all weights or
 only chosen languages' neurons, resumable, with a Hugging Face export.
 
-    finetune, FinetuneConfig, load_finetune_config   the run (jlang.train.sft)
+    finetune                                          the run (jlang.train.sft)
+    FinetuneConfig, load_finetune_config              its config (jlang.train.config)
+    neuron_update_masks                               what trains (jlang.train.step)
     save_hf                                           jlang model -> HF directory (jlang.models.export)
     pair_rows, translation_pairs                      the data (jlang.train.data)
 
@@ -14,12 +16,12 @@ from jlang.lazy import lazy_exports
 
 _EXPORTS = {
     "finetune": "jlang.train.sft",
-    "FinetuneConfig": "jlang.train.sft",
-    "DataSection": "jlang.train.sft",
-    "TrainSection": "jlang.train.sft",
-    "load_finetune_config": "jlang.train.sft",
-    "validate_config": "jlang.train.sft",
-    "neuron_update_masks": "jlang.train.sft",
+    "FinetuneConfig": "jlang.train.config",
+    "DataSection": "jlang.train.config",
+    "TrainSection": "jlang.train.config",
+    "load_finetune_config": "jlang.train.config",
+    "validate_config": "jlang.train.config",
+    "neuron_update_masks": "jlang.train.step",
     "save_hf": "jlang.models.export",
     "hf_config_dict": "jlang.models.export",
     "ExportError": "jlang.models.export",

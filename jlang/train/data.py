@@ -50,6 +50,7 @@ import numpy as np
 
 from jlang.data.pipeline import tokenize_corpus
 from jlang.data.sources import Corpus, CorpusError
+from jlang.io.checkpoint import array_digest
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -249,13 +250,7 @@ class PairRows:
 
     def digest(self) -> str:
         """BLAKE2b of the rows: two runs with the same digest train on the same tokens."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr((self.languages, self.pad_id)).encode())
-        for a in (self.ids, self.attend, self.loss, self.lang):
-            a = np.ascontiguousarray(a)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(memoryview(a).cast("B"))
-        return h.hexdigest()
+        return array_digest(self.ids, self.attend, self.loss, self.lang, header=repr((self.languages, self.pad_id)))
 
 
 def pair_rows(
@@ -303,12 +298,10 @@ def pair_rows(
             real[: len(doc)] = True
             target = np.zeros(seq_len, bool)
             target[start : len(doc)] = True
-            (
-                ids.append(row),
-                attend.append(real),
-                loss.append(target),
-                lang_ids.append(k),
-            )
+            ids.append(row)
+            attend.append(real)
+            loss.append(target)
+            lang_ids.append(k)
         skipped[lang] = n_skip
     if not ids:
         raise CorpusError(

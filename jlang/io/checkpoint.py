@@ -215,10 +215,12 @@ def check_no_stale_checkpoint(directory: str | os.PathLike, resume: bool, *, uni
     return step
 
 
-def stale_checkpoint(directory: Any, step: int, *, unit: str = "batches") -> ResumeError:
-    """The error for a checkpoint found where a new run was asked for."""
+def stale_checkpoint(
+    directory: Any, step: int, *, unit: str = "batches", run: str = "an interrupted run", resume: str = "--resume"
+) -> ResumeError:
+    """The error for a checkpoint found where a new run was asked for (`resume`: how to ask for resuming)."""
     return ResumeError(
-        f"{directory} holds a checkpoint of an interrupted run ({step} {unit} done); pass --resume to "
+        f"{directory} holds a checkpoint of {run} ({step} {unit} done); pass {resume} to "
         f"continue it, or delete {directory} to start over"
     )
 

@@ -38,7 +38,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jlang import parallel
-from jlang.io.checkpoint import OrbaxRun, ResumeError, RunInterrupted, check_fingerprint, flatten, stop_requested
+from jlang.io.checkpoint import (
+    OrbaxRun,
+    RunInterrupted,
+    check_fingerprint,
+    flatten,
+    stale_checkpoint,
+    stop_requested,
+)
 from jlang.io.report import write_json
 from jlang.parallel import distributed
 from jlang.sae.evaluation import evaluate
@@ -480,9 +487,8 @@ def train_sae(
         latest = store.latest_step() if store is not None else None
         if latest is not None:
             if not resume:
-                raise ResumeError(
-                    f"{store.directory} holds a checkpoint of an SAE run ({latest} steps done); pass resume=True "
-                    f"(--resume) to continue it, or delete {store.directory} to start over"
+                raise stale_checkpoint(
+                    store.directory, latest, unit="steps", run="an SAE run", resume="resume=True (--resume)"
                 )
             state, so_far = _restore(store, latest, stream, plan)
             resumed_from = latest

@@ -39,8 +39,8 @@ MOVED_MODULES = {
     "jlang.data.code_corpus": "jlang.data.corpora.code",
     "jlang.data.culture_corpus": "jlang.data.corpora.culture",
     "jlang.data.codemix": "jlang.data.corpora.codemix",
-    "jlang.stats_cli": "jlang.cli.stats",
-    "jlang.finetune_cli": "jlang.cli.finetune",
+    "jlang.stats_cli": "jlang.cli.__main__",
+    "jlang.finetune_cli": "jlang.cli.__main__",
 }
 alias_moved_modules(MOVED_MODULES)
 

@@ -250,14 +250,14 @@ def test_cli_generate(load, tiny_dirs, tmp_path, capsys):
     import argparse
     import json
 
-    from jlang.cli.generate import _generate_parser
+    from jlang.cli.generate import add_generate_parser
     from jlang.masks import NeuronMasks
 
     model = load("llama2")
     masks = NeuronMasks(["xx", "yy"], np.stack([np.asarray(_random_edit(model, 4).mask)] * 2))
     masks.save(tmp_path / "masks.npz")
     parser = argparse.ArgumentParser()
-    _generate_parser(parser.add_subparsers())
+    add_generate_parser(parser.add_subparsers())
     argv = ["generate", "--model", str(tiny_dirs["llama2"][0]), "--max-new-tokens", str(N), "--json"]
     argv += [x for p in PROMPTS for x in ("--prompt", p)] + ["--stop", r"\nQ:", "--masks", str(tmp_path / "masks.npz")]
     args = parser.parse_args(argv + ["--deactivate", "xx", "--repetition-penalty", "1.1"])

@@ -328,7 +328,7 @@ def _launch(config: Path, log: Path, *extra: str) -> subprocess.Popen:
     }
     with open(log, "ab") as f:  # a file, not a pipe: a full pipe would stall the run
         return subprocess.Popen(
-            [sys.executable, "-m", "jlang.cli.finetune", "finetune", str(config), *extra],
+            [sys.executable, "-m", "jlang.cli", "finetune", str(config), *extra],
             cwd=REPO,
             env={**os.environ, **cache},
             stdout=f,

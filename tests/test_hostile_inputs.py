@@ -1,8 +1,8 @@
 """Hostile and broken inputs, one table: each fails with a message that names the problem, and nothing
 (no statistics, masks, checkpoint or stray file) is written.
 
-Every case builds its bad input under `tmp_path/in`, runs one command (the `jlang` CLI, the
-`stats` command of `jlang.cli.stats`, or a library call), and the test checks the exit code,
+Every case builds its bad input under `tmp_path/in`, runs one command (the `jlang` CLI, its
+`stats` command, or a library call), and the test checks the exit code,
 that the message matches, that `tmp_path/out` holds no file, and that no pickle payload ran.
 """
 
@@ -21,7 +21,6 @@ import pytest
 from test_multihost import LANGS, write_corpus
 
 from jlang import cli
-from jlang.cli import stats as stats_cli
 from jlang.masks import MaskError, NeuronMasks
 from jlang.stats import ActivationStats
 
@@ -100,7 +99,7 @@ class Ctx:
 
 
 def stats(argv: list) -> int:
-    return stats_cli.main(argv)
+    return cli.main(argv)
 
 
 def jlang_cli(argv: list) -> int:
@@ -386,7 +385,8 @@ CASES: dict[str, tuple[Callable, str]] = {
     "masks: truncated file": (mask_truncated, r"masks\.npz: not a readable \.npz file"),
     "masks: from another model": (
         mask_from_another_model,
-        r"mask of 4 layers x 83 neurons \(\['aa'\], made for gemma2\) does not fit llama2 with 3 layers x 83 MLP neurons",
+        r"mask of 4 layers x 83 neurons \(\['aa'\], made for gemma2\) "
+        r"does not fit llama2 with 3 layers x 83 MLP neurons",
     ),
     "checkpoint: present without --resume": (
         checkpoint_without_resume,

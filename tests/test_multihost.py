@@ -1,6 +1,6 @@
 """Two `jax.distributed` processes on 127.0.0.1 (CPU) give the statistics and masks of one process.
 
-Each process runs `jlang stats` (`jlang.cli.stats.main`) on its grain shard of a tiny
+Each process runs `jlang stats` (`jlang.cli.main`) on its grain shard of a tiny
 corpus; the mesh spans both processes' devices, so every batch is one global batch.
 Process 0 alone writes `stats.npz`.
 
@@ -60,7 +60,7 @@ def write_corpus(root: Path, lines: int = 40, words: int = 30) -> Path:
 # jax.distributed set-up are paid once; the second command's initialisation is a no-op).
 _WORKER = """
 import sys
-from jlang.cli.stats import main
+from jlang.cli import main
 
 commands, current = [], []
 for arg in sys.argv[1:]:

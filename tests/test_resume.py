@@ -16,7 +16,7 @@ import pytest
 from test_multihost import LANGS, REPO, write_corpus
 
 import jlang
-from jlang.cli import stats as stats_cli
+from jlang import cli
 from jlang.io import checkpoint
 from jlang.stats import ActivationStats, StatsError
 from jlang.stats import checkpoint as stats_checkpoint
@@ -60,7 +60,7 @@ def test_sigterm_then_resume_gives_identical_counts(tiny_dirs, tmp_path, capsys)
     log = tmp_path / "run.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jlang.cli.stats", *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "jlang.cli", *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 120
@@ -96,15 +96,15 @@ def test_sigterm_then_resume_gives_identical_counts(tiny_dirs, tmp_path, capsys)
         "10",
     ]  # how often to checkpoint is not part of the run's identity
     # without --resume, the half-done run is not clobbered
-    assert stats_cli.main(["stats", *common, "--batch-size", "1"]) == 2
+    assert cli.main(["stats", *common, "--batch-size", "1"]) == 2
     assert "pass --resume" in capsys.readouterr().err
     # another run's settings are refused, naming what differs
-    assert stats_cli.main(["stats", *common, "--batch-size", "3", "--resume"]) == 2
+    assert cli.main(["stats", *common, "--batch-size", "3", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "different run" in err and "batch_size: checkpoint 1, this run 3" in err
     assert not (out / "stats.npz").exists()
 
-    assert stats_cli.main(["stats", *common, "--batch-size", "1", "--resume"]) == 0
+    assert cli.main(["stats", *common, "--batch-size", "1", "--resume"]) == 0
     assert f"resuming from {ckpt} ({stopped_at} batches done)" in capsys.readouterr().out
     assert not ckpt.exists()  # removed once the result is written
     resumed = ActivationStats.load(out / "stats.npz")

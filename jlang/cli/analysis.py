@@ -13,17 +13,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
+
+from jlang import models
+from jlang.analysis.culture import culture_masks, culture_ppl, identify_culture_neurons
+from jlang.analysis.overlap import overlap, specialization
+from jlang.data.corpora.codemix import build_codemix, read_parallel
+from jlang.data.corpora.culture import culture_corpus, ensure_culture_corpus
+from jlang.data.sources import Corpus, resolve_corpus
+from jlang.io.report import write_json
+from jlang.masks import MaskError, NeuronMasks
+from jlang.stats.container import ActivationStats, StatsError
 
 __all__ = ["COMMANDS"]
 
 
 def _load_masks_or_stats(path: str):
     """A NeuronMasks or ActivationStats file, whichever `path` holds."""
-    from jlang.masks import MaskError, NeuronMasks
-    from jlang.stats import ActivationStats, StatsError
-
     try:
         return NeuronMasks.load(path)
     except (MaskError, ValueError):
@@ -38,10 +46,6 @@ def _load_masks_or_stats(path: str):
 
 
 def cmd_overlap(args: argparse.Namespace) -> int:
-    from jlang.analysis.overlap import overlap, specialization
-    from jlang.io.report import write_json
-    from jlang.masks import NeuronMasks
-
     masks = NeuronMasks.load(args.masks)
     if args.languages:
         masks = masks.select(args.languages)
@@ -60,8 +64,6 @@ def cmd_overlap(args: argparse.Namespace) -> int:
             f"({rel['diff_pairs']} pairs); r = {rel['r']:.3f}, Mantel p = {rel['p_value']:.4f}"
         )
     if args.stats:
-        from jlang.stats import ActivationStats
-
         stats = ActivationStats.load(args.stats)
         spec = specialization(stats, args.languages or None, threshold=args.threshold)
         paths["specialization"] = write_json(out / "specialization.json", spec.to_dict())
@@ -75,7 +77,7 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlap_parser(sub) -> None:
+def add_overlap_parser(sub) -> None:
     p = sub.add_parser(
         "overlap",
         help="IoU of language neuron sets per layer and overall, clustering, script/family",
@@ -118,13 +120,6 @@ def _mapping(pairs: list[str]) -> dict[str, list[str]]:
 
 
 def cmd_culture(args: argparse.Namespace) -> int:
-    from jlang.analysis.culture import (
-        culture_masks,
-        culture_ppl,
-        identify_culture_neurons,
-    )
-    from jlang.masks import NeuronMasks
-
     lang_obj, cult_obj = (
         _load_masks_or_stats(args.language),
         _load_masks_or_stats(args.culture),
@@ -140,10 +135,7 @@ def cmd_culture(args: argparse.Namespace) -> int:
     paths = cmasks.save(out / "masks")
     print(cmasks.summary_table())
     if args.model:
-        import jlang
-        from jlang.data.sources import Corpus, resolve_corpus
-
-        model = jlang.load_model(args.model, progress=not args.no_progress)
+        model = models.load_model(args.model, progress=not args.no_progress)
         if args.culture_corpus:
             cult_corpus = Corpus.from_dir(
                 args.culture_corpus,
@@ -151,8 +143,6 @@ def cmd_culture(args: argparse.Namespace) -> int:
                 languages=list(cmasks.culture.languages),
             )
         else:  # the demonstration set for these cultures (Faker locales)
-            from jlang.data.corpora.culture import culture_corpus
-
             cult_corpus = culture_corpus("heldout", {c: ls[0] for c, ls in cmasks.culture_languages.items()})
         langs = list(dict.fromkeys(l for ls in cmasks.culture_languages.values() for l in ls))
         lang_corpus = resolve_corpus(args.language_corpus, langs, "heldout")
@@ -173,7 +163,7 @@ def cmd_culture(args: argparse.Namespace) -> int:
     return 0
 
 
-def _culture_parser(sub) -> None:
+def add_culture_parser(sub) -> None:
     p = sub.add_parser("culture", help="compound / pure / generic culture neurons (Namazifard & Galke)")
     p.add_argument(
         "--language",
@@ -222,10 +212,6 @@ def _culture_parser(sub) -> None:
 
 
 def cmd_culture_corpus(args: argparse.Namespace) -> int:
-    import json
-
-    from jlang.data.corpora.culture import ensure_culture_corpus
-
     cultures = _mapping(args.cultures) if args.cultures and "=" in args.cultures[0] else args.cultures
     if isinstance(cultures, dict):
         cultures = {c: ls[0] for c, ls in cultures.items()}
@@ -243,7 +229,7 @@ def cmd_culture_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _culture_corpus_parser(sub) -> None:
+def add_culture_corpus_parser(sub) -> None:
     p = sub.add_parser(
         "culture-corpus",
         help="build the demonstration culture corpus (Faker locale data)",
@@ -269,8 +255,6 @@ def _culture_corpus_parser(sub) -> None:
 
 
 def cmd_codemix(args: argparse.Namespace) -> int:
-    from jlang.data.corpora.codemix import build_codemix, read_parallel
-
     cm = build_codemix(
         read_parallel(args.parallel), args.bases, args.partners, args.ratios, seed=args.seed, max_rows=args.max_rows
     )
@@ -282,7 +266,7 @@ def cmd_codemix(args: argparse.Namespace) -> int:
     return 0
 
 
-def _codemix_parser(sub) -> None:
+def add_codemix_parser(sub) -> None:
     p = sub.add_parser("codemix", help="code-mixed sentences from a parallel corpus at mixing ratios")
     p.add_argument(
         "--parallel",
@@ -315,8 +299,8 @@ def _codemix_parser(sub) -> None:
 
 
 COMMANDS: list[Callable] = [
-    _overlap_parser,
-    _culture_parser,
-    _culture_corpus_parser,
-    _codemix_parser,
+    add_overlap_parser,
+    add_culture_parser,
+    add_culture_corpus_parser,
+    add_codemix_parser,
 ]

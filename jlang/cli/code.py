@@ -15,18 +15,23 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from jlang import models
+from jlang.analysis.code_lens import keyword_lens
+from jlang.cli.common import add_model_args, corpus_texts, load_masks, load_model, show_progress
+from jlang.data.corpora.code import (
+    DEFAULT_CODE_LANGUAGES,
+    CodeCorpusError,
+    code_corpus,
+    count_code_tokens,
+    ensure_code_corpus,
+    format_code_summary,
+)
+from jlang.edits import deactivate
+
 DEFAULT_CORPUS = "code-default"
 
 
 def cmd_code_corpus(args: argparse.Namespace) -> int:
-    from jlang.data.corpora.code import (
-        DEFAULT_CODE_LANGUAGES,
-        CodeCorpusError,
-        count_code_tokens,
-        ensure_code_corpus,
-        format_code_summary,
-    )
-
     kwargs = {}
     if args.languages:
         kwargs["languages"] = list(args.languages)
@@ -55,9 +60,7 @@ def cmd_code_corpus(args: argparse.Namespace) -> int:
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     print(format_code_summary(manifest))
     if args.tokens_for:
-        import jlang
-
-        model = jlang.load_model(args.tokens_for, progress=not args.no_progress)
+        model = models.load_model(args.tokens_for, progress=not args.no_progress)
         for split in ("train", "heldout"):
             counts = count_code_tokens(root, model.tokenizer, split=split)
             print(f"{split} tokens ({model.name}): " + ", ".join(f"{l} {n:,}" for l, n in counts.items()))
@@ -65,7 +68,7 @@ def cmd_code_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _code_corpus_parser(sub) -> None:
+def add_code_corpus_parser(sub) -> None:
     p = sub.add_parser(
         "code-corpus",
         help="build the programming-language corpus from installed source files",
@@ -132,32 +135,18 @@ def _code_corpus_parser(sub) -> None:
 
 
 def cmd_code_lens(args: argparse.Namespace) -> int:
-    import jlang
-    from jlang.analysis.code_lens import keyword_lens
-    from jlang.cli.app import _mesh
-    from jlang.data.corpora.code import CodeCorpusError, code_corpus
-    from jlang.data.sources import read_documents
-
     path = None if args.corpus == DEFAULT_CORPUS else Path(args.corpus)
     try:
         corpus = code_corpus(args.split, args.languages, path=path)
     except CodeCorpusError as e:
         raise SystemExit(f"jlang code-lens: {e}") from None
-    texts = {l: [d for d in read_documents(corpus[l]) if isinstance(d, str)][: args.texts] for l in corpus.languages}
-    model = jlang.load_model(
-        args.model,
-        dtype=args.dtype,
-        mesh=_mesh(args.mesh),
-        progress=not args.no_progress,
-    )
+    texts = corpus_texts(corpus, corpus.languages, limit=args.texts)
+    model = load_model(args)
     edits = None
     if args.deactivate:
-        from jlang.edits import deactivate
-        from jlang.masks import NeuronMasks
-
         if not args.masks:
             raise SystemExit("jlang code-lens: --deactivate needs --masks")
-        masks = NeuronMasks.load(args.masks)
+        masks = load_masks(args.masks)
         masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
         edits = deactivate(masks, args.deactivate)
     res = keyword_lens(
@@ -168,7 +157,7 @@ def cmd_code_lens(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         vocab_chunk=args.vocab_chunk,
         edits=edits,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     paths = res.save(Path(args.out) / "code_lens")
     own, excl = res.own("shares"), res.own("exclusive")
@@ -180,9 +169,7 @@ def cmd_code_lens(args: argparse.Namespace) -> int:
     return 0
 
 
-def _code_lens_parser(sub) -> None:
-    from jlang.cli.app import _add_model_args
-
+def add_code_lens_parser(sub) -> None:
     p = sub.add_parser(
         "code-lens",
         help="logit lens over code: keyword shares of every layer's top-k tokens",
@@ -228,8 +215,8 @@ def _code_lens_parser(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-progress", action="store_true")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_code_lens)
 
 
-COMMANDS: list[Callable] = [_code_corpus_parser, _code_lens_parser]
+COMMANDS: list[Callable] = [add_code_corpus_parser, add_code_lens_parser]

@@ -1,7 +1,7 @@
 """Sub-commands of the `jlang` command for the evaluations (`jlang.evals`): ppl, steer, lss, lens.
 
-Each is `_xxx_parser(sub)` + `cmd_xxx(args)`, as in `jlang.cli`; `EVAL_COMMANDS`
-lists the parser builders for `jlang.cli` to register. Every command writes
+Each is `add_xxx_parser(sub)` + `cmd_xxx(args)`; `COMMANDS` lists the parser
+builders for `jlang.cli.app` to register. Every command writes
 `{out}/{name}.json` and `{out}/{name}.png` and prints a short table.
 
 Every command runs unchanged on several processes (`--coordinator/--num-processes/
@@ -16,18 +16,32 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from jlang.cli.common import (
+    DEFAULT_MASKS,
+    DEFAULT_STATS,
+    MODEL_HELP,
+    add_model_args,
+    corpus_texts,
+    load_corpus,
+    load_model_and_masks,
+    load_stats,
+    show_progress,
+)
+from jlang.config import CorpusSection
+from jlang.edits import deactivate
+from jlang.evals.langid import Py3LangID, identifier_accuracy
+from jlang.evals.logit_lens import logit_lens
+from jlang.evals.lss import DEFAULT_TEMPLATE as LSS_TEMPLATE
+from jlang.evals.lss import cloze_items, lss, read_parallel
+from jlang.evals.perplexity import ppl_matrix
+from jlang.evals.steering import DEFAULT_TEMPLATE as STEERING_TEMPLATE
+from jlang.evals.steering import Activation, default_generator, run_steering, steering_prompts
+from jlang.evals.token_lang import TokenTagger, token_counts
 from jlang.parallel import distributed
-
-DEFAULT_MASKS = "runs/lape_default/masks.npz"
-DEFAULT_STATS = "runs/lape_default/stats.npz"
 
 
 def _common(p: argparse.ArgumentParser, *, masks_required: bool = True) -> None:
-    from jlang.cli.app import _add_model_args
-
-    p.add_argument(
-        "--model", default="default", help='"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint'
-    )
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--masks", default=DEFAULT_MASKS if masks_required else None, help="a masks .npz (NeuronMasks)")
     p.add_argument(
         "--corpus", default="default", help='"default" or a directory of {lang}.txt files (with a heldout/ split)'
@@ -37,55 +51,29 @@ def _common(p: argparse.ArgumentParser, *, masks_required: bool = True) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--vocab-chunk", type=int, default=16384, help="vocabulary chunk of the chunked unembedding")
     p.add_argument("--no-progress", action="store_true")
-    _add_model_args(p)
+    add_model_args(p)
     distributed.add_arguments(p, suppress_defaults=True)
 
 
-def _progress(args) -> bool:
-    """Progress bars: unless --no-progress, and only on process 0."""
-    return not args.no_progress and distributed.is_primary()
-
-
-def _load(args):
-    import jlang
-    from jlang.cli.stats import parse_mesh
-    from jlang.masks import NeuronMasks
-
-    distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
-    masks = NeuronMasks.load(args.masks) if args.masks else None
-    mesh = distributed.default_mesh(*parse_mesh(args.mesh))  # several processes: a mesh over all their devices
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=_progress(args))
-    return model, masks
-
-
 def _languages(args, masks) -> list[str]:
+    """`--languages`, else the masks' languages, else the default corpus's."""
     if args.languages:
         return list(args.languages)
     if masks is not None:
         return list(masks.languages)
-    from jlang.config import CorpusSection
-
     return list(CorpusSection.languages)
-
-
-def _corpus(args, languages):
-    from jlang.data.sources import resolve_corpus
-
-    return resolve_corpus(args.corpus, languages, args.split)
 
 
 # ----------------------------------------------------------------------------- ppl
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
-    from jlang.evals.perplexity import ppl_matrix
-
-    model, masks = _load(args)
+    model, masks = load_model_and_masks(args)
     languages = _languages(args, masks)
     result = ppl_matrix(
         model,
         masks,
-        _corpus(args, languages),
+        load_corpus(args, languages),
         languages=languages,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
@@ -93,7 +81,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         edit_value=args.edit_value,
         vocab_chunk=args.vocab_chunk,
         max_tokens=args.max_tokens,
-        progress=_progress(args),
+        progress=show_progress(args),
     )
     if not distributed.is_primary():  # every process holds the same matrix; process 0 reports it
         return 0
@@ -104,13 +92,14 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     dom = result.diagonal_dominance()
     print(
         f"\ndiagonal dominates its row for {dom['row_dominant']}/{dom['languages']} languages, its column for "
-        f"{dom['col_dominant']}/{dom['languages']}; median ΔPPL[k,k] / max_j≠k ΔPPL[k,j] = {dom['median_ratio_max']:.2f}"
+        f"{dom['col_dominant']}/{dom['languages']}; "
+        f"median ΔPPL[k,k] / max_j≠k ΔPPL[k,j] = {dom['median_ratio_max']:.2f}"
     )
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _ppl_parser(sub) -> None:
+def add_ppl_parser(sub) -> None:
     p = sub.add_parser("ppl", help="perplexity matrix with each language's neurons deactivated (LAPE)")
     _common(p)
     p.add_argument(
@@ -131,21 +120,13 @@ def _deactivate_value(text: str) -> float | None:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from jlang.data.sources import read_documents
-    from jlang.evals.langid import Py3LangID, identifier_accuracy
-    from jlang.evals.steering import Activation, default_generator, run_steering, steering_prompts
-
-    model, masks = _load(args)
+    model, masks = load_model_and_masks(args)
     languages = _languages(args, masks)
     targets = args.targets or languages
     study = sorted(set(languages) | set(targets))
-    corpus = _corpus(args, study)
-    texts = {l: [d for d in read_documents(corpus[l]) if isinstance(d, str)] for l in study}
-    stats = None
-    if args.activation == "additive":
-        from jlang.stats import ActivationStats
-
-        stats = ActivationStats.load(args.stats)
+    corpus = load_corpus(args, study)
+    texts = corpus_texts(corpus, study)
+    stats = load_stats(args.stats) if args.activation == "additive" else None
     identify = Py3LangID(study)
     generate, how = default_generator(
         model, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
@@ -159,7 +140,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         deactivate_value=_deactivate_value(args.deactivate_value),
         activation=Activation(args.activation, args.strength),
         stats=stats,
-        progress=_progress(args),
+        progress=show_progress(args),
         meta={
             "model": model.name,
             "generator": how,
@@ -185,9 +166,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steer_parser(sub) -> None:
-    from jlang.evals.steering import DEFAULT_TEMPLATE
-
+def add_steer_parser(sub) -> None:
     p = sub.add_parser("steer", help="steer generations to a language (deactivate the prompt's, activate the target's)")
     _common(p)
     p.add_argument(
@@ -198,7 +177,7 @@ def _steer_parser(sub) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="additive: a += s*mu_t; scale: a *= s")
     p.add_argument("--deactivate-value", default="0", help='value for the prompt language\'s neurons, or "none"')
     p.add_argument("--prompts-per-language", type=int, default=6)
-    p.add_argument("--template", default=DEFAULT_TEMPLATE)
+    p.add_argument("--template", default=STEERING_TEMPLATE)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--no-identifier-accuracy", action="store_true", help="skip the identifier's accuracy on the corpus")
@@ -209,9 +188,7 @@ def _steer_parser(sub) -> None:
 
 
 def cmd_lss(args: argparse.Namespace) -> int:
-    from jlang.evals.lss import cloze_items, lss, read_parallel
-
-    model, masks = _load(args)
+    model, masks = load_model_and_masks(args)
     languages = _languages(args, masks)
     rows = read_parallel(None if args.parallel in (None, "default") else args.parallel)
     bases = args.bases or languages
@@ -225,11 +202,7 @@ def cmd_lss(args: argparse.Namespace) -> int:
     ]
     if not items:
         raise ValueError("no cloze item: the parallel file has no rows with both languages of any pair")
-    stats = None
-    if args.intervention == "additive":
-        from jlang.stats import ActivationStats
-
-        stats = ActivationStats.load(args.stats)
+    stats = load_stats(args.stats) if args.intervention == "additive" else None
     result = lss(
         model,
         masks,
@@ -239,7 +212,7 @@ def cmd_lss(args: argparse.Namespace) -> int:
         stats=stats,
         batch_size=args.batch_size,
         vocab_chunk=args.vocab_chunk,
-        progress=_progress(args),
+        progress=show_progress(args),
     )
     if not distributed.is_primary():  # every process holds the same scores; process 0 reports them
         return 0
@@ -250,9 +223,7 @@ def cmd_lss(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lss_parser(sub) -> None:
-    from jlang.evals.lss import DEFAULT_TEMPLATE
-
+def add_lss_parser(sub) -> None:
     p = sub.add_parser("lss", help="Language Steering Score: amplify the target's neurons (difference of differences)")
     _common(p)
     p.add_argument("--parallel", default="default", help='parallel JSONL ({"text": {lang: message}}), or "default"')
@@ -267,7 +238,7 @@ def _lss_parser(sub) -> None:
     )
     p.add_argument("--factors", type=float, nargs="+", default=[2.0, 5.0, 10.0], help="strengths of the intervention")
     p.add_argument("--stats", default=DEFAULT_STATS, help="ActivationStats for --intervention additive")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE)
+    p.add_argument("--template", default=LSS_TEMPLATE)
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_lss)
 
@@ -276,25 +247,19 @@ def _lss_parser(sub) -> None:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    from jlang import edits as E
-    from jlang.evals.logit_lens import logit_lens
-    from jlang.evals.token_lang import TokenTagger, token_counts
-
-    model, masks = _load(args)
+    model, masks = load_model_and_masks(args)
     languages = _languages(args, masks)
     if args.deactivate and masks is None:
         raise ValueError("--deactivate needs --masks")
     counts = None
     if not args.script_only:
-        from jlang.data.sources import resolve_corpus
-
-        train = resolve_corpus(args.corpus, languages, "train")
+        train = load_corpus(args, languages, "train")
         counts = token_counts(train, model.tokenizer, languages, model.config.vocab_size)
     tagger = TokenTagger.from_tokenizer(model.tokenizer, languages, vocab_size=model.config.vocab_size, counts=counts)
-    edits = E.deactivate(masks, args.deactivate) if args.deactivate else None
+    edits = deactivate(masks, args.deactivate) if args.deactivate else None
     result = logit_lens(
         model,
-        _corpus(args, languages),
+        load_corpus(args, languages),
         languages=languages,
         tagger=tagger,
         k=args.k,
@@ -304,7 +269,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         vocab_chunk=args.vocab_chunk,
         edits=edits,
-        progress=_progress(args),
+        progress=show_progress(args),
     )
     if not distributed.is_primary():  # every process holds the same shares; process 0 reports them
         return 0
@@ -318,7 +283,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lens_parser(sub) -> None:
+def add_lens_parser(sub) -> None:
     p = sub.add_parser("lens", help="logit lens: languages of every layer's top-k tokens")
     _common(p, masks_required=False)
     p.add_argument("--k", type=int, default=10)
@@ -331,4 +296,5 @@ def _lens_parser(sub) -> None:
     p.set_defaults(func=cmd_lens)
 
 
-EVAL_COMMANDS: list[Callable] = [_ppl_parser, _steer_parser, _lss_parser, _lens_parser]
+COMMANDS: list[Callable] = [add_ppl_parser, add_steer_parser, add_lss_parser, add_lens_parser]
+EVAL_COMMANDS = COMMANDS  # the name scripts and tests import

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from jlang import models
+from jlang.cli.common import show_progress
+from jlang.io.checkpoint import RunInterrupted
+from jlang.models.export import save_hf
 from jlang.parallel import distributed
+from jlang.train.sft import finetune, load_finetune_config
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from jlang.io.checkpoint import RunInterrupted
-    from jlang.train.sft import finetune, load_finetune_config
-
     distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
     cfg = load_finetune_config(args.config, args.set or [])
     try:
-        final = finetune(cfg, progress=not args.no_progress, resume=args.resume)
+        final = finetune(cfg, progress=show_progress(args), resume=args.resume)
     except RunInterrupted as e:
         if distributed.is_primary():
             print(f"jlang: {e}", file=sys.stderr)
@@ -44,7 +47,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_parser(sub) -> None:
+def add_finetune_parser(sub) -> None:
     p = sub.add_parser(
         "finetune",
         help="supervised alignment fine-tuning from a YAML config (all weights or chosen neurons)",
@@ -67,21 +70,18 @@ def _finetune_parser(sub) -> None:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    import jlang
-    from jlang.models.export import save_hf
-
     distributed.initialize_from_args(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    model = jlang.load_model(args.model, dtype=args.dtype, progress=not args.no_progress)
+    model = models.load_model(args.model, dtype=args.dtype, progress=show_progress(args))
     save_hf(model, out)
     if distributed.is_primary():
         print(f"wrote {out} ({model.family}, {model.num_params:,} parameters, {model.dtype})")
     return 0
 
 
-def _export_hf_parser(sub) -> None:
+def add_export_hf_parser(sub) -> None:
     p = sub.add_parser(
         "export-hf",
         help="write a model as a Hugging Face directory (safetensors + config + tokenizer)",
@@ -103,15 +103,4 @@ def _export_hf_parser(sub) -> None:
     p.set_defaults(func=cmd_export_hf)
 
 
-COMMANDS = [_finetune_parser, _export_hf_parser]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jlang.cli.finetune finetune ...` is `jlang finetune ...`."""
-    from jlang.cli import main as jlang_main
-
-    return jlang_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS: list[Callable] = [add_finetune_parser, add_export_hf_parser]

@@ -1,6 +1,6 @@
 """`jlang generate`: continue prompts with a model, optionally with language neurons edited.
 
-`_generate_parser(sub)` + `cmd_generate(args)`, as in `jlang.cli`. The papers'
+`add_generate_parser(sub)` + `cmd_generate(args)`, as every command module. The papers'
 setting (LAPE `generation.py`, language arithmetics) is
 `--repetition-penalty 1.1 --stop '\\nQ:' --stop '\\nA:'` with greedy decoding.
 
@@ -16,8 +16,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from jlang import edits
+from jlang.cli.common import MODEL_HELP, add_model_args, load_masks, load_model
+from jlang.io.atomic import atomic_file
+from jlang.models.generate import generate
 from jlang.parallel import distributed
 
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
@@ -55,18 +60,13 @@ def _edits(args: argparse.Namespace, model):
         return None
     if not args.masks:
         raise SystemExit("jlang generate: --deactivate needs --masks MASKS.npz")
-    from jlang import edits
-    from jlang.masks import NeuronMasks
-
-    masks = NeuronMasks.load(args.masks)
+    masks = load_masks(args.masks)
     langs = [code for item in args.deactivate for code in item.split(",") if code]
     return edits.deactivate(masks, langs if len(langs) > 1 else langs[0], value=args.value, model=model)
 
 
 def write_jsonl(path: str | Path, prompts: list[str], texts: list[str]) -> Path:
     """`{"prompt", "continuation"}` per line, atomically."""
-    from jlang.io.atomic import atomic_file
-
     lines = [json.dumps({"prompt": p, "continuation": t}, ensure_ascii=False) + "\n" for p, t in zip(prompts, texts)]
     with atomic_file(path) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
@@ -74,15 +74,9 @@ def write_jsonl(path: str | Path, prompts: list[str], texts: list[str]) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import jlang
-    from jlang.cli.stats import parse_mesh
-    from jlang.models.generate import generate
-
-    distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
     prompts = _prompts(args)  # fail before loading the model
-    mesh = distributed.default_mesh(*parse_mesh(args.mesh))  # several processes: a mesh over all their devices
+    model = load_model(args)  # several processes: on a mesh over all their devices
     primary = distributed.is_primary()
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=primary)
     start = time.perf_counter()
     texts = generate(
         model,
@@ -112,14 +106,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_parser(sub) -> None:
-    from jlang.cli.app import _add_model_args
-
+def add_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="continue prompts (greedy or sampled), optionally with neurons deactivated")
-    p.add_argument(
-        "--model", default="default", help='"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint'
-    )
-    _add_model_args(p)
+    p.add_argument("--model", default="default", help=MODEL_HELP)
+    add_model_args(p)
     p.add_argument("--prompt", action="append", help=r"a prompt (repeatable; \n is a newline)")
     p.add_argument("--prompt-file", default=None, help="a text file with one prompt per line")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -142,3 +132,6 @@ def _generate_parser(sub) -> None:
     p.add_argument("--out", default=None, help="also write the continuations to this JSONL file (prompt, continuation)")
     distributed.add_arguments(p, suppress_defaults=True)
     p.set_defaults(func=cmd_generate)
+
+
+COMMANDS: list[Callable] = [add_generate_parser]

@@ -16,25 +16,18 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from jlang.cli.common import MODEL_HELP, add_model_args, load_corpus, load_model, show_progress
+from jlang.config import CorpusSection
+from jlang.io.report import write_json
+from jlang.methods.plnd import PARTS, plnd
+
 
 def cmd_plnd(args: argparse.Namespace) -> int:
-    import jlang
-    from jlang.cli.app import _mesh
-    from jlang.config import CorpusSection
-    from jlang.data.sources import resolve_corpus
-    from jlang.io.report import write_json
-    from jlang.methods.plnd import PARTS, plnd
-
     languages = list(args.languages or CorpusSection.languages)
-    model = jlang.load_model(
-        args.model,
-        dtype=args.dtype,
-        mesh=_mesh(args.mesh),
-        progress=not args.no_progress,
-    )
+    model = load_model(args)
     result = plnd(
         model,
-        resolve_corpus(args.corpus, languages, args.split),
+        load_corpus(args, languages),
         languages=languages,
         documents_per_language=args.documents,
         top_ffn=args.top_ffn,
@@ -46,7 +39,7 @@ def cmd_plnd(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         shared_languages=args.shared_languages,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,20 +69,14 @@ def cmd_plnd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plnd_parser(sub) -> None:
-    from jlang.cli.app import _add_model_args
-
+def add_plnd_parser(sub) -> None:
     p = sub.add_parser(
         "plnd",
         help="PLND language-specific neurons: FFN neurons and attention dimensions (Zhao et al. 2024)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help='"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint',
-    )
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument(
         "--corpus",
         default="default",
@@ -160,8 +147,8 @@ def _plnd_parser(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_plnd)
 
 
-COMMANDS: list[Callable] = [_plnd_parser]
+COMMANDS: list[Callable] = [add_plnd_parser]

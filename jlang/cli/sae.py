@@ -15,17 +15,31 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from jlang.cli.common import MODEL_HELP, add_model_args, corpus_texts, load_corpus, load_model, show_progress
 from jlang.config import CorpusSection
+from jlang.io.report import write_json
+from jlang.sae.classify import classify
+from jlang.sae.lape import FeatureStats, SAELapeFeatures, feature_stats, identify, summary_table, to_jsonable
+from jlang.sae.model import SAE, SAEConfig
+from jlang.sae.steer import generate_steered, steering_vector, vector_table
+from jlang.sae.train import (
+    ActivationStream,
+    TrainConfig,
+    dead_features,
+    evaluate,
+    load_tokenized,
+    save_history,
+    sentence_rows,
+    train_sae,
+)
 
 DEFAULT_LANGUAGES = list(CorpusSection.languages)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from jlang.cli.app import _add_model_args
-
-    p.add_argument(
-        "--model", default="default", help='"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint'
-    )
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument(
         "--corpus", default="default", help='"default" or a directory of {lang}.txt files (train/ and heldout/ splits)'
     )
@@ -36,26 +50,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="count BOS tokens too (default: left out, as they are the same in every text)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_model_args(p)
-
-
-def _model(args):
-    import jlang
-    from jlang.cli.app import _mesh
-
-    return jlang.load_model(args.model, dtype=args.dtype, mesh=_mesh(args.mesh), progress=not args.no_progress)
+    add_model_args(p)
 
 
 def _corpus(args, split: str, languages=None):
-    from jlang.data.sources import resolve_corpus
-
-    return resolve_corpus(args.corpus, languages or args.languages or DEFAULT_LANGUAGES, split)
+    return load_corpus(args, languages or args.languages or DEFAULT_LANGUAGES, split)
 
 
 def _sentence_rows(model, args, split: str, per_language: int | None, max_len: int, languages=None):
-    from jlang.sae.train import load_tokenized, sentence_rows
-
-    tok = load_tokenized(model, _corpus(args, split, languages), progress=not args.no_progress)
+    tok = load_tokenized(model, _corpus(args, split, languages), progress=show_progress(args))
     return tok, sentence_rows(tok, max_len=max_len, max_per_language=per_language)
 
 
@@ -63,20 +66,8 @@ def _sentence_rows(model, args, split: str, per_language: int | None, max_len: i
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jlang.io.report import write_json
-    from jlang.sae.model import SAEConfig
-    from jlang.sae.train import (
-        ActivationStream,
-        TrainConfig,
-        dead_features,
-        evaluate,
-        load_tokenized,
-        save_history,
-        train_sae,
-    )
-
     out = Path(args.out)
-    model = _model(args)
+    model = load_model(args)
     sae_cfg = SAEConfig(
         d_in=model.config.d_model,
         num_features=args.features or args.expansion * model.config.d_model,
@@ -96,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dead_window=args.dead_window,
         seed=args.seed,
     )
-    tok = load_tokenized(model, _corpus(args, "train"), progress=not args.no_progress)
+    tok = load_tokenized(model, _corpus(args, "train"), progress=show_progress(args))
     stream = ActivationStream(
         model,
         tok,
@@ -114,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=out / "checkpoints",
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=show_progress(args),
         log=print,
     )
     result.sae.save(out / "sae.npz")
@@ -135,12 +126,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             vocab_chunk=args.vocab_chunk,
             skip_bos=not args.keep_bos,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
     write_json(out / "metrics.json", metrics)
     d = metrics["dead"]
     print(
-        f"{result.sae}: {result.steps} steps, {result.tokens:,} tokens, {result.seconds:.0f} s; dead {d['dead']}/{d['features']}"
+        f"{result.sae}: {result.steps} steps, {result.tokens:,} tokens, {result.seconds:.0f} s; "
+        f"dead {d['dead']}/{d['features']}"
     )
     if "eval" in metrics:
         e = metrics["eval"]
@@ -153,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_parser(sub) -> None:
+def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train an SAE on a hook point's activations streamed from the model")
     _common(p)
     p.add_argument("--out", required=True, help="output directory (sae.npz, metrics.json, history.json, checkpoints/)")
@@ -186,16 +178,12 @@ def _train_parser(sub) -> None:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from jlang.io.report import write_json
-    from jlang.sae.lape import FeatureStats, feature_stats, identify, summary_table, to_jsonable
-    from jlang.sae.model import SAE
-
     out = Path(args.out)
     sae = SAE.load(args.sae)
     if args.stats:
         stats = FeatureStats.load(args.stats)
     else:
-        model = _model(args)
+        model = load_model(args)
         tok, rows = _sentence_rows(model, args, args.split, args.sentences_per_language, args.max_len)
         stats = feature_stats(
             model,
@@ -204,7 +192,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
             list(tok.languages),
             batch_size=args.batch_size,
             skip_bos=not args.keep_bos,
-            progress=not args.no_progress,
+            progress=show_progress(args),
             meta={"split": args.split},
         )
         stats.save(out / "stats.npz")
@@ -227,7 +215,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identify_parser(sub) -> None:
+def add_identify_parser(sub) -> None:
     p = sub.add_parser("identify", help="SAE-LAPE: feature statistics per language and language-specific features")
     _common(p)
     p.add_argument("--sae", required=True, help="an SAE .npz (jlang sae train)")
@@ -261,20 +249,12 @@ def _identify_parser(sub) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from jlang.data.sources import read_documents
-    from jlang.sae.classify import classify
-    from jlang.sae.lape import SAELapeFeatures
-    from jlang.sae.model import SAE
-
     out = Path(args.out)
     sae, features = SAE.load(args.sae), SAELapeFeatures.load(args.features)
-    model = _model(args)
+    model = load_model(args)
     languages = args.languages or features.languages
     corpus = _corpus(args, args.split, languages)
-    texts = {
-        l: [d for d in read_documents(corpus[l]) if isinstance(d, str)][: args.sentences_per_language]
-        for l in languages
-    }
+    texts = corpus_texts(corpus, languages, limit=args.sentences_per_language)
     result = classify(
         model,
         sae,
@@ -282,7 +262,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         texts,
         batch_size=args.batch_size,
         skip_bos=not args.keep_bos,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     result.save(out / "classify.json")
     result.plot(out / "classify.png")
@@ -292,7 +272,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify_parser(sub) -> None:
+def add_classify_parser(sub) -> None:
     p = sub.add_parser(
         "classify", help="language ID from SAE-LAPE feature counts (sae-count, sae-min-max) vs py3langid"
     )
@@ -310,14 +290,8 @@ def _classify_parser(sub) -> None:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from jlang.sae.lape import SAELapeFeatures
-    from jlang.sae.model import SAE
-    from jlang.sae.steer import generate_steered, steering_vector, vector_table
-
     sae, features = SAE.load(args.sae), SAELapeFeatures.load(args.features)
-    model = _model(args)
+    model = load_model(args)
     prompts = [p.replace("\\n", "\n") for p in args.prompt]
     vec = steering_vector(sae, features, args.target, args.multiplier)
     table = np.repeat(vector_table(vec, sae.config.layer, model.num_layers), len(prompts), axis=0)
@@ -346,7 +320,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steer_parser(sub) -> None:
+def add_steer_parser(sub) -> None:
     p = sub.add_parser("steer", help="generate with h += m * maxact_f * W_dec[f] for a language's SAE-LAPE features")
     _common(p)
     p.add_argument("--sae", required=True, help="an SAE .npz")
@@ -360,11 +334,11 @@ def _steer_parser(sub) -> None:
     p.set_defaults(func=cmd_steer)
 
 
-def _sae_parser(sub) -> None:
+def add_sae_parser(sub) -> None:
     p = sub.add_parser("sae", help="sparse autoencoders and SAE-LAPE (train, identify, classify, steer)")
     inner = p.add_subparsers(dest="sae_command", required=True, metavar="{train,identify,classify,steer}")
-    for build in (_train_parser, _identify_parser, _classify_parser, _steer_parser):
+    for build in (add_train_parser, add_identify_parser, add_classify_parser, add_steer_parser):
         build(inner)
 
 
-COMMANDS: list[Callable] = [_sae_parser]
+COMMANDS: list[Callable] = [add_sae_parser]

@@ -11,37 +11,23 @@ A checkpoint (orbax: exact accumulators + grain iterator state) is saved every
 then exits with code 128 + signal number. `--resume` continues and ends with
 exactly the counts of an uninterrupted run. The result `OUT/stats.npz` is
 written by process 0 only, atomically, and the checkpoint is deleted after it.
-
-This module holds `cmd_stats` and `_stats_parser` for `jlang.cli`, and a
-`main` so that `python -m jlang.cli.stats stats ...` runs the same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from jlang.cli.common import add_model_args, load_corpus, load_model
+from jlang.config import CorpusSection, StatsSection
+from jlang.io.checkpoint import RunInterrupted, check_no_stale_checkpoint
 from jlang.parallel import distributed
+from jlang.stats.collect import collect_stats, finish
 
 DEFAULT_CHECKPOINT_EVERY = 100
 CHECKPOINT_SUBDIR = "stats-checkpoint"
-
-
-def parse_mesh(spec: str | None) -> tuple[int | None, int | None]:
-    """`DATA,MODEL` -> sizes; an empty side is inferred from the devices (`,4`: all devices / 4 on data)."""
-    if not spec:
-        return None, None
-    parts = spec.split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        data, model = (int(p) if p.strip() else None for p in parts)
-    except ValueError:
-        raise ValueError(f"--mesh wants DATA,MODEL (two integers, either may be empty), got {spec!r}") from None
-    if any(x is not None and x < 1 for x in (data, model)):
-        raise ValueError(f"--mesh sizes must be positive, got {spec!r}")
-    return data, model
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:
@@ -51,11 +37,6 @@ def checkpoint_dir(args: argparse.Namespace) -> Path:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Check inputs (checkpoint state, corpus, mesh, model), run the pass, write `OUT/stats.npz` on process 0."""
-    import jlang
-    from jlang.data.sources import resolve_corpus
-    from jlang.io.checkpoint import RunInterrupted, check_no_stale_checkpoint
-    from jlang.stats.collect import collect_stats, finish
-
     distributed.initialize_from_args(args)  # a no-op when jlang.cli.app already did it
     primary = distributed.is_primary()
     if args.checkpoint_every < 0:
@@ -68,9 +49,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             if step is not None
             else f"no checkpoint in {ckpt}; starting from the first batch"
         )
-    corpus = resolve_corpus(args.corpus, args.languages, args.split)
-    mesh = distributed.default_mesh(*parse_mesh(args.mesh))
-    model = jlang.load_model(args.model, dtype=args.dtype, mesh=mesh, progress=primary)
+    corpus = load_corpus(args, args.languages)
+    model = load_model(args)
     try:
         stats = collect_stats(
             model,
@@ -95,10 +75,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats_parser(sub) -> None:
+def add_stats_parser(sub) -> None:
     """Register `stats` on `jlang`'s sub-command parsers."""
-    from jlang.config import CorpusSection, StatsSection
-
     p = sub.add_parser("stats", help="activation statistics per language at mlp.act (resumable, multi-process)")
     p.add_argument("--model", default="default")
     p.add_argument("--corpus", default="default", help='"default" or a directory of {lang}.txt / {lang}.jsonl files')
@@ -111,13 +89,7 @@ def _stats_parser(sub) -> None:
     p.add_argument("--seq-len", type=int, default=StatsSection.seq_len)
     p.add_argument("--max-tokens", type=int, default=None, help="cap per language")
     p.add_argument("--out", required=True, help="output directory (stats.npz)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
-    p.add_argument(
-        "--mesh",
-        default=None,
-        metavar="DATA,MODEL",
-        help="device mesh sizes, e.g. 2,4 (default: one device; all devices on data with several processes)",
-    )
+    add_model_args(p)
     g = p.add_argument_group("checkpoints")
     g.add_argument(
         "--checkpoint-every",
@@ -132,12 +104,4 @@ def _stats_parser(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jlang.cli.stats stats ...` is `jlang stats ...` (kept for scripts and tests that call it)."""
-    from jlang.cli import main as jlang_main
-
-    return jlang_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS: list[Callable] = [add_stats_parser]

@@ -1,8 +1,7 @@
 """Sub-commands for the arithmetic studies: `jlang fallback` (the fallback experiment) and `jlang mc` (multiple choice).
 
-Each is `_xxx_parser(sub)` + `cmd_xxx(args)` as in `jlang.cli.evals`, and writes
-`{out}/{name}.json` and `{out}/{name}.png`; `COMMANDS` lists the parser builders
-for `jlang.cli` to register.
+Each is `add_xxx_parser(sub)` + `cmd_xxx(args)`, and writes `{out}/{name}.json`
+and `{out}/{name}.png`; `COMMANDS` lists the parser builders for `jlang.cli.app` to register.
 """
 
 from __future__ import annotations
@@ -11,21 +10,32 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from jlang.cli.evals import DEFAULT_MASKS, DEFAULT_STATS
+from jlang.cli.common import (
+    DEFAULT_MASKS,
+    DEFAULT_STATS,
+    MODEL_HELP,
+    add_model_args,
+    corpus_texts,
+    load_corpus,
+    load_model_and_masks,
+    load_stats,
+    show_progress,
+)
+from jlang.evals.fallback import IDENTIFY_LANGUAGES, run_fallback
+from jlang.evals.langid import Py3LangID
+from jlang.evals.lss import read_parallel
+from jlang.evals.multiple_choice import DEFAULT_TEMPLATE as MC_TEMPLATE
+from jlang.evals.multiple_choice import Condition, build_items, run_multiple_choice
+from jlang.evals.steering import DEFAULT_TEMPLATE as STEERING_TEMPLATE
+from jlang.evals.steering import default_generator, steering_prompts
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    from jlang.cli.app import _add_model_args
-
-    p.add_argument(
-        "--model",
-        default="default",
-        help='"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint',
-    )
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--masks", default=DEFAULT_MASKS, help="a masks .npz (NeuronMasks)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_model_args(p)
+    add_model_args(p)
 
 
 # ----------------------------------------------------------------------------- fallback
@@ -37,15 +47,8 @@ def _order(text: str):
 
 
 def cmd_fallback(args: argparse.Namespace) -> int:
-    from jlang.cli.evals import _load
-    from jlang.data.sources import read_documents, resolve_corpus
-    from jlang.evals.fallback import IDENTIFY_LANGUAGES, run_fallback
-    from jlang.evals.langid import Py3LangID
-    from jlang.evals.steering import default_generator, steering_prompts
-
-    model, masks = _load(args)
-    corpus = resolve_corpus(args.corpus, args.prompt_languages, args.split)
-    texts = {l: [d for d in read_documents(corpus[l]) if isinstance(d, str)] for l in args.prompt_languages}
+    model, masks = load_model_and_masks(args)
+    texts = corpus_texts(load_corpus(args, args.prompt_languages), args.prompt_languages)
     prompts = steering_prompts(texts, args.prompts_per_language, args.template)
     languages = args.identify_languages or list(dict.fromkeys([*IDENTIFY_LANGUAGES, *masks.languages]))
     identify = Py3LangID(languages)
@@ -63,7 +66,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         prompt_first=not args.no_prompt_first,
         max_steps=args.max_steps,
         value=args.deactivate_value,
-        progress=not args.no_progress,
+        progress=show_progress(args),
         meta={
             "model": model.name,
             "generator": how,
@@ -78,9 +81,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fallback_parser(sub) -> None:
-    from jlang.evals.steering import DEFAULT_TEMPLATE
-
+def add_fallback_parser(sub) -> None:
     p = sub.add_parser(
         "fallback",
         help="deactivate more and more languages' neurons; which language does the model fall back to?",
@@ -99,7 +100,7 @@ def _fallback_parser(sub) -> None:
     )
     p.add_argument("--prompt-languages", nargs="+", default=["en"], help="languages of the prompts")
     p.add_argument("--prompts-per-language", type=int, default=6)
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with {text}")
+    p.add_argument("--template", default=STEERING_TEMPLATE, help="prompt template with {text}")
     p.add_argument(
         "--order",
         default="paper",
@@ -145,10 +146,6 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def cmd_mc(args: argparse.Namespace) -> int:
-    from jlang.cli.evals import _load
-    from jlang.evals.lss import read_parallel
-    from jlang.evals.multiple_choice import Condition, build_items, run_multiple_choice
-
     conditions = [Condition.parse(c) for c in args.conditions]
     rows = read_parallel(None if args.parallel in (None, "default") else args.parallel)
     items = [
@@ -166,12 +163,8 @@ def cmd_mc(args: argparse.Namespace) -> int:
     ]
     if not items:
         raise ValueError("no multiple-choice item: the parallel file has no row with both languages of any pair")
-    model, masks = _load(args)
-    stats = None
-    if any(c.kind == "additive" for c in conditions):
-        from jlang.stats import ActivationStats
-
-        stats = ActivationStats.load(args.stats)
+    model, masks = load_model_and_masks(args)
+    stats = load_stats(args.stats) if any(c.kind == "additive" for c in conditions) else None
     result = run_multiple_choice(
         model,
         masks,
@@ -181,7 +174,7 @@ def cmd_mc(args: argparse.Namespace) -> int:
         template=args.template,
         batch_size=args.batch_size,
         vocab_chunk=args.vocab_chunk,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     paths = result.save(Path(args.out) / "mc")
     for norm in ("sum", "token"):
@@ -190,9 +183,7 @@ def cmd_mc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mc_parser(sub) -> None:
-    from jlang.evals.multiple_choice import DEFAULT_TEMPLATE
-
+def add_mc_parser(sub) -> None:
     p = sub.add_parser(
         "mc",
         help="multiple-choice translation task from parallel sentences, with and without neuron edits",
@@ -238,7 +229,7 @@ def _mc_parser(sub) -> None:
     )
     p.add_argument(
         "--template",
-        default=DEFAULT_TEMPLATE,
+        default=MC_TEMPLATE,
         help="prompt with {source_name} {target_name} {question}",
     )
     p.add_argument("--batch-size", type=int, default=16)
@@ -251,4 +242,4 @@ def _mc_parser(sub) -> None:
     p.set_defaults(func=cmd_mc)
 
 
-COMMANDS: list[Callable] = [_fallback_parser, _mc_parser]
+COMMANDS: list[Callable] = [add_fallback_parser, add_mc_parser]

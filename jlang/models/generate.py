@@ -335,9 +335,7 @@ def _run_batch(
         if step >= max_new_tokens or done.all():
             break
         limit = jnp.asarray(min(step + chunk, max_new_tokens), jnp.int32)
-        state = decode(
-            decode_params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler
-        )
+        state = decode(decode_params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler)
     out = parallel.to_host(state.out)
     return [_cut(out[i], eos) for i in range(len(rows))]
 

@@ -256,9 +256,9 @@ def eos_ids(model: Model) -> np.ndarray:
     return np.array(sorted(ids), np.int32)
 
 
-def _left_pad(rows: list[np.ndarray], batch: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """ids, valid `[batch, width]`: rows right-aligned; missing rows copy row 0 (dropped later)."""
-    ids = np.zeros((batch, width), np.int32)
+def left_pad(rows: list[np.ndarray], batch: int, width: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ids, valid `[batch, width]`: rows right-aligned after `pad_id`s; missing rows copy row 0 (dropped later)."""
+    ids = np.full((batch, width), pad_id, np.int32)
     valid = np.zeros((batch, width), bool)
     for i in range(batch):
         r = rows[i] if i < len(rows) else rows[0]
@@ -295,7 +295,7 @@ def _run_batch(
     """Generated token ids of each row (cut at EOS), for one batch of prompts."""
     batch = parallel.pad_batch_to(len(rows), model.mesh)
     width = -(-max(len(r) for r in rows) // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
-    ids, valid = _left_pad(rows, batch, width)
+    ids, valid = left_pad(rows, batch, width)
     row_done = np.arange(batch) >= len(rows)
     cache_sharding = None
     if model.mesh is not None:

@@ -74,15 +74,6 @@ def steer_splice(hook_point: str) -> Callable:
     return splice
 
 
-def _left_pad(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    valid = np.zeros((len(rows), width), bool)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        valid[i, width - len(r) :] = True
-    return ids, valid
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "splice", "max_new_tokens"))
 def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, splice, max_new_tokens: int):
     """Left-padded prompts `[B, T]` -> greedy new tokens int32 `[B, max_new_tokens]` (-1 after EOS)."""
@@ -168,7 +159,7 @@ def generate_steered(
     for start in range(0, len(prompts), size):
         part = list(range(start, min(start + size, len(prompts))))
         rows = [encoded[i] for i in part] + [encoded[part[0]]] * (size - len(part))
-        ids, valid = _left_pad(rows, width, tok.pad_token_id or 0)
+        ids, valid = left_pad(rows, len(rows), width, tok.pad_token_id or 0)
         vec = np.concatenate([vectors[part], np.zeros((size - len(part), *vectors.shape[1:]), np.float32)])
         new = _greedy(
             model.params,

@@ -5,14 +5,18 @@ A row is a tokenized text (BOS first when the tokenizer has one) with two masks:
 the tokens whose log-probability counts. Position 0 is never scored: nothing
 predicts it (vLLM's `prompt_logprobs[0]` is `None`, and LAPE's and NJUNLP's
 `ppl.py` skip it); a token at position `j` is scored from the hidden state at
-`j - 1`, which must be a real token too.
+`j - 1`, which must be a real token too. Rows come from token lists
+(`rows_from_token_lists`), `make_batches` output (`rows_from_batches`), or prompts
+each followed by continuations whose tokens alone are scored (`continuation_rows`:
+the cloze objects of LSS, the options of a multiple-choice item).
 
 `Scorer` runs the forward with `output="hidden"` and takes the log-softmax of
 each next token over vocabulary chunks (`jlang.models.vocab.target_logprob`), so
 `[batch, seq, vocab]` logits never exist. It sorts rows by length and cuts
 batches of `batch_size` rows whose width is the batch's longest row rounded up
 to a power of two (>= 16): a handful of compiled shapes, little padding. Edits
-are arguments (data), so every edit condition reuses the same programs.
+are arguments (data), so every edit condition reuses the same programs. Batches are
+dispatched one ahead of the host's fold (`jlang.parallel.batch_loop.pipelined`).
 
 Several processes (`jlang.parallel.distributed`): by default every process passes the
 same rows, and each batch is split over all devices (the batches of a

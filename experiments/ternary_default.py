@@ -15,8 +15,8 @@ Steps (all under `config.out`):
 1. `stats.npz`: response-only activation statistics (reused when made with the same settings).
 2. `masks.npz`: `jlang.ternary` with AutoSweep λ (largest λ in [0, 0.2] with no selected
    neuron assigned to every language).
-3. Neuron types per layer (specific / related / general, `jlang.analysis.compare.core.model_neurons`),
-   `types.png`, `masks.png`; the four layer stages (`jlang.analysis.compare.core.layer_profile`), `stages.png`.
+3. Neuron types per layer (specific / related / general, `jlang.analysis.compare.neurons.model_neurons`),
+   `types.png`, `masks.png`; the four layer stages (`jlang.analysis.compare.profile.layer_profile`), `stages.png`.
 4. Overlap with the LAPE neurons of `runs/lape_default/masks.npz` when present.
 5. `report.md`.
 """
@@ -143,7 +143,7 @@ def _settings(cfg: TernaryDefaultConfig) -> dict:
 
 
 def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) -> str:
-    from jlang.analysis.compare.core import TYPE_NAMES, type_counts
+    from jlang.analysis.compare.neurons import TYPE_NAMES, type_counts
     from jlang.analysis.compare.report import stages_table
 
     counts = type_counts(neurons.types)
@@ -161,14 +161,16 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
         f"# Ternary neurons on `{stats.meta.get('model')}`",
         "",
         (
-            f"Zhang et al. 2025 (NJUNLP/Language-Neurons-Alignment), `jlang.ternary`: response-only activation probabilities, "
+            "Zhang et al. 2025 (NJUNLP/Language-Neurons-Alignment), `jlang.ternary`: response-only activation "
+            "probabilities, "
             f"score `H_norm − λ·max_p / norm_max`, the {meta['num_selected']} lowest-scoring neurons "
             f"(top_rate {cfg.identify.top_rate} of {stats.num_layers}x{stats.num_neurons}), each assigned to every "
             f"language with p > τ = {meta['tau']:.4f} (95th percentile of all p)."
         ),
         "",
         (
-            f"Data: the default corpus's parallel held-out messages as translation prompts (pad mode, one prompt per row, "
+            "Data: the default corpus's parallel held-out messages as translation prompts (pad mode, one prompt "
+            "per row, "
             f"seq_len {cfg.seq_len}; only response tokens counted, ≤ {cfg.max_tokens_per_language} per language). "
             f"Example ({example_lang}): prompt `{ex[0]!r}`, response `{ex[1]!r}`."
         ),
@@ -179,7 +181,8 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
     for i, lang in enumerate(masks.languages):
         m = masks.masks[i]
         lines.append(
-            f"| {lang} | {len(pairs[lang])} | {int(stats.tokens[i]):,} | {int(m.sum())} | {int((m & (lc == 1)).sum())} | "
+            f"| {lang} | {len(pairs[lang])} | {int(stats.tokens[i]):,} | {int(m.sum())} | "
+            f"{int((m & (lc == 1)).sum())} | "
             f"{int((m & (lc > 1)).sum())} |"
         )
     lam_text = f"{meta['lambda']:.6f}" + (" (AutoSweep)" if trace else " (fixed)")
@@ -202,8 +205,9 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
         "## Neuron types per layer",
         "",
         (
-            f"specific = one language, related = 2..{k - 1} languages (both from the mask), general = p > τ for all {k} "
-            f"languages (the paper's language-agnostic neurons; AutoSweep keeps them out of the mask, so they are counted "
+            f"specific = one language, related = 2..{k - 1} languages (both from the mask), general = p > τ for "
+            f"all {k} languages (the paper's language-agnostic neurons; AutoSweep keeps them out of the mask, so "
+            "they are counted "
             f"over all {stats.num_layers * stats.num_neurons:,} neurons)."
         ),
         "",
@@ -227,8 +231,9 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
         "",
         (
             f"Curve `{profile.curve}` (divergence = 1 − mean cross-language correlation of the layer's activation "
-            f"probabilities; language share = specific + related neurons per layer; z-scored), cut into {profile.num_stages} "
-            "stages by the exact least-squares piecewise-constant segmentation (`jlang.analysis.compare.core.segment`)."
+            "probabilities; language share = specific + related neurons per layer; z-scored), cut into "
+            f"{profile.num_stages} stages by the exact least-squares piecewise-constant segmentation "
+            "(`jlang.analysis.compare.profile.segment`)."
         ),
         "",
         *stages_table({"model": profile}),
@@ -241,7 +246,8 @@ def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) ->
             "## Overlap with LAPE neurons",
             "",
             (
-                f"LAPE masks `{cfg.lape_masks}` (train split, packed text; {lape_overlap['lape_unique']} unique neurons) vs "
+                f"LAPE masks `{cfg.lape_masks}` (train split, packed text; {lape_overlap['lape_unique']} unique "
+                "neurons) vs "
                 f"these ternary masks ({masks.unique_count()} unique): union Jaccard **{lape_overlap['union']:.3f}**."
             ),
             "",
@@ -273,7 +279,7 @@ def bound_note(trace) -> str:
 
 def lape_overlap(path: str | None, masks):
     """Per language, LAPE vs ternary neuron sets (languages both hold), or None without a fitting LAPE file."""
-    from jlang.analysis.compare.core import jaccard
+    from jlang.analysis.compare.neurons import jaccard
     from jlang.masks import NeuronMasks
 
     if not path or not Path(path).is_file():
@@ -308,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     import jlang
-    from jlang.analysis.compare.core import layer_profile, model_neurons, type_counts
+    from jlang.analysis.compare.neurons import model_neurons, type_counts
+    from jlang.analysis.compare.profile import layer_profile
     from jlang.analysis.compare.report import draw_profile, plot_type_counts
     from jlang.evals.lss import read_parallel
     from jlang.io.report import new_figure, save_figure, write_json
@@ -404,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         encoding="utf-8",
     )
     log(
-        f"λ = {masks.meta['lambda']:.6f}; specific {counts[1].sum()}, related {counts[2].sum()}, general {counts[3].sum()}; "
+        f"λ = {masks.meta['lambda']:.6f}; specific {counts[1].sum()}, related {counts[2].sum()}, "
+        f"general {counts[3].sum()}; "
         f"stages start at {[0, *profile.boundaries]}; wrote {out / 'report.md'}"
     )
     return 0

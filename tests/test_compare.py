@@ -1,4 +1,5 @@
-"""`jlang.analysis.compare.core` on hand-made statistics whose answers are known, and `jlang compare` end to end on tiny models."""
+"""`jlang.analysis.compare` on hand-made statistics whose answers are known, and `jlang compare` end to end on
+tiny models."""
 
 import copy
 import itertools
@@ -7,21 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from jlang.analysis.compare.core import (
+from jlang.analysis.compare.core import Comparison, compare
+from jlang.analysis.compare.neurons import (
     GENERAL,
     NONE,
     RELATED,
     SPECIFIC,
     CompareError,
-    Comparison,
-    compare,
-    divergence_curve,
-    layer_profile,
     model_neurons,
     neuron_types,
-    segment,
-    spontaneous_alignment,
 )
+from jlang.analysis.compare.profile import divergence_curve, layer_profile, segment
+from jlang.analysis.compare.shifts import spontaneous_alignment
 from jlang.stats import ActivationStats
 
 TOKENS = 1000
@@ -139,7 +137,7 @@ def test_segment_recovers_planted_steps():
 
 def test_segment_is_exact_against_brute_force():
     rng = np.random.default_rng(3)
-    for trial in range(5):
+    for _ in range(5):
         x = rng.normal(size=(10, 2))
         best = None
         for cut in itertools.combinations(range(1, 10), 3):
@@ -271,8 +269,9 @@ def _cli(base, aligned, corpus, out, *extra):
 
 
 def test_cli_end_to_end_on_tiny_models(tiny_pair, tmp_path, capsys, monkeypatch):
-    """`jlang compare` on a tiny model and its perturbed copy; a rerun reuses everything; base vs itself moves nothing."""
-    from jlang.analysis.compare.run import CompareConfig, _reusable_stats, _settings_key
+    """`jlang compare` on a tiny model and its perturbed copy; a rerun reuses everything; base vs itself moves
+    nothing."""
+    from jlang.analysis.compare.run import CompareConfig, reusable_stats, settings_key
 
     base, aligned, corpus = tiny_pair
     out = tmp_path / "out"
@@ -322,9 +321,9 @@ def test_cli_end_to_end_on_tiny_models(tiny_pair, tmp_path, capsys, monkeypatch)
     cfg = CompareConfig(
         base=str(base), aligned=str(aligned), corpus=str(corpus), seq_len=16, batch_size=4, max_tokens_per_language=192
     )
-    assert _reusable_stats(out, "base", _settings_key(cfg, "base", ["aa", "bb", "cc"])) is not None
-    assert _reusable_stats(out, "base", _settings_key(cfg, "base", ["aa", "bb"])) is None
-    assert _reusable_stats(out, "aligned", _settings_key(cfg, "base", ["aa", "bb", "cc"])) is None  # another checkpoint
+    assert reusable_stats(out, "base", settings_key(cfg, "base", ["aa", "bb", "cc"])) is not None
+    assert reusable_stats(out, "base", settings_key(cfg, "base", ["aa", "bb"])) is None
+    assert reusable_stats(out, "aligned", settings_key(cfg, "base", ["aa", "bb", "cc"])) is None  # another checkpoint
 
     # the base checkpoint on both sides (its statistics reused from above; the other side loaded by a relative
     # path, which orbax alone would refuse): nothing moves, exactly

@@ -88,14 +88,14 @@ def test_numpy_upgma_equals_scipy():
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
-    from jlang.analysis.overlap import _distance
+    from jlang.analysis.overlap import distance_matrix
 
     rng = np.random.default_rng(1)
     for _ in range(30):
         k = int(rng.integers(3, 12))
         s = rng.random((k, k))
         s = (s + s.T) / 2
-        d = _distance(s)
+        d = distance_matrix(s)
         np.testing.assert_allclose(average_linkage(d), linkage(squareform(d, checks=False), method="average"))
         assert cluster_order(s, use_scipy=True) == cluster_order(s, use_scipy=False)
 

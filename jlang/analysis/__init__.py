@@ -1,4 +1,4 @@
-"""Analyses over neuron masks and statistics (pure NumPy; no model needed).
+"""Analyses over neuron masks and statistics.
 
 * `jlang.analysis.overlap` -- IoU of language neuron sets per layer and overall,
   average-linkage clustering, relation to script and family, and the neuron
@@ -6,45 +6,36 @@
 * `jlang.analysis.culture` -- culture neurons (Namazifard & Galke): compound,
   pure culture and generic masks from language and culture LAPE masks.
 * `jlang.analysis.langinfo` -- a built-in table of script and family per language code.
+* `jlang.analysis.compare` -- base vs aligned checkpoint on the same tokens.
+* `jlang.analysis.code_neurons`, `jlang.analysis.code_lens` -- programming-language neurons and the code logit lens.
+
+Imported lazily: `import jlang.analysis` loads none of them.
 """
 
-from jlang.analysis.culture import (
-    CultureError,
-    CultureMasks,
-    culture_masks,
-    identify_culture_neurons,
-)
-from jlang.analysis.langinfo import LANGUAGES, LangInfo, family_of, script_of
-from jlang.analysis.overlap import (
-    OverlapResult,
-    SpecializationResult,
-    cluster_order,
-    group_relation,
-    layer_iou,
-    overall_iou,
-    overlap,
-    pairwise_iou,
-    specialization,
-    specialized_neurons,
-)
+from __future__ import annotations
 
-__all__ = [
-    "LANGUAGES",
-    "CultureError",
-    "CultureMasks",
-    "LangInfo",
-    "OverlapResult",
-    "SpecializationResult",
-    "cluster_order",
-    "culture_masks",
-    "family_of",
-    "group_relation",
-    "identify_culture_neurons",
-    "layer_iou",
-    "overall_iou",
-    "overlap",
-    "pairwise_iou",
-    "script_of",
-    "specialization",
-    "specialized_neurons",
-]
+from jlang.lazy import lazy_exports
+
+_EXPORTS = {
+    "LANGUAGES": "jlang.analysis.langinfo",
+    "LangInfo": "jlang.analysis.langinfo",
+    "family_of": "jlang.analysis.langinfo",
+    "script_of": "jlang.analysis.langinfo",
+    "CultureError": "jlang.analysis.culture",
+    "CultureMasks": "jlang.analysis.culture",
+    "culture_masks": "jlang.analysis.culture",
+    "identify_culture_neurons": "jlang.analysis.culture",
+    "OverlapResult": "jlang.analysis.overlap",
+    "SpecializationResult": "jlang.analysis.overlap",
+    "cluster_order": "jlang.analysis.overlap",
+    "group_relation": "jlang.analysis.overlap",
+    "layer_iou": "jlang.analysis.overlap",
+    "overall_iou": "jlang.analysis.overlap",
+    "overlap": "jlang.analysis.overlap",  # the submodule: `overlap.overlap` is the function
+    "pairwise_iou": "jlang.analysis.overlap",
+    "specialization": "jlang.analysis.overlap",
+    "specialized_neurons": "jlang.analysis.overlap",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports("jlang.analysis", _EXPORTS)

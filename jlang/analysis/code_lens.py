@@ -20,8 +20,8 @@ English) and layer, over the decoded positions of held-out files:
 * `text_shares[p, k]`: the same share among the tokens of the text itself, the
   level the last layer should approach if it predicts the text well.
 
-The top-k tokens come from `jlang.evals.logit_lens.lens_top_k`, asked for the
-final-norm variant only (code-logitlens's), which halves the cost of the 18
+The top-k tokens come from the logit lens's batch loop (`jlang.evals.logit_lens.lens_rows`),
+asked for the final-norm variant only (code-logitlens's), which halves the cost of the 18
 unembeddings per position.
 
 Snippets: each text is tokenized, and a window of `seq_len - 1` tokens from its
@@ -31,6 +31,7 @@ middle (past imports and headers) follows a BOS; the BOS position is not decoded
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +41,11 @@ from typing import Any
 import numpy as np
 
 from jlang.analysis.code_keywords import CASE_INSENSITIVE, KEYWORDS
-from jlang.evals.logit_lens import lens_top_k
-from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
+from jlang.evals.logit_lens import layer_panel, lens_rows
+from jlang.evals.token_lang import special_ids, token_texts
+from jlang.io.report import FigureWriter, Report, new_figure, save_figure, save_heatmaps
 from jlang.models.decoder import Edits
+from jlang.models.scoring import TokenRows, bos_ids, rows_from_token_lists
 from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = [
@@ -137,11 +140,7 @@ class KeywordTagger:
     @classmethod
     def from_tokenizer(cls, tokenizer, languages: Sequence[str], *, vocab_size: int | None = None) -> KeywordTagger:
         """Tag the vocabulary of a `transformers` tokenizer, decoded token by token."""
-        from jlang.evals.token_lang import token_texts
-
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        return cls.from_texts(token_texts(tokenizer, vocab_size), languages, special_ids=special)
+        return cls.from_texts(token_texts(tokenizer, vocab_size), languages, special_ids=special_ids(tokenizer))
 
     def labels_of(self, token_id: int) -> list[str]:
         return [l for i, l in enumerate(self.languages) if self.member[token_id, i]]
@@ -163,7 +162,7 @@ def middle_window(ids: Sequence[int], length: int) -> list[int]:
 
 
 @dataclass
-class KeywordLensResult:
+class KeywordLensResult(Report):
     """Keyword shares of the logit lens over code (module doc).
 
     Attributes:
@@ -234,64 +233,80 @@ class KeywordLensResult:
             meta=dict(d.get("meta", {})),
         )
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json`; `{prefix}.png`: per prompt language, every keyword language's share by layer (own
-        language bold, its level in the text dashed); `{prefix}_own.png`: own-keyword share, layer x language."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        P, L = len(self.languages), self.shares.shape[1]
-        ncols = min(4, P)
-        nrows = -(-P // ncols)
-        fig = new_figure(3.6 * ncols, 2.8 * nrows)
-        colors = {l: f"C{i}" for i, l in enumerate(self.keyword_languages)}
-        for p, lang in enumerate(self.languages):
-            ax = fig.add_subplot(nrows, ncols, p + 1)
-            for k, kl in enumerate(self.keyword_languages):
-                own = kl == lang
-                ax.plot(
-                    range(L),
-                    self.shares[p, :, k],
-                    color=colors[kl],
-                    lw=2.4 if own else 1.0,
-                    alpha=1.0 if own else 0.7,
-                    label=kl,
-                )
-                if own:
-                    ax.axhline(self.text_shares[p, k], color=colors[kl], ls="--", lw=1.0)
-            ax.set_title(f"{lang} text: top-{self.meta.get('k')} keyword shares", fontsize=9)
-            ax.set_xlabel("layer")
-            ax.set_ylabel("share")
-            ax.set_ylim(bottom=0)
-            if p == 0:
-                ax.legend(fontsize=6, ncol=2)
-        out["png"] = save_figure(fig, prefix.with_name(prefix.name + ".png"))
-        layers = [str(l) for l in range(L)]
-        panels = [
-            dict(
-                matrix=self.own(w),
-                rows=layers,
-                cols=self.languages,
-                vmin=0.0,
-                annotate=True,
-                fmt="{:.2f}",
-                title=title,
-                cbar_label="share",
-                xlabel="text language",
-                ylabel="layer",
-                origin="lower",
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: per prompt language, every keyword language's share by layer (own language bold, its
+        level in the text dashed); `{prefix}_own.png`: own-keyword share, layer x language."""
+        return {"": functools.partial(plot_shares, self), "own": functools.partial(plot_own, self)}
+
+
+def plot_shares(result: KeywordLensResult, path: Path) -> Path:
+    """One panel per prompt language: each keyword language's share of the top-k by layer."""
+    P, L = len(result.languages), result.shares.shape[1]
+    ncols = min(4, P)
+    nrows = -(-P // ncols)
+    fig = new_figure(3.6 * ncols, 2.8 * nrows)
+    colors = {l: f"C{i}" for i, l in enumerate(result.keyword_languages)}
+    for p, lang in enumerate(result.languages):
+        ax = fig.add_subplot(nrows, ncols, p + 1)
+        for k, kl in enumerate(result.keyword_languages):
+            own = kl == lang
+            ax.plot(
+                range(L),
+                result.shares[p, :, k],
+                color=colors[kl],
+                lw=2.4 if own else 1.0,
+                alpha=1.0 if own else 0.7,
+                label=kl,
             )
-            for w, title in (
-                ("shares", "own-language keywords in top-k"),
-                ("exclusive", "keywords of the own language only"),
-            )
-        ]
-        out["own_png"] = save_heatmaps(
-            prefix.with_name(prefix.name + "_own.png"),
-            panels,
-            ncols=2,
-            panel_size=(0.6 * P + 3, 0.3 * L + 2),
+            if own:
+                ax.axhline(result.text_shares[p, k], color=colors[kl], ls="--", lw=1.0)
+        ax.set_title(f"{lang} text: top-{result.meta.get('k')} keyword shares", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share")
+        ax.set_ylim(bottom=0)
+        if p == 0:
+            ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_own(result: KeywordLensResult, path: Path) -> Path:
+    """Heat maps, layer x text language: own-language keywords in the top-k, and keywords of that language only."""
+    panels = [
+        layer_panel(result.own(w), result.languages, title=title, xlabel="text language", annotate=True, fmt="{:.2f}")
+        for w, title in (
+            ("shares", "own-language keywords in top-k"),
+            ("exclusive", "keywords of the own language only"),
         )
-        return out
+    ]
+    size = (0.6 * len(result.languages) + 3, 0.3 * result.shares.shape[1] + 2)
+    return save_heatmaps(path, panels, ncols=2, panel_size=size)
+
+
+def snippet_rows(tokenizer, texts: Mapping[str, Sequence[str]], seq_len: int) -> TokenRows:
+    """BOS + `seq_len - 1` tokens from the middle of each text (texts of fewer than 2 tokens left out; group =
+    prompt language index)."""
+    bos = bos_ids(tokenizer)
+    windows, group = [], []
+    for p, lang in enumerate(texts):
+        for ids in tokenizer(list(texts[lang]), add_special_tokens=False)["input_ids"]:
+            w = middle_window(ids, seq_len - len(bos))
+            if len(w) >= 2:
+                windows.append(bos + w)
+                group.append(p)
+    return rows_from_token_lists(windows, [0] * len(windows), group)
+
+
+def check_tagger(model, tagger: KeywordTagger | None, keyword_languages: Sequence[str]) -> KeywordTagger:
+    """`tagger`, or one built from the model's tokenizer, covering `keyword_languages` and the model's vocabulary."""
+    if tagger is None:
+        tagger = KeywordTagger.from_tokenizer(model.tokenizer, keyword_languages, vocab_size=model.config.vocab_size)
+    if tagger.languages != keyword_languages:
+        raise ValueError(f"the tagger covers {tagger.languages}, not {keyword_languages}")
+    if tagger.member.shape[0] != model.config.vocab_size:
+        raise ValueError(
+            f"the tagger covers {tagger.member.shape[0]} tokens but the model has {model.config.vocab_size}"
+        )
+    return tagger
 
 
 def keyword_lens(
@@ -325,26 +340,16 @@ def keyword_lens(
     if keyword_languages is None:
         keyword_languages = [l for l in languages if l in KEYWORDS]
     keyword_languages = list(keyword_languages)
-    if tagger is None:
-        tagger = KeywordTagger.from_tokenizer(model.tokenizer, keyword_languages, vocab_size=model.config.vocab_size)
-    if tagger.languages != keyword_languages:
-        raise ValueError(f"the tagger covers {tagger.languages}, not {keyword_languages}")
-    if tagger.member.shape[0] != model.config.vocab_size:
-        raise ValueError(
-            f"the tagger covers {tagger.member.shape[0]} tokens but the model has {model.config.vocab_size}"
-        )
+    tagger = check_tagger(model, tagger, keyword_languages)
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
     t0 = time.perf_counter()
     tok = model.tokenizer
-    bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
-    windows, group = [], []
-    for p, lang in enumerate(languages):
-        for ids in tok(list(texts[lang]), add_special_tokens=False)["input_ids"]:
-            w = middle_window(ids, seq_len - len(bos))
-            if len(w) >= 2:
-                windows.append(bos + w)
-                group.append(p)
+    skip = len(bos_ids(tok))  # the BOS position is not part of the text
+    rows = snippet_rows(tok, texts, seq_len)
+    if not len(rows):
+        raise ValueError("no text has 2 tokens to decode after its BOS")
+    lengths = rows.lengths
     L, P, K = model.num_layers, len(languages), len(keyword_languages)
     member = tagger.member.astype(np.float64)
     exclusive = tagger.exclusive.astype(np.float64)
@@ -352,49 +357,27 @@ def keyword_lens(
     text_hit, text_n, positions = np.zeros((P, K)), np.zeros(P), np.zeros(P, np.int64)
     programming = np.array([l != ENGLISH for l in keyword_languages])
     counters = {p: [collections.Counter() for _ in range(L)] for p in range(P)}
-    cache: dict = {}
-    width = max(len(w) for w in windows)  # one shape for every batch: one compilation
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=-(-len(windows) // batch_size), desc="code logit lens", unit="batch")
-    for start in range(0, len(windows), batch_size):
-        idx = range(start, min(start + batch_size, len(windows)))
-        ids = np.zeros((batch_size, width), np.int32)
-        valid = np.zeros((batch_size, width), bool)
-        for r, i in enumerate(idx):
-            ids[r, : len(windows[i])] = windows[i]
-            valid[r, : len(windows[i])] = True
-        top = lens_top_k(
-            model,
-            ids,
-            valid,
-            k=k,
-            vocab_chunk=vocab_chunk,
-            edits=edits,
-            variants=("final_norm",),
-            _cache=cache,
-        )["final_norm"]
-        for r, i in enumerate(idx):
-            p = group[i]
-            decoded = valid[r].copy()
-            decoded[: len(bos)] = False  # the BOS position is not part of the text
-            sel = top[:, r][:, decoded]  # [L, n, k]
-            positions[p] += int(decoded.sum())
-            hit[p] += member[sel].sum(axis=(1, 2))
-            excl[p] += exclusive[sel].sum(axis=(1, 2))
-            any_pl[p] += member[sel][..., programming].any(axis=-1).sum(axis=(1, 2))
-            own_ids = np.asarray(windows[i][len(bos) :])
-            text_hit[p] += member[own_ids].sum(axis=0)
-            text_n[p] += own_ids.size
-            is_kw = tagger.member[sel].any(axis=-1)  # [L, n, k]
-            for l in range(L):
-                counters[p][l].update(sel[l][is_kw[l]].tolist())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    def fold_row(row: int, top: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        p = int(rows.group[row])
+        decoded = valid.copy()
+        decoded[:skip] = False
+        sel = top["final_norm"][:, decoded]  # [L, n, k]
+        positions[p] += int(decoded.sum())
+        hit[p] += member[sel].sum(axis=(1, 2))
+        excl[p] += exclusive[sel].sum(axis=(1, 2))
+        any_pl[p] += member[sel][..., programming].any(axis=-1).sum(axis=(1, 2))
+        own_ids = rows.ids[row, skip : lengths[row]]
+        text_hit[p] += member[own_ids].sum(axis=0)
+        text_n[p] += own_ids.size
+        is_kw = tagger.member[sel].any(axis=-1)  # [L, n, k]
+        for l in range(L):
+            counters[p][l].update(sel[l][is_kw[l]].tolist())
+
+    width = rows.ids.shape[1]  # one shape for every batch: one compilation
+    plan = [(np.arange(i, min(i + batch_size, len(rows))), width) for i in range(0, len(rows), batch_size)]
+    lens = {"k": k, "vocab_chunk": vocab_chunk, "edits": edits, "variants": ("final_norm",)}
+    lens_rows(model, rows, plan, fold_row, batch_size=batch_size, desc="code logit lens", progress=progress, **lens)
     denom = np.maximum(positions, 1)[:, None, None] * k
     decode = lambda i: tok.decode([i])
     return KeywordLensResult(
@@ -413,7 +396,7 @@ def keyword_lens(
             "k": k,
             "seq_len": seq_len,
             "texts": {l: len(texts[l]) for l in languages},
-            "windows": len(windows),
+            "windows": len(rows),
             "vocab_chunk": vocab_chunk,
             "edited": edits is not None,
             "tagger": tagger.meta,

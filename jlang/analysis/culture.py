@@ -21,6 +21,7 @@ So `compound_c` and `pure_c` split `C_c` in two. Both mask sets are counted at
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from jlang.data.sources import Corpus
+from jlang.evals.perplexity import PPLResult, ppl_matrix
+from jlang.io.report import FigureWriter, Report, save_heatmaps
 from jlang.masks import NeuronMasks
+from jlang.methods import lape
 
 __all__ = [
     "CultureError",
@@ -221,8 +226,6 @@ def identify_culture_neurons(
     cultures' languages only (as the study runs it on its own language set), in the
     order they first appear in `culture_languages`.
     """
-    from jlang.methods import lape
-
     mapping = _normalise_mapping(culture_languages)
     for s, what in (
         (language_stats, "language statistics"),
@@ -234,8 +237,8 @@ def identify_culture_neurons(
         culture_stats.num_neurons,
     ):
         raise CultureError(
-            f"language statistics are {language_stats.num_layers} x {language_stats.num_neurons} but culture statistics "
-            f"{culture_stats.num_layers} x {culture_stats.num_neurons}: both must come from the same model"
+            f"language statistics are {language_stats.num_layers} x {language_stats.num_neurons} but culture "
+            f"statistics {culture_stats.num_layers} x {culture_stats.num_neurons}: both must come from the same model"
         )
     langs = list(dict.fromkeys(l for c in culture_stats.languages for l in mapping.get(c, [])))
     missing = [l for l in langs if l not in language_stats.languages]
@@ -266,14 +269,14 @@ def identify_culture_neurons(
 
 
 @dataclass
-class CulturePPL:
+class CulturePPL(Report):
     """ΔPPL matrices of every mask kind, from one perplexity pass (`jlang.evals.perplexity.ppl_matrix`).
 
     `result` is the whole `PPLResult`: rows `"none"` and `"{kind}:{name}"`, columns
     `"culture:{c}"` (held-out culture text) and `"language:{l}"` (held-out language text).
     """
 
-    result: Any  # PPLResult
+    result: PPLResult
     culture_languages: dict[str, list[str]]
 
     def rows_of(self, kind: str) -> list[str]:
@@ -294,7 +297,8 @@ class CulturePPL:
         return strip(rows), strip(cols), full[np.ix_(ri, ci)]
 
     def own_vs_other(self, kind: str, which: str = "delta_ppl") -> dict[str, float]:
-        """For kinds keyed by culture: mean Δ on the culture's own text, on other cultures' texts, on its language's text.
+        """For kinds keyed by culture: mean Δ on the culture's own text, on other cultures' texts, on its
+        language's text.
 
         For `language` (keyed by language): own = the cultures written in that language, other = the rest.
         For `generic`: the mean over all culture texts and over all language texts.
@@ -366,39 +370,32 @@ class CulturePPL:
             lines.append(f"| {r} | " + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i]) + " |")
         return "\n".join(lines)
 
-    def save(self, prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` and `{prefix}.png` (ΔNLL heat maps: one row of panels per mask kind)."""
-        from jlang.io.report import save_heatmaps, write_json
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: ΔNLL heat maps, one row of panels per mask kind."""
+        return {"": functools.partial(plot_culture_ppl, self)}
 
-        p = Path(prefix)
-        panels = []
-        for kind in CultureMasks.KINDS:
-            for group in ("culture", "language"):
-                rows, cols, m = self.matrix(kind, group, "delta_nll")
-                panels.append(
-                    {
-                        "matrix": m,
-                        "rows": rows,
-                        "cols": cols,
-                        "title": f"{kind} masks on {group} text: ΔNLL",
-                        "cbar_label": "ΔNLL (nats)",
-                        "fmt": "{:.2f}",
-                        "diverging": True,
-                        "xlabel": f"evaluated {group} text",
-                        "ylabel": f"{kind} mask deactivated",
-                    }
-                )
-        k = max(len(self.columns_of("culture")), len(self.columns_of("language")))
-        png = save_heatmaps(
-            p.with_name(p.name + ".png"),
-            panels,
-            ncols=2,
-            panel_size=(0.6 * k + 3.0, 0.45 * 6 + 2.2),
-        )
-        return {
-            "json": write_json(p.with_name(p.name + ".json"), self.to_dict()),
-            "png": png,
-        }
+
+def plot_culture_ppl(result: CulturePPL, path: Path) -> Path:
+    """ΔNLL heat maps: per mask kind, its masks deactivated on culture text and on language text."""
+    panels = []
+    for kind in CultureMasks.KINDS:
+        for group in ("culture", "language"):
+            rows, cols, m = result.matrix(kind, group, "delta_nll")
+            panels.append(
+                {
+                    "matrix": m,
+                    "rows": rows,
+                    "cols": cols,
+                    "title": f"{kind} masks on {group} text: ΔNLL",
+                    "cbar_label": "ΔNLL (nats)",
+                    "fmt": "{:.2f}",
+                    "diverging": True,
+                    "xlabel": f"evaluated {group} text",
+                    "ylabel": f"{kind} mask deactivated",
+                }
+            )
+    k = max(len(result.columns_of("culture")), len(result.columns_of("language")))
+    return save_heatmaps(path, panels, ncols=2, panel_size=(0.6 * k + 3.0, 0.45 * 6 + 2.2))
 
 
 def culture_ppl(
@@ -424,9 +421,6 @@ def culture_ppl(
       language_corpus: a `Corpus` keyed by language code (held-out language text), or None.
       mode, batch_size, seq_len, max_tokens, edit_value, vocab_chunk: as `ppl_matrix` (LAPE: pack, edit 0).
     """
-    from jlang.data.sources import Corpus
-    from jlang.evals.perplexity import ppl_matrix
-
     sources = {f"culture:{c}": culture_corpus[c] for c in masks.culture.languages}
     if language_corpus is not None:
         langs = list(dict.fromkeys(l for ls in masks.culture_languages.values() for l in ls))

@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from jlang.analysis.langinfo import family_of, script_of
+from jlang.io.report import FigureWriter, Report, new_figure, save_figure, save_heatmaps
+
 __all__ = [
     "OverlapResult",
     "SpecializationResult",
     "average_linkage",
     "cluster_order",
+    "distance_matrix",
     "group_relation",
     "layer_iou",
     "mask_activation",
@@ -94,7 +99,7 @@ def _off_diagonal_mean(matrix: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- clustering
 
 
-def _distance(similarity: np.ndarray) -> np.ndarray:
+def distance_matrix(similarity: np.ndarray) -> np.ndarray:
     """`1 - similarity` with NaN (no information) as the largest distance, 1, and a zero diagonal."""
     s = np.asarray(similarity, np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
@@ -158,7 +163,7 @@ def cluster_order(similarity: np.ndarray, *, use_scipy: bool | None = None) -> l
 
     `use_scipy`: None = SciPy when importable, else the NumPy UPGMA; True/False forces one.
     """
-    d = _distance(similarity)
+    d = distance_matrix(similarity)
     n = d.shape[0]
     if n <= 2:
         return list(range(n))
@@ -242,7 +247,7 @@ def group_relation(
 
 
 @dataclass
-class OverlapResult:
+class OverlapResult(Report):
     """Neuron-set overlap of K languages: IoU overall `[K, K]` and per layer `[L, K, K]`, clustering, relations."""
 
     languages: list[str]
@@ -296,16 +301,9 @@ class OverlapResult:
             lines.append(f"| {lang} | " + " | ".join("–" if not np.isfinite(v) else fmt.format(v) for v in m[i]) + " |")
         return "\n".join(lines)
 
-    def save(self, prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json`, `{prefix}.png` (clustered heat map) and `{prefix}_layers.png` (IoU per layer)."""
-        from jlang.io.report import write_json
-
-        p = Path(prefix)
-        return {
-            "json": write_json(p.with_name(p.name + ".json"), self.to_dict()),
-            "png": plot_clustered(self, p.with_name(p.name + ".png")),
-            "layers_png": plot_layers(self, p.with_name(p.name + "_layers.png")),
-        }
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: clustered heat map; `{prefix}_layers.png`: IoU per layer."""
+        return {"": functools.partial(plot_clustered, self), "layers": functools.partial(plot_layers, self)}
 
 
 def overlap(masks, *, permutations: int = 9999, seed: int = 0, use_scipy: bool | None = None) -> OverlapResult:
@@ -313,8 +311,6 @@ def overlap(masks, *, permutations: int = 9999, seed: int = 0, use_scipy: bool |
 
     Languages outside the `langinfo` table get no label (left out of the relation tests).
     """
-    from jlang.analysis.langinfo import family_of, script_of
-
     languages = list(masks.languages)
     m = np.asarray(masks.masks, bool)
     overall = overall_iou(m)
@@ -344,16 +340,12 @@ def overlap(masks, *, permutations: int = 9999, seed: int = 0, use_scipy: bool |
 
 
 def _label(code: str) -> str:
-    from jlang.analysis.langinfo import script_of
-
     script = script_of(code)
     return f"{code} ({script[:4]})" if script else code
 
 
 def plot_clustered(result: OverlapResult, path: str | Path) -> Path:
     """Heat map of the overall IoU, rows and columns in cluster order, labels with the script."""
-    from jlang.io.report import save_heatmaps
-
     order = result.order
     m = result.overall[np.ix_(order, order)].copy()
     np.fill_diagonal(m, np.nan)  # the diagonal (1.0) would wash out the colour scale
@@ -378,9 +370,6 @@ def plot_clustered(result: OverlapResult, path: str | Path) -> Path:
 
 def plot_layers(result: OverlapResult, path: str | Path) -> Path:
     """Mean IoU per layer (all pairs, same-script pairs, different-script pairs) and neurons per layer."""
-    from jlang.analysis.langinfo import script_of
-    from jlang.io.report import new_figure, save_figure
-
     langs = result.languages
     scripts = [script_of(c) for c in langs]
     k, L = len(langs), result.per_layer.shape[0]
@@ -463,7 +452,7 @@ def specialized_neurons(counts: np.ndarray, threshold: float = 0.9, *, remove_sh
 
 
 @dataclass
-class SpecializationResult:
+class SpecializationResult(Report):
     """Specialised neurons per direction `[K, L, F]` and their IoU per layer `[L, K, K]` (Tan et al. 2024)."""
 
     languages: list[str]
@@ -501,7 +490,8 @@ def specialization(
     remove_shared: bool = True,
     meta: Mapping[str, Any] | None = None,
 ) -> SpecializationResult:
-    """Neuron specialisation of the directions of an `ActivationStats` (its `over_zero`) or of raw counts `[K, L, F]`."""
+    """Neuron specialisation of the directions of an `ActivationStats` (its `over_zero`) or of raw counts
+    `[K, L, F]`."""
     if hasattr(stats_or_counts, "over_zero"):
         counts = stats_or_counts.over_zero
         languages = list(languages or stats_or_counts.languages)

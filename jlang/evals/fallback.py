@@ -43,9 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from jlang import edits as edit_lib
 from jlang.evals.langid import NO_LANGUAGE, Identifier
-from jlang.io.report import new_figure, save_figure, write_json
+from jlang.io.report import FigureWriter, Report, new_figure, save_figure
 from jlang.masks import NeuronMasks
 from jlang.models.decoder import Edits
 
@@ -168,7 +170,7 @@ def most_common(labels: Sequence[str]) -> str:
 
 
 @dataclass
-class FallbackResult:
+class FallbackResult(Report):
     """Identified output languages while more and more languages' neurons are deactivated.
 
     Attributes:
@@ -286,12 +288,9 @@ class FallbackResult:
             lines.append(f"| {p} | " + " | ".join(cells + [""] * (width - len(cells))) + " |")
         return "\n".join(lines)
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` (with every generation) and `{prefix}.png` (stacked language shares per step)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        out["png"] = self.plot(prefix.with_name(prefix.name + ".png"))
-        return out
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: stacked language shares per step (`plot`)."""
+        return {"": self.plot}
 
     def plot(self, path: str | Path) -> Path:
         """One panel per prompt language: stacked bars of the output languages' shares at each step."""
@@ -371,8 +370,6 @@ def run_fallback(
       order, prompt_first, max_steps: see `fallback_order`.
       value: δ for the deactivated neurons (−1.5 in methods.md §5.5; 0 = LAPE).
     """
-    from jlang import edits as edit_lib
-
     if not prompts:
         raise ValueError("no prompt language given")
     for p, items in prompts.items():
@@ -380,11 +377,7 @@ def run_fallback(
             raise ValueError(f"prompt language {p!r} has no prompts")
     value = float(value)
     plan = {p: fallback_order(masks, order, prompt=p, prompt_first=prompt_first, max_steps=max_steps) for p in prompts}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(len(s) + 1 for s in plan.values()), desc="fallback", unit="step")
+    bar = tqdm(total=sum(len(s) + 1 for s in plan.values()), desc="fallback", unit="step", disable=not progress)
     steps, labels, neurons, generations = {}, {}, {}, {}
     t0 = time.perf_counter()
     for p, seq in plan.items():
@@ -401,10 +394,8 @@ def run_fallback(
             generations[p].append(
                 [{"prompt": q, "output": o, "language": l} for q, o, l in zip(prompts[p], outs, langs)]
             )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     info = {
         "order": order if isinstance(order, str) else list(order),
         "prompt_first": prompt_first,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,22 +33,31 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jlang import parallel
+from jlang.data.sources import Corpus, read_documents
+from jlang.edits import identity
 from jlang.evals.token_lang import TokenTagger
-from jlang.io.report import save_heatmaps, write_json
+from jlang.io.report import FigureWriter, Report, save_heatmaps
 from jlang.models.decoder import Edits, forward, rms_norm
-from jlang.models.scoring import plan_batches, rows_from_token_lists
+from jlang.models.scoring import TokenRows, bos_ids, place_token_rows, plan_batches, rows_from_token_lists
 from jlang.models.vocab import DEFAULT_CHUNK, top_k
-from jlang.parallel import distributed
+from jlang.parallel.batch_loop import pipelined
 
-__all__ = ["LensResult", "VARIANTS", "lens_top_k", "logit_lens"]
+__all__ = ["LensResult", "VARIANTS", "dispatch_lens", "layer_panel", "lens_rows", "lens_top_k", "logit_lens"]
 
 VARIANTS = ("final_norm", "raw")
+# A batch plan: (row indices, width) per batch (`jlang.models.scoring.plan_batches`).
+Plan = Sequence[tuple[np.ndarray, int]]
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "chunk", "where", "variants"))
 def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int, where: str, variants: tuple[str, ...]):
-    """Top-k ids per layer: variant ("final_norm", "raw") -> int32 `[L, batch, seq or 1, k]`."""
+    """Top-k ids per layer: variant ("final_norm", "raw") -> int32 `[L, batch, seq or 1, k]`.
+
+    One jitted function keyed by its static arguments: every batch and call of the same shapes reuses
+    the compiled program."""
 
     def probe(points, valid_):
         x = points["resid.post"]
@@ -63,7 +72,7 @@ def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int,
     return out
 
 
-def lens_top_k(
+def dispatch_lens(
     model,
     ids: np.ndarray,
     valid: np.ndarray,
@@ -73,41 +82,73 @@ def lens_top_k(
     vocab_chunk: int = DEFAULT_CHUNK,
     edits: Edits | None = None,
     variants: Sequence[str] = VARIANTS,
-    _cache: dict | None = None,
-) -> dict[str, np.ndarray]:
-    """Top-k token ids of every layer's residual stream for one batch: variant -> int32 `[L, batch, seq|1, k]`.
-
-    `variants` picks the decodings ("final_norm", "raw"); each costs one unembedding per layer."""
+) -> dict[str, jax.Array]:
+    """Enqueue the lens of one batch (`lens_top_k`) and return at once: variant -> device int32
+    `[L, rows', seq|1, k]` (rows padded to the mesh; the same rows on every process)."""
     if where not in ("all", "last"):
         raise ValueError(f"where must be 'all' or 'last', got {where!r}")
     variants = tuple(variants)
     if not variants or set(variants) - set(VARIANTS):
         raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {variants!r}")
-    key = (k, where, vocab_chunk, variants)
-    cache = _cache if _cache is not None else {}
-    if key not in cache:
-        cache[key] = jax.jit(
-            functools.partial(_lens_step, cfg=model.config, k=k, chunk=vocab_chunk, where=where, variants=variants)
-        )
     if edits is None:
-        from jlang.edits import identity
-
         edits = identity((model.num_layers, model.num_neurons))
-    ids = model.check_ids(ids)
-    b, t = ids.shape
-    rows = parallel.pad_batch_to(b, model.mesh)
-    valid = np.asarray(valid, bool)
-    if rows != b:
-        ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
-        valid = np.concatenate([valid, np.zeros((rows - b, t), bool)])
-    positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
-    place = functools.partial(distributed.place_whole_batch, model)  # the same rows on every process
-    out = cache[key](model.params, place(ids), place(positions), place(valid), edits)
-    return {v: parallel.to_host(out[v])[:, :b] for v in variants}
+    placed = place_token_rows(model, ids, valid)
+    return _lens_step(
+        model.params, *placed, edits, cfg=model.config, k=k, chunk=vocab_chunk, where=where, variants=variants
+    )
+
+
+def lens_on_host(out: dict[str, jax.Array], rows: int) -> dict[str, np.ndarray]:
+    """`dispatch_lens` output on the host, its first `rows` rows: variant -> int32 `[L, rows, seq|1, k]`."""
+    return {v: parallel.to_host(x)[:, :rows] for v, x in out.items()}
+
+
+def lens_top_k(model, ids: np.ndarray, valid: np.ndarray, **lens: Any) -> dict[str, np.ndarray]:
+    """Top-k token ids of every layer's residual stream for one batch: variant -> int32 `[L, batch, seq|1, k]`.
+
+    ids int `[batch, seq]`, valid bool `[batch, seq]`; `lens`: `dispatch_lens`'s keyword arguments (`k`, `where`,
+    `vocab_chunk`, `edits`, and `variants`, the decodings ("final_norm", "raw"), each one unembedding per layer).
+    """
+    return lens_on_host(dispatch_lens(model, ids, valid, **lens), len(ids))
+
+
+def lens_rows(
+    model,
+    rows: TokenRows,
+    plan: Plan,
+    fold_row: Callable[[int, dict[str, np.ndarray], np.ndarray], None],
+    *,
+    batch_size: int,
+    desc: str,
+    progress: bool = True,
+    **lens: Any,
+) -> None:
+    """The lens over `rows`, batch by batch (`plan`), one batch dispatched ahead of the host's counting.
+
+    Calls `fold_row(row, top, valid)` for every row of every batch: `top` variant -> int32 `[L, seq|1, k]`,
+    `valid` bool `[seq]` its real tokens. `lens`: `dispatch_lens`'s keyword arguments.
+    """
+    bar = tqdm(total=len(plan), desc=desc, unit="batch", disable=not progress)
+
+    def dispatch(batch: tuple[np.ndarray, int]):
+        idx, width = batch
+        ids, valid = rows.batch(idx, width, batch_size)  # one compiled batch size
+        return dispatch_lens(model, ids, valid, **lens), valid
+
+    def fold(_: int, batch: tuple[np.ndarray, int], out) -> None:
+        device, valid = out
+        idx = batch[0]
+        top = lens_on_host(device, len(idx))
+        for r, row in enumerate(idx):
+            fold_row(int(row), {v: t[:, r] for v, t in top.items()}, valid[r])
+        bar.update(1)
+
+    pipelined(plan, dispatch, fold)
+    bar.close()
 
 
 @dataclass
-class LensResult:
+class LensResult(Report):
     """Language shares of the logit lens.
 
     Attributes:
@@ -159,68 +200,76 @@ class LensResult:
             meta=dict(d.get("meta", {})),
         )
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json`, `{prefix}.png` (own-language share, layer x language, both variants) and
-        `{prefix}_labels.png` (every label's share per layer, one panel per prompt language, with final norm)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        L = self.shares.shape[2]
-        layers = [str(l) for l in range(L)]
-        panels = [
-            dict(
-                matrix=self.own_share(v),
-                rows=layers,
-                cols=self.languages,
-                vmin=0.0,
-                vmax=1.0,
-                title=f"prompt's language in top-{self.meta.get('k')}\n({'with final norm' if v == 'final_norm' else 'no final norm'})",
-                cbar_label="share",
-                fmt="{:.2f}",
-                xlabel="prompt language",
-                ylabel="layer",
-                origin="lower",
-            )
-            for v in VARIANTS
-        ]
-        out["png"] = save_heatmaps(
-            prefix.with_name(prefix.name + ".png"),
-            panels,
-            ncols=2,
-            panel_size=(0.5 * len(self.languages) + 3, 0.3 * L + 2),
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: own-language share, layer x language, both variants; `{prefix}_labels.png`: every
+        label's share per layer, one panel per prompt language, with the final norm."""
+        return {"": functools.partial(plot_own_share, self), "labels": functools.partial(plot_labels, self)}
+
+
+def layer_panel(matrix: np.ndarray, cols: Sequence[str], *, title: str, xlabel: str, **options: Any) -> dict:
+    """A `draw_heatmap` panel of shares `[L, len(cols)]`, layers bottom to top."""
+    layers = [str(l) for l in range(matrix.shape[0])]
+    return dict(
+        matrix=matrix,
+        rows=layers,
+        cols=list(cols),
+        vmin=0.0,
+        title=title,
+        cbar_label="share",
+        xlabel=xlabel,
+        ylabel="layer",
+        origin="lower",
+        **options,
+    )
+
+
+def plot_own_share(result: LensResult, path: Path) -> Path:
+    """The prompt's own language among the top-k, layer x prompt language, with and without the final norm."""
+    k = result.meta.get("k")
+    norm = {"final_norm": "with final norm", "raw": "no final norm"}
+    panels = [
+        layer_panel(
+            result.own_share(v),
+            result.languages,
+            title=f"prompt's language in top-{k}\n({norm[v]})",
+            xlabel="prompt language",
+            vmax=1.0,
+            fmt="{:.2f}",
         )
-        label_panels = [
-            dict(
-                matrix=self.shares[p, 0],
-                rows=layers,
-                cols=self.labels,
-                vmin=0.0,
-                vmax=1.0,
-                annotate=False,
-                title=f"prompts in {lang}: top-{self.meta.get('k')} labels (final norm)",
-                cbar_label="share",
-                xlabel="token label",
-                ylabel="layer",
-                origin="lower",
-            )
-            for p, lang in enumerate(self.languages)
-        ]
-        out["labels_png"] = save_heatmaps(
-            prefix.with_name(prefix.name + "_labels.png"),
-            label_panels,
-            ncols=4,
-            panel_size=(0.35 * len(self.labels) + 2.5, 0.22 * L + 2),
+        for v in VARIANTS
+    ]
+    size = (0.5 * len(result.languages) + 3, 0.3 * result.shares.shape[2] + 2)
+    return save_heatmaps(path, panels, ncols=2, panel_size=size)
+
+
+def plot_labels(result: LensResult, path: Path) -> Path:
+    """Every label's share among the top-k per layer (final norm), one panel per prompt language."""
+    k = result.meta.get("k")
+    panels = [
+        layer_panel(
+            result.shares[p, 0],
+            result.labels,
+            title=f"prompts in {lang}: top-{k} labels (final norm)",
+            xlabel="token label",
+            vmax=1.0,
+            annotate=False,
         )
-        return out
+        for p, lang in enumerate(result.languages)
+    ]
+    size = (0.35 * len(result.labels) + 2.5, 0.22 * result.shares.shape[2] + 2)
+    return save_heatmaps(path, panels, ncols=4, panel_size=size)
 
 
-def _texts(corpus, languages: Sequence[str], max_texts: int) -> dict[str, list[str]]:
-    from jlang.data.sources import read_documents
-
-    out = {}
-    for lang in languages:
-        docs = [d for d in read_documents(corpus[lang]) if isinstance(d, str)]
-        out[lang] = docs[:max_texts]
-    return out
+def first_text_rows(tokenizer, corpus: Corpus, languages: Sequence[str], max_texts: int, seq_len: int) -> TokenRows:
+    """The first `max_texts` texts of each language, BOS first, cut to `seq_len` tokens (group = language index)."""
+    bos = bos_ids(tokenizer)
+    token_lists, groups = [], []
+    for p, lang in enumerate(languages):
+        texts = [d for d in read_documents(corpus[lang]) if isinstance(d, str)][:max_texts]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            token_lists.append((bos + list(ids))[:seq_len])
+            groups.append(p)
+    return rows_from_token_lists(token_lists, [0] * len(token_lists), groups, pad_id=tokenizer.pad_token_id or 0)
 
 
 def logit_lens(
@@ -247,8 +296,6 @@ def logit_lens(
       where: "all" real positions, or the "last" token of each text.
       seq_len: texts are truncated to this many tokens (BOS included).
     """
-    from jlang.data.sources import Corpus
-
     if not isinstance(corpus, Corpus):
         corpus = Corpus(corpus)
     languages = list(languages or corpus.languages)
@@ -257,61 +304,37 @@ def logit_lens(
     if len(tagger.tags) != model.config.vocab_size:
         raise ValueError(f"the tagger covers {len(tagger.tags)} tokens but the model has {model.config.vocab_size}")
     t0 = time.perf_counter()
-    texts = _texts(corpus, languages, max_texts)
     tok = model.tokenizer
-    bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
-    token_lists, groups = [], []
-    for p, lang in enumerate(languages):
-        for ids in tok(texts[lang], add_special_tokens=False)["input_ids"]:
-            token_lists.append((bos + list(ids))[:seq_len])
-            groups.append(p)
-    rows = rows_from_token_lists(token_lists, [0] * len(token_lists), groups, pad_id=tok.pad_token_id or 0)
+    rows = first_text_rows(tok, corpus, languages, max_texts, seq_len)
     L, P, nl = model.num_layers, len(languages), len(tagger.labels)
     counts = np.zeros((P, len(VARIANTS), L, nl), np.float64)
     positions = np.zeros(P, np.int64)
-    top1: dict[int, dict[str, list[collections.Counter]]] = {
-        p: {v: [collections.Counter() for _ in range(L)] for v in VARIANTS} for p in range(P)
-    }
-    cache: dict = {}
-    plan = plan_batches(rows.lengths, batch_size, rows.ids.shape[1])
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    top1 = {p: {v: [collections.Counter() for _ in range(L)] for v in VARIANTS} for p in range(P)}
 
-        bar = tqdm(total=len(plan), desc="logit lens", unit="batch")
-    for idx, width in plan:
-        ids, valid = rows.ids[idx, :width], rows.attend[idx, :width]
-        if len(idx) < batch_size:
-            pad = batch_size - len(idx)
-            ids = np.concatenate([ids, np.zeros((pad, width), np.int32)])
-            valid = np.concatenate([valid, np.zeros((pad, width), bool)])
-        out = lens_top_k(model, ids, valid, k=k, where=where, vocab_chunk=vocab_chunk, edits=edits, _cache=cache)
-        for r, row in enumerate(idx):
-            p = int(rows.group[row])
-            keep = valid[r] if where == "all" else np.ones(1, bool)
-            positions[p] += int(keep.sum())
-            for vi, v in enumerate(VARIANTS):
-                sel = out[v][:, r][:, keep]  # [L, n, k]
-                tags = tagger.tags[sel]  # [L, n, k]
-                for l in range(L):
-                    counts[p, vi, l] += np.bincount(tags[l].ravel(), minlength=nl)
-                    top1[p][v][l].update(sel[l, :, 0].tolist())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    shares = counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1)
+    def fold_row(row: int, top: dict[str, np.ndarray], valid: np.ndarray) -> None:
+        p = int(rows.group[row])
+        keep = valid if where == "all" else np.ones(1, bool)
+        positions[p] += int(keep.sum())
+        for vi, v in enumerate(VARIANTS):
+            sel = top[v][:, keep]  # [L, n, k]
+            tags = tagger.tags[sel]  # [L, n, k]
+            for l in range(L):
+                counts[p, vi, l] += np.bincount(tags[l].ravel(), minlength=nl)
+                top1[p][v][l].update(sel[l, :, 0].tolist())
+
+    plan = plan_batches(rows.lengths, batch_size, rows.ids.shape[1])
+    lens = {"k": k, "where": where, "vocab_chunk": vocab_chunk, "edits": edits}
+    lens_rows(model, rows, plan, fold_row, batch_size=batch_size, desc="logit lens", progress=progress, **lens)
     decode = lambda i: tok.decode([i])
-    top1_out = {
-        languages[p]: {v: [[(decode(i), n) for i, n in c.most_common(5)] for c in top1[p][v]] for v in VARIANTS}
-        for p in range(P)
-    }
     return LensResult(
         languages=languages,
         labels=list(tagger.labels),
-        shares=shares,
+        shares=counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1),
         positions=positions,
-        top1=top1_out,
+        top1={
+            languages[p]: {v: [[(decode(i), n) for i, n in c.most_common(5)] for c in top1[p][v]] for v in VARIANTS}
+            for p in range(P)
+        },
         meta={
             "model": model.name,
             "k": k,

@@ -35,6 +35,7 @@ which sets the neurons to a typical high value of t).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,10 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
+from jlang import edits as edit_lib
+from jlang.data.corpora.gettext import ensure_default_corpus
+from jlang.io.report import FigureWriter, Report, new_figure, save_figure, save_heatmaps
 from jlang.masks import NeuronMasks
-from jlang.models.scoring import Scorer, TokenRows, rows_from_token_lists
+from jlang.models.scoring import TokenRows, continuation_rows, row_scorer
 from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = ["ClozeItem", "LSSResult", "cloze_items", "lss", "lss_rate", "read_parallel"]
@@ -68,8 +72,6 @@ class ClozeItem:
 def read_parallel(path: str | Path | None = None) -> list[dict[str, str]]:
     """Rows of a parallel JSONL file (`{"text": {lang: message}}`); default: the default corpus's held-out file."""
     if path is None:
-        from jlang.data.corpora.gettext import ensure_default_corpus
-
         path = ensure_default_corpus() / "parallel" / "heldout.jsonl"
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -102,30 +104,13 @@ def lss_rate(d_edit: np.ndarray, d_none: np.ndarray) -> float:
 
 
 def object_rows(tokenizer, items: Sequence[ClozeItem]) -> TokenRows:
-    """Rows `[prompt + obj_target, prompt + obj_base]` per item (2i, 2i+1); the object's tokens are scored.
-
-    The object starts where `tokenize(prompt + obj)` departs from `tokenize(prompt)` (their common prefix),
-    so a token merging the prompt's end with the object's start is scored.
-    """
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    prompts = tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]
-    texts = [s for it in items for s in (it.prompt + it.obj_target, it.prompt + it.obj_base)]
-    full = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    tokens, starts = [], []
-    for i, ids in enumerate(full):
-        p = prompts[i // 2]
-        common = 0
-        for a, b in zip(p, ids):
-            if a != b:
-                break
-            common += 1
-        tokens.append(bos + list(ids))
-        starts.append(len(bos) + common)
-    return rows_from_token_lists(tokens, starts, np.arange(len(full)) // 2, pad_id=tokenizer.pad_token_id or 0)
+    """Rows `[prompt + obj_target, prompt + obj_base]` per item (2i, 2i+1); the object's tokens are scored
+    (from where the text's tokens depart from the prompt's: `jlang.models.scoring.continuation_rows`)."""
+    return continuation_rows(tokenizer, [it.prompt for it in items], [(it.obj_target, it.obj_base) for it in items])
 
 
 @dataclass
-class LSSResult:
+class LSSResult(Report):
     """LSS per amplification factor and language pair.
 
     Attributes:
@@ -182,42 +167,58 @@ class LSSResult:
         """`"x2"` (scale) or `"+2·mu"` (additive)."""
         return f"+{f:g}·mu" if self.meta.get("intervention_kind") == "additive" else f"x{f:g}"
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` and `{prefix}.png` (one LSS heat map per strength, and mean LSS against the strength)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        panels = [
-            dict(
-                matrix=self.lss[i],
-                rows=self.bases,
-                cols=self.targets,
-                vmin=0.0,
-                vmax=1.0,
-                title=f"LSS, target's neurons {self.strength_label(f)}",
-                cbar_label="LSS",
-                fmt="{:.2f}",
-                xlabel="target (amplified) language",
-                ylabel="prompt language",
-            )
-            for i, f in enumerate(self.factors)
-        ]
-        out["png"] = save_heatmaps(
-            prefix.with_name(prefix.name + ".png"),
-            panels,
-            ncols=min(3, len(panels)),
-            panel_size=(0.5 * len(self.targets) + 3, 0.4 * len(self.bases) + 2),
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: one LSS heat map per strength; `{prefix}_sweep.png`: mean LSS against the strength."""
+        return {"": functools.partial(plot_lss, self), "sweep": functools.partial(plot_sweep, self)}
+
+
+def plot_lss(result: LSSResult, path: Path) -> Path:
+    """One heat map per strength: LSS, prompt language x target (amplified) language."""
+    panels = [
+        dict(
+            matrix=result.lss[i],
+            rows=result.bases,
+            cols=result.targets,
+            vmin=0.0,
+            vmax=1.0,
+            title=f"LSS, target's neurons {result.strength_label(f)}",
+            cbar_label="LSS",
+            fmt="{:.2f}",
+            xlabel="target (amplified) language",
+            ylabel="prompt language",
         )
-        fig = new_figure(4.5, 3.2)
-        ax = fig.add_subplot(1, 1, 1)
-        ax.plot(self.factors, self.mean_lss(), marker="o")
-        ax.set_xlabel(
-            "alpha (a += alpha·mu_t)" if self.meta.get("intervention_kind") == "additive" else "factor (a *= factor)"
-        )
-        ax.set_ylabel("mean LSS over pairs")
-        ax.set_ylim(0, 1)
-        ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-        out["sweep_png"] = save_figure(fig, prefix.with_name(prefix.name + "_sweep.png"))
-        return out
+        for i, f in enumerate(result.factors)
+    ]
+    size = (0.5 * len(result.targets) + 3, 0.4 * len(result.bases) + 2)
+    return save_heatmaps(path, panels, ncols=min(3, len(panels)), panel_size=size)
+
+
+def plot_sweep(result: LSSResult, path: Path) -> Path:
+    """Mean LSS over the pairs against the strength."""
+    fig = new_figure(4.5, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(result.factors, result.mean_lss(), marker="o")
+    additive = result.meta.get("intervention_kind") == "additive"
+    ax.set_xlabel("alpha (a += alpha·mu_t)" if additive else "factor (a *= factor)")
+    ax.set_ylabel("mean LSS over pairs")
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+    return save_figure(fig, path)
+
+
+def intervention_edits(masks: NeuronMasks, intervention: str, stats=None) -> Callable[[str, float], Any]:
+    """`(target, strength) -> Edits`: `a *= strength` ("scale") or `a += strength * mu_t` ("additive", `stats`)."""
+    if intervention == "scale":
+        return lambda target, factor: edit_lib.amplify(masks, target, factor)
+    if stats is None:
+        raise ValueError("intervention='additive' needs stats= (ActivationStats with mean activations)")
+    return lambda target, alpha: edit_lib.add(masks, target, stats, alpha)
+
+
+def in_mask_order(masks: NeuronMasks, languages) -> list[str]:
+    """The distinct `languages`, in the masks' order (languages the masks do not hold last, as first seen)."""
+    order = {l: i for i, l in enumerate(masks.languages)}
+    return sorted(dict.fromkeys(languages), key=lambda l: order.get(l, len(order)))
 
 
 def lss(
@@ -244,33 +245,22 @@ def lss(
         `edit_fn`: `(target, factor) -> edits` (default: from `intervention`). Both are
         seams for tests and for other interventions.
     """
-    from jlang import edits as E
-
     if score_fn is None:
-        scorer = Scorer(model, vocab_chunk=vocab_chunk)
-        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
+        score_fn = row_scorer(model, batch_size=batch_size, vocab_chunk=vocab_chunk)
     if intervention not in ("scale", "additive"):
         raise ValueError(f"intervention must be 'scale' or 'additive', got {intervention!r}")
     if edit_fn is None:
         masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
-        if intervention == "scale":
-            edit_fn = lambda target, factor: E.amplify(masks, target, factor)
-        else:
-            if stats is None:
-                raise ValueError("intervention='additive' needs stats= (ActivationStats with mean activations)")
-            edit_fn = lambda target, alpha: E.add(masks, target, stats, alpha)
-    order = {l: i for i, l in enumerate(masks.languages)}
-    by_mask_order = lambda langs: sorted(dict.fromkeys(langs), key=lambda l: order.get(l, len(order)))
-    bases = by_mask_order(it.base for it in items)
-    targets = by_mask_order(it.target for it in items)
+        edit_fn = intervention_edits(masks, intervention, stats)
+    bases = in_mask_order(masks, (it.base for it in items))
+    targets = in_mask_order(masks, (it.target for it in items))
     for t in targets:
         masks.index(t)
     t0 = time.perf_counter()
     tokenizer = model.tokenizer if model is not None else None
 
     def d_values(subset: Sequence[ClozeItem], edits) -> np.ndarray:
-        rows = object_rows(tokenizer, subset)
-        sums = np.asarray(score_fn(rows, edits), np.float64)
+        sums = np.asarray(score_fn(object_rows(tokenizer, subset), edits), np.float64)
         return sums[0::2] - sums[1::2]  # log P(obj_t) - log P(obj_b)
 
     F, B, T = len(factors), len(bases), len(targets)
@@ -278,33 +268,23 @@ def lss(
     shift = np.full((F, B, T), np.nan)
     d_none_m = np.full((B, T), np.nan)
     counts = np.zeros((B, T), np.int64)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(targets) * (F + 1), desc="LSS", unit="pass")
+    bar = tqdm(total=len(targets) * (F + 1), desc="LSS", unit="pass", disable=not progress)
     for j, t in enumerate(targets):
         subset = [it for it in items if it.target == t]
-        d0 = d_values(subset, None)
-        if bar is not None:
-            bar.update(1)
         pair = np.array([bases.index(it.base) for it in subset])
-        for i in range(B):
-            sel = pair == i
+        d0 = d_values(subset, None)
+        bar.update(1)
+        present = [(i, pair == i) for i in range(B) if (pair == i).any()]
+        for i, sel in present:
             counts[i, j] = int(sel.sum())
-            if sel.any():
-                d_none_m[i, j] = float(d0[sel].mean())
+            d_none_m[i, j] = float(d0[sel].mean())
         for f, factor in enumerate(factors):
             d1 = d_values(subset, edit_fn(t, factor))
-            for i in range(B):
-                sel = pair == i
-                if sel.any():
-                    out[f, i, j] = lss_rate(d1[sel], d0[sel])
-                    shift[f, i, j] = float((d1[sel] - d0[sel]).mean())
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            for i, sel in present:
+                out[f, i, j] = lss_rate(d1[sel], d0[sel])
+                shift[f, i, j] = float((d1[sel] - d0[sel]).mean())
+            bar.update(1)
+    bar.close()
     return LSSResult(
         bases=bases,
         targets=targets,

@@ -36,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from jlang.io.report import new_figure, save_figure, write_json
+from jlang import edits as edit_lib
+from jlang.analysis.langinfo import LANGUAGES
+from jlang.io.report import FigureWriter, Report, new_figure, save_figure
 from jlang.masks import NeuronMasks
-from jlang.models.scoring import Scorer, TokenRows, rows_from_token_lists
+from jlang.models.scoring import TokenRows, continuation_rows, row_scorer
 from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = [
@@ -53,25 +56,29 @@ __all__ = [
     "run_multiple_choice",
 ]
 
+# The languages whose names the prompts spell out (`jlang.analysis.langinfo`); other codes stand as they are.
 LANGUAGE_NAMES = {
-    "en": "English",
-    "zh": "Chinese",
-    "fr": "French",
-    "es": "Spanish",
-    "ru": "Russian",
-    "ja": "Japanese",
-    "de": "German",
-    "ar": "Arabic",
-    "ko": "Korean",
-    "id": "Indonesian",
-    "vi": "Vietnamese",
-    "hi": "Hindi",
-    "it": "Italian",
-    "pt": "Portuguese",
-    "nl": "Dutch",
-    "pl": "Polish",
-    "tr": "Turkish",
-    "sv": "Swedish",
+    c: LANGUAGES[c].name
+    for c in (
+        "en",
+        "zh",
+        "fr",
+        "es",
+        "ru",
+        "ja",
+        "de",
+        "ar",
+        "ko",
+        "id",
+        "vi",
+        "hi",
+        "it",
+        "pt",
+        "nl",
+        "pl",
+        "tr",
+        "sv",
+    )
 }
 DEFAULT_TEMPLATE = "{source_name}: {question}\n{target_name}:"
 DEFAULT_OPTION_TEMPLATE = " {option}"
@@ -167,42 +174,15 @@ def option_rows(
     template: str = DEFAULT_TEMPLATE,
     option_template: str = DEFAULT_OPTION_TEMPLATE,
 ) -> TokenRows:
-    """Rows `prompt + option` for every option of every item (row `i * O + o`, group `i`); the option's tokens are scored.
-
-    The option starts where `tokenize(prompt + option)` departs from `tokenize(prompt)` (their common
-    prefix, as `jlang.evals.lss.object_rows`), so a token merging the prompt's end with the option is scored.
-    """
+    """Rows `prompt + option` for every option of every item (row `i * O + o`, group `i`); the option's tokens
+    are scored (from where the text's tokens depart from the prompt's: `jlang.models.scoring.continuation_rows`)."""
     if not items:
         raise ValueError("no multiple-choice item to score")
     widths = {len(it.options) for it in items}
     if len(widths) != 1:
         raise ValueError(f"items have different numbers of options: {sorted(widths)}")
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    prompts = [prompt_text(it, template) for it in items]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    texts = [p + option_template.format(option=o) for p, it in zip(prompts, items) for o in it.options]
-    full = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    width = widths.pop()
-    tokens, starts = [], []
-    for r, ids in enumerate(full):
-        p = p_ids[r // width]
-        common = 0
-        for a, b in zip(p, ids):
-            if a != b:
-                break
-            common += 1
-        tokens.append(bos + list(ids))
-        starts.append(len(bos) + common)
-    return rows_from_token_lists(
-        tokens,
-        starts,
-        np.arange(len(full)) // width,
-        pad_id=tokenizer.pad_token_id or 0,
-    )
-
-
-def _subset(rows: TokenRows, sel: np.ndarray) -> TokenRows:
-    return TokenRows(rows.ids[sel], rows.attend[sel], rows.score[sel], rows.group[sel])
+    options = [[option_template.format(option=o) for o in it.options] for it in items]
+    return continuation_rows(tokenizer, [prompt_text(it, template) for it in items], options)
 
 
 def predict(logprob: np.ndarray, tokens: np.ndarray, nchars: np.ndarray, norm: str = "sum") -> np.ndarray:
@@ -279,8 +259,6 @@ class Condition:
 
 def condition_edits(masks: NeuronMasks, condition: Condition, language: str, stats=None):
     """The `Edits` of `condition` on `language`'s neurons (None for `none`), via `jlang.edits`."""
-    from jlang import edits as edit_lib
-
     if condition.kind == "none":
         return None
     if condition.kind == "deactivate":
@@ -296,7 +274,7 @@ def condition_edits(masks: NeuronMasks, condition: Condition, language: str, sta
 
 
 @dataclass
-class MCResult:
+class MCResult(Report):
     """Option log-probabilities and accuracies per edit condition and language pair.
 
     Attributes:
@@ -411,12 +389,9 @@ class MCResult:
         lines.append(f"| all | {n.sum()} | " + " | ".join(f"**{m:.3f}**" for m in mean) + " |")
         return "\n".join(lines)
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` (items and every option's log-prob) and `{prefix}.png` (accuracy bars)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        out["png"] = self.plot(prefix.with_name(prefix.name + ".png"))
-        return out
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: accuracy bars (`plot`)."""
+        return {"": self.plot}
 
     def plot(self, path: str | Path, norms: Sequence[str] = ("sum", "token")) -> Path:
         """Grouped bars: accuracy per pair (and over all items) for each condition; one panel per scoring."""
@@ -450,6 +425,45 @@ class MCResult:
 # ----------------------------------------------------------------------------- run
 
 
+def parse_conditions(conditions: Sequence[Condition | str]) -> list[Condition]:
+    """`Condition`s from conditions or their names; at least one, no name twice."""
+    conds = [c if isinstance(c, Condition) else Condition.parse(c) for c in conditions]
+    if not conds:
+        raise ValueError("no condition to score")
+    names = [c.name for c in conds]
+    if len(set(names)) != len(names):
+        raise ValueError(f"conditions repeat: {names}")
+    return conds
+
+
+def check_masks(model, masks: NeuronMasks | None, conditions: Sequence[Condition], items: Sequence[MCItem]) -> None:
+    """The masks fit the model and hold every language a condition edits (None only when no condition edits)."""
+    if masks is None:
+        if any(c.kind != "none" for c in conditions):
+            raise ValueError("conditions that edit neurons need masks=")
+        return
+    masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
+    for cond in conditions:
+        for lang in {getattr(it, cond.on) for it in items} if cond.kind != "none" else ():
+            masks.index(lang)  # names the masks' languages when one is missing
+
+
+def scoring_passes(
+    conditions: Sequence[Condition], items: Sequence[MCItem]
+) -> list[tuple[int, str | None, np.ndarray]]:
+    """(condition index, edited language or None, item indices) per scoring pass: one pass per condition and
+    edited language (the items whose answer, or question, is in that language)."""
+    passes = []
+    for c, cond in enumerate(conditions):
+        if cond.kind == "none":
+            passes.append((c, None, np.arange(len(items))))
+            continue
+        on = [getattr(it, cond.on) for it in items]
+        for lang in dict.fromkeys(on):
+            passes.append((c, lang, np.array([i for i, l in enumerate(on) if l == lang])))
+    return passes
+
+
 def run_multiple_choice(
     model,
     masks: NeuronMasks | None,
@@ -476,63 +490,29 @@ def run_multiple_choice(
       score_fn: `(rows, edits) -> float [rows]` summed option log-probs (default: `Scorer.row_sums`);
         `edit_fn`: `(condition, language) -> edits` (default: `condition_edits`). Seams for tests.
     """
-    conds = [c if isinstance(c, Condition) else Condition.parse(c) for c in conditions]
-    if not conds:
-        raise ValueError("no condition to score")
-    names = [c.name for c in conds]
-    if len(set(names)) != len(names):
-        raise ValueError(f"conditions repeat: {names}")
+    conds = parse_conditions(conditions)
     items = list(items)
     if edit_fn is None:
-        if masks is None and any(c.kind != "none" for c in conds):
-            raise ValueError("conditions that edit neurons need masks=")
-        if masks is not None:
-            masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
-            for cond in conds:
-                for lang in {getattr(it, cond.on) for it in items} if cond.kind != "none" else ():
-                    masks.index(lang)  # names the masks' languages when one is missing
+        check_masks(model, masks, conds, items)
         edit_fn = lambda cond, lang: condition_edits(masks, cond, lang, stats)
     if score_fn is None:
-        scorer = Scorer(model, vocab_chunk=vocab_chunk)
-        score_fn = lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
+        score_fn = row_scorer(model, batch_size=batch_size, vocab_chunk=vocab_chunk)
     rows = option_rows(model.tokenizer, items, template=template, option_template=option_template)
     N, O = len(items), len(items[0].options)
-    tokens = rows.scored_counts().reshape(N, O)
     nchars = np.array(
         [[len(option_template.format(option=o).strip()) for o in it.options] for it in items],
         np.int64,
     )
     logprob = np.full((len(conds), N, O), np.nan)
-    plan = []  # (condition index, language or None, item indices)
-    for c, cond in enumerate(conds):
-        if cond.kind == "none":
-            plan.append((c, None, np.arange(N)))
-            continue
-        langs = list(dict.fromkeys(getattr(it, cond.on) for it in items))
-        for lang in langs:
-            plan.append(
-                (
-                    c,
-                    lang,
-                    np.array([i for i, it in enumerate(items) if getattr(it, cond.on) == lang]),
-                )
-            )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(plan), desc="multiple choice", unit="pass")
+    passes = scoring_passes(conds, items)
+    bar = tqdm(total=len(passes), desc="multiple choice", unit="pass", disable=not progress)
     t0 = time.perf_counter()
-    for c, lang, idx in plan:
+    for c, lang, idx in passes:
         edits = None if lang is None else edit_fn(conds[c], lang)
         sel = (idx[:, None] * O + np.arange(O)[None, :]).ravel()
-        sums = np.asarray(score_fn(_subset(rows, sel), edits), np.float64)
-        logprob[c, idx] = sums.reshape(len(idx), O)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    pairs = list(dict.fromkeys((it.source, it.target) for it in items))
+        logprob[c, idx] = np.asarray(score_fn(rows.take(sel), edits), np.float64).reshape(len(idx), O)
+        bar.update(1)
+    bar.close()
     meta = {
         "model": getattr(model, "name", None),
         "template": template,
@@ -544,11 +524,11 @@ def run_multiple_choice(
         "reference": "option log-prob accuracy as lm-eval / tauimbz/lang-task-neuron intervention_tasks.py",
     }
     return MCResult(
-        pairs=pairs,
-        conditions=names,
+        pairs=list(dict.fromkeys((it.source, it.target) for it in items)),
+        conditions=[c.name for c in conds],
         items=items,
         logprob=logprob,
-        tokens=tokens,
+        tokens=rows.scored_counts().reshape(N, O),
         nchars=nchars,
         meta=meta,
     )

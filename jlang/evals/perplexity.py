@@ -32,18 +32,26 @@ the partial sums are added over the shards before the division
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
-from jlang.io.report import from_json_matrix, save_heatmaps, write_json
+from jlang import edits as edit_lib
+from jlang.data.pipeline import TokenizedCorpus, make_batches, tokenize_corpus
+from jlang.data.sources import Corpus
+from jlang.io.report import FigureWriter, Report, from_json_matrix, save_heatmaps
 from jlang.masks import NeuronMasks
+from jlang.models.decoder import Edits
 from jlang.models.scoring import Scorer, TokenRows, rows_from_batches
 from jlang.models.vocab import DEFAULT_CHUNK
+from jlang.parallel import distributed
 
 __all__ = ["PPLResult", "aggregate_nll", "nll_from_partials", "nll_partials", "ppl_matrix"]
 
@@ -51,12 +59,8 @@ NONE = "none"
 
 
 def nll_partials(logp_sum: np.ndarray, count: np.ndarray, group: np.ndarray, num_groups: int) -> dict[str, np.ndarray]:
-    """Per group, the additive parts of `aggregate_nll`: sums that add up over any split of the rows.
+    """Per group, the additive parts of `aggregate_nll` (same arguments): sums that add up over any split of the rows.
 
-    Args:
-      logp_sum: float `[N]` summed log-probabilities of each row's scored tokens.
-      count: int `[N]` scored tokens per row (rows with 0 are left out).
-      group: int `[N]` group (column) of each row.
     Returns:
       row_nll float64 `[G]` (sum of the rows' mean NLL), nll float64 `[G]` (total NLL), tokens int64 `[G]`,
       rows int64 `[G]`.
@@ -96,7 +100,7 @@ def aggregate_nll(logp_sum: np.ndarray, count: np.ndarray, group: np.ndarray, nu
 
 
 @dataclass
-class PPLResult:
+class PPLResult(Report):
     """A deactivation perplexity matrix: rows = conditions (`"none"` first), columns = evaluated languages.
 
     Attributes:
@@ -217,46 +221,11 @@ class PPLResult:
             meta=dict(d.get("meta", {})),
         )
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """Write `{prefix}.json` and `{prefix}.png` (ΔPPL and ΔNLL heat maps of the deactivated rows)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        rows = self.deactivated()
-        if rows and NONE in self.rows:
-            idx = [self.rows.index(r) for r in rows]
-            model = self.meta.get("model", "")
-            panels = [
-                dict(
-                    matrix=self.delta_ppl[idx],
-                    rows=rows,
-                    cols=self.columns,
-                    title=f"{model}: ΔPPL = PPL − PPL(none) (symmetric log colours)",
-                    cbar_label="ΔPPL",
-                    fmt="{:.1f}",
-                    diverging=True,
-                    symlog=1.0,
-                    xlabel="evaluated language",
-                    ylabel="deactivated language",
-                ),
-                dict(
-                    matrix=self.delta_nll[idx],
-                    rows=rows,
-                    cols=self.columns,
-                    title="ΔNLL = log(PPL / PPL_none)",
-                    cbar_label="ΔNLL (nats)",
-                    fmt="{:.2f}",
-                    diverging=True,
-                    xlabel="evaluated language",
-                    ylabel="deactivated language",
-                ),
-            ]
-            out["png"] = save_heatmaps(
-                prefix.with_name(prefix.name + ".png"),
-                panels,
-                ncols=2,
-                panel_size=(0.55 * len(self.columns) + 2.5, 0.45 * len(rows) + 2),
-            )
-        return out
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: ΔPPL and ΔNLL heat maps of the deactivated rows (none without a "none" row)."""
+        if not self.deactivated() or NONE not in self.rows:
+            return {}
+        return {"": functools.partial(plot_delta, self)}
 
     def table(self, which: str = "delta_ppl", fmt: str = "{:.2f}") -> str:
         """A markdown table of `which` ("ppl", "nll", "delta_ppl", "delta_nll", ...)."""
@@ -265,6 +234,34 @@ class PPLResult:
         for i, r in enumerate(self.rows):
             lines.append("| " + " | ".join([r] + [fmt.format(x) for x in m[i]]) + " |")
         return "\n".join(lines)
+
+
+def plot_delta(result: PPLResult, path: Path) -> Path:
+    """ΔPPL (symmetric log colours) and ΔNLL heat maps: deactivated language x evaluated language."""
+    rows = result.deactivated()
+    idx = [result.rows.index(r) for r in rows]
+    axes = {"rows": rows, "cols": result.columns, "xlabel": "evaluated language", "ylabel": "deactivated language"}
+    panels = [
+        dict(
+            matrix=result.delta_ppl[idx],
+            title=f"{result.meta.get('model', '')}: ΔPPL = PPL − PPL(none) (symmetric log colours)",
+            cbar_label="ΔPPL",
+            fmt="{:.1f}",
+            diverging=True,
+            symlog=1.0,
+            **axes,
+        ),
+        dict(
+            matrix=result.delta_nll[idx],
+            title="ΔNLL = log(PPL / PPL_none)",
+            cbar_label="ΔNLL (nats)",
+            fmt="{:.2f}",
+            diverging=True,
+            **axes,
+        ),
+    ]
+    size = (0.55 * len(result.columns) + 2.5, 0.45 * len(rows) + 2)
+    return save_heatmaps(path, panels, ncols=2, panel_size=size)
 
 
 def _check_languages(
@@ -280,6 +277,70 @@ def _check_languages(
     for r in rows:
         masks.index(r)  # raises UnknownLanguageError naming the mask's languages
     return columns, rows
+
+
+def plain_text_rows(
+    model,
+    corpus: Corpus,
+    columns: Sequence[str],
+    *,
+    batch_size: int,
+    seq_len: int,
+    mode: str,
+    max_tokens: int | None,
+    add_bos: bool | None,
+    progress: bool,
+) -> tuple[TokenizedCorpus, TokenRows]:
+    """The tokenized corpus and this data shard's rows of plain text (`make_batches` rows, group = column)."""
+    tok = tokenize_corpus(corpus, model.tokenizer, languages=list(columns), add_bos=add_bos, progress=progress)
+    paired = [l for l in columns if tok.has_pairs.get(l)]
+    if paired:
+        raise ValueError(
+            f"languages {paired} hold (prompt, response) pairs; ppl_matrix scores plain text (one text per line)"
+        )
+    shard, shards = distributed.data_shard(model.mesh)  # several processes: each scores its grain shard of the rows
+    batches = make_batches(
+        tok,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=mode,
+        max_tokens=max_tokens,
+        process_index=shard,
+        process_count=shards,
+    )
+    rows = rows_from_batches(batches)
+    per_column = np.bincount(rows.group, weights=rows.scored_counts(), minlength=len(columns))
+    empty = [l for l, n in zip(columns, distributed.sum_over_shards(per_column, model.mesh)) if n == 0]
+    if empty:
+        raise ValueError(
+            f"languages {empty} have no token to score (every text tokenizes to at most one token); "
+            "check the corpus and the tokenizer"
+        )
+    return tok, rows
+
+
+def condition_partials(
+    model,
+    rows: TokenRows,
+    num_columns: int,
+    conditions: Sequence[tuple[str, Edits | None]],
+    *,
+    batch_size: int,
+    vocab_chunk: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:
+    """`nll_partials` `[R, C]` of every condition (name, edits; None = no edit), summed over the data shards."""
+    scorer = Scorer(model, vocab_chunk=vocab_chunk)
+    plan = scorer.plan(rows, batch_size, sharded=True)  # a collective: every process, before any progress bar
+    counts = rows.scored_counts()
+    bar = tqdm(total=len(conditions) * len(plan), desc="ppl matrix", unit="batch", disable=not progress)
+    parts = []  # this shard's nll_partials per condition
+    for name, edits in conditions:
+        sums = scorer.row_sums(rows, edits, batch_size=batch_size, progress=bar, sharded=True, plan=plan)
+        parts.append(nll_partials(sums, counts, rows.group, num_columns))
+        bar.set_postfix(row=name)
+    bar.close()
+    return {k: distributed.sum_over_shards(np.stack([p[k] for p in parts]), model.mesh) for k in parts[0]}
 
 
 def ppl_matrix(
@@ -313,72 +374,34 @@ def ppl_matrix(
       vocab_chunk: vocabulary chunk of the log-softmax.
       max_tokens: per-language token cap (see `make_batches`).
     """
-    import jax
-
-    from jlang import edits as E
-    from jlang.data.pipeline import make_batches, tokenize_corpus
-    from jlang.data.sources import Corpus
-    from jlang.parallel import distributed
-
     if not isinstance(corpus, Corpus):
         corpus = Corpus(corpus)
     columns, deact = _check_languages(masks, corpus.languages, languages, deactivate)
     masks.check_fits(model.num_layers, model.num_neurons, model=model.name)
     t0 = time.perf_counter()
-    tok = tokenize_corpus(corpus, model.tokenizer, languages=columns, add_bos=add_bos, progress=progress)
-    paired = [l for l in columns if tok.has_pairs.get(l)]
-    if paired:
-        raise ValueError(
-            f"languages {paired} hold (prompt, response) pairs; ppl_matrix scores plain text (one text per line)"
-        )
-    mesh = model.mesh
-    shard, shards = distributed.data_shard(mesh)  # several processes: each scores its grain shard of the rows
-    batches = make_batches(
-        tok,
+    tok, rows = plain_text_rows(
+        model,
+        corpus,
+        columns,
         batch_size=batch_size,
         seq_len=seq_len,
         mode=mode,
         max_tokens=max_tokens,
-        process_index=shard,
-        process_count=shards,
+        add_bos=add_bos,
+        progress=progress,
     )
-    rows: TokenRows = rows_from_batches(batches)
-    counts = rows.scored_counts()
-    per_column = distributed.sum_over_shards(np.bincount(rows.group, weights=counts, minlength=len(columns)), mesh)
-    empty = [l for l, n in zip(columns, per_column) if n == 0]
-    if empty:
-        raise ValueError(
-            f"languages {empty} have no token to score (every text tokenizes to at most one token); "
-            "check the corpus and the tokenizer"
-        )
     prep_s = time.perf_counter() - t0
-
-    scorer = Scorer(model, vocab_chunk=vocab_chunk)
-    conditions = [NONE] + deact
-    plan = scorer.plan(rows, batch_size, sharded=True)  # a collective: every process, before `if progress`
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(conditions) * len(plan), desc="ppl matrix", unit="batch")
     t1 = time.perf_counter()
-    parts = []  # this shard's nll_partials per condition, summed over the shards at the end
-    for cond in conditions:
-        edits = None if cond == NONE else E.deactivate(masks, cond, value=edit_value)
-        sums = scorer.row_sums(rows, edits, batch_size=batch_size, progress=bar, sharded=True, plan=plan)
-        parts.append(nll_partials(sums, counts, rows.group, len(columns)))
-        if bar is not None:
-            bar.set_postfix(row=cond)
-    if bar is not None:
-        bar.close()
-    total = {k: distributed.sum_over_shards(np.stack([p[k] for p in parts]), mesh) for k in parts[0]}  # [R, C]
+    conditions = [(NONE, None)] + [(r, edit_lib.deactivate(masks, r, value=edit_value)) for r in deact]
+    total = condition_partials(
+        model, rows, len(columns), conditions, batch_size=batch_size, vocab_chunk=vocab_chunk, progress=progress
+    )
     agg = nll_from_partials(total)
-    nll, nll_token = agg["nll"], agg["nll_token"]
     return PPLResult(
-        rows=conditions,
+        rows=[name for name, _ in conditions],
         columns=columns,
-        nll=nll,
-        nll_token=nll_token,
+        nll=agg["nll"],
+        nll_token=agg["nll_token"],
         tokens=agg["tokens"][0],
         sequences=agg["rows"][0],
         meta={
@@ -394,7 +417,7 @@ def ppl_matrix(
             "max_tokens": max_tokens,
             "add_bos": tok.add_bos,
             "processes": jax.process_count(),
-            "batch_shards": shards,
+            "batch_shards": distributed.data_shard(model.mesh)[1],
             "corpus": {l: corpus[l].describe() for l in columns},
             "seconds": {"tokenize": prep_s, "score": time.perf_counter() - t1},
             "reference": "LAPE ppl.py (Tang et al. 2024); NJUNLP ppl.py (Zhang et al. 2025)",

@@ -1,4 +1,4 @@
-"""Language steering: deactivate the prompt language's neurons and/or activate a target's, and see what language comes out.
+"""Language steering: deactivate the prompt language's neurons and/or activate a target's; which language comes out?
 
 Protocol (LAPE `generation.py`, Tang et al. 2024; Language Arithmetics
 "language forcing", Gurgurov et al. 2025, `src/batch_generation.py`; methods.md
@@ -25,6 +25,7 @@ condition, and the generations themselves.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from jlang import edits as edit_lib
 from jlang.evals.langid import NO_LANGUAGE, Identifier
-from jlang.io.report import from_json_matrix, save_heatmaps, write_json
+from jlang.io.report import FigureWriter, Report, from_json_matrix, save_heatmaps
 from jlang.masks import NeuronMasks
+from jlang.models import generate as gen
 from jlang.models.decoder import Edits
 
 __all__ = [
@@ -57,7 +61,8 @@ Generator = Callable[[Sequence[str], "Edits | None"], list[str]]
 
 @dataclass(frozen=True)
 class Activation:
-    """How the target language's neurons are activated: `additive` (`a += strength * mu_t`) or `scale` (`a *= strength`)."""
+    """How the target language's neurons are activated: `additive` (`a += strength * mu_t`) or `scale`
+    (`a *= strength`)."""
 
     kind: str = "additive"
     strength: float = 1.0
@@ -84,21 +89,19 @@ def steering_edits(
     stats=None,
 ) -> Edits | None:
     """The edit of one condition: deactivate `source` (unless `deactivate_value` is None), then activate `target`."""
-    from jlang import edits as E
-
     parts = []
     if source is not None and deactivate_value is not None:
-        parts.append(E.deactivate(masks, source, value=deactivate_value))
+        parts.append(edit_lib.deactivate(masks, source, value=deactivate_value))
     if target is not None:
         if activation.kind == "scale":
-            parts.append(E.amplify(masks, target, activation.strength))
+            parts.append(edit_lib.amplify(masks, target, activation.strength))
         else:
             if stats is None:
                 raise ValueError("additive activation needs ActivationStats (the mean activation mu_t); pass stats=")
-            parts.append(E.add(masks, target, stats, activation.strength))
+            parts.append(edit_lib.add(masks, target, stats, activation.strength))
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else E.combine(parts[0], parts[1])
+    return parts[0] if len(parts) == 1 else edit_lib.combine(parts[0], parts[1])
 
 
 def steering_prompts(
@@ -122,35 +125,22 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def default_generator(
     model, *, max_new_tokens: int = 48, repetition_penalty: float = 1.1, stop: Sequence[str] = DEFAULT_STOP
 ) -> tuple[Generator, str]:
-    """(generate(prompts, edits) -> continuations, a description). Uses `jlang.models.generate.generate`
-    (KV cache, repetition penalty, stop strings), or `greedy` without the penalty on older checkouts."""
-    import jlang.models.generate as gen
+    """(generate(prompts, edits) -> continuations, a description): `jlang.models.generate.generate`, greedy, with
+    a KV cache, the repetition penalty and the stop strings."""
 
-    if hasattr(gen, "generate"):
-
-        def run(prompts, edits):
-            outs = gen.generate(
-                model,
-                list(prompts),
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-                repetition_penalty=repetition_penalty,
-                stop=tuple(stop),
-                edits=edits,
-            )
-            return [cut_at_stop(o, stop) for o in outs]
-
-        return (
-            run,
-            f"jlang.models.generate.generate(greedy, repetition_penalty={repetition_penalty}, stop={list(stop)})",
+    def run(prompts, edits):
+        outs = gen.generate(
+            model,
+            list(prompts),
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            repetition_penalty=repetition_penalty,
+            stop=tuple(stop),
+            edits=edits,
         )
+        return [cut_at_stop(o, stop) for o in outs]
 
-    def run_greedy(prompts, edits):  # pragma: no cover - older checkouts only
-        return [
-            cut_at_stop(o, stop) for o in gen.greedy(model, list(prompts), max_new_tokens=max_new_tokens, edits=edits)
-        ]
-
-    return run_greedy, "jlang.models.generate.greedy (no repetition penalty: generate() not available)"
+    return run, f"jlang.models.generate.generate(greedy, repetition_penalty={repetition_penalty}, stop={list(stop)})"
 
 
 def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targets: Sequence[str]) -> dict[str, Any]:
@@ -194,7 +184,7 @@ def tally(identified: Mapping[str, Sequence[str]], sources: Sequence[str], targe
 
 
 @dataclass
-class SteeringResult:
+class SteeringResult(Report):
     """Success rates of language steering.
 
     Attributes:
@@ -231,11 +221,11 @@ class SteeringResult:
 
     def per_target(self) -> dict[str, dict[str, float]]:
         """Per target language: mean success, control and lift over the sources."""
-        out = {}
-        for j, t in enumerate(self.targets):
-            col = lambda m: float(np.nanmean(m[:, j])) if np.isfinite(m[:, j]).any() else float("nan")
-            out[t] = {"success": col(self.success), "control": col(self.control), "lift": col(self.lift)}
-        return out
+        col = lambda m, j: float(np.nanmean(m[:, j])) if np.isfinite(m[:, j]).any() else float("nan")
+        return {
+            t: {"success": col(self.success, j), "control": col(self.control, j), "lift": col(self.lift, j)}
+            for j, t in enumerate(self.targets)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -280,64 +270,9 @@ class SteeringResult:
             **t,
         )
 
-    def save(self, path_prefix: str | Path) -> dict[str, Path]:
-        """`{prefix}.json` (with every generation) and `{prefix}.png` (success matrix; same-language shares)."""
-        prefix = Path(path_prefix)
-        out = {"json": write_json(prefix.with_name(prefix.name + ".json"), self.to_dict())}
-        act = self.meta.get("activation", {})
-        deact = self.meta.get("deactivate_value")
-        title = (
-            f"{self.meta.get('model', '')}: share identified as the target\n"
-            f"({'source := ' + str(deact) + ', ' if deact is not None else ''}"
-            f"target {act.get('kind', '')} x{act.get('strength', '')})"
-        )
-        panels = [
-            dict(
-                matrix=self.success,
-                rows=self.sources,
-                cols=self.targets,
-                vmin=0.0,
-                vmax=1.0,
-                title=title,
-                cbar_label="success rate",
-                fmt="{:.2f}",
-                xlabel="target (activated) language",
-                ylabel="prompt (deactivated) language",
-            ),
-            dict(
-                matrix=self.lift,
-                rows=self.sources,
-                cols=self.targets,
-                diverging=True,
-                vmin=-1.0,
-                vmax=1.0,
-                title="lift = success − share of t\nwithout activating t (control)",
-                cbar_label="lift",
-                fmt="{:.2f}",
-                xlabel="target (activated) language",
-                ylabel="prompt (deactivated) language",
-            ),
-            dict(
-                matrix=np.stack([self.baseline_same, self.deactivated_same], axis=1),
-                rows=self.sources,
-                cols=["no edit", "deactivated"],
-                vmin=0.0,
-                vmax=1.0,
-                title="share identified as\nthe prompt language",
-                cbar_label="share",
-                fmt="{:.2f}",
-                xlabel="condition",
-                ylabel="prompt language",
-            ),
-        ]
-        n = len(self.targets)
-        out["png"] = save_heatmaps(
-            prefix.with_name(prefix.name + ".png"),
-            panels,
-            ncols=3,
-            panel_size=(0.55 * n + 3, 0.45 * len(self.sources) + 2),
-        )
-        return out
+    def figures(self) -> dict[str, FigureWriter]:
+        """`{prefix}.png`: success matrix, lift over the control, same-language shares."""
+        return {"": functools.partial(plot_steering, self)}
 
     def table(self) -> str:
         lines = [
@@ -349,6 +284,45 @@ class SteeringResult:
             cells = [f(x) for x in self.success[i]] + [f(self.baseline_same[i]), f(self.deactivated_same[i])]
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def plot_steering(result: SteeringResult, path: Path) -> Path:
+    """Heat maps: success rate and lift (prompt x target language), and the same-language shares per prompt."""
+    act = result.meta.get("activation", {})
+    deact = result.meta.get("deactivate_value")
+    title = (
+        f"{result.meta.get('model', '')}: share identified as the target\n"
+        f"({'source := ' + str(deact) + ', ' if deact is not None else ''}"
+        f"target {act.get('kind', '')} x{act.get('strength', '')})"
+    )
+    pairs = {"rows": result.sources, "cols": result.targets, "fmt": "{:.2f}"}
+    pairs |= {"xlabel": "target (activated) language", "ylabel": "prompt (deactivated) language"}
+    panels = [
+        dict(matrix=result.success, vmin=0.0, vmax=1.0, title=title, cbar_label="success rate", **pairs),
+        dict(
+            matrix=result.lift,
+            diverging=True,
+            vmin=-1.0,
+            vmax=1.0,
+            title="lift = success − share of t\nwithout activating t (control)",
+            cbar_label="lift",
+            **pairs,
+        ),
+        dict(
+            matrix=np.stack([result.baseline_same, result.deactivated_same], axis=1),
+            rows=result.sources,
+            cols=["no edit", "deactivated"],
+            vmin=0.0,
+            vmax=1.0,
+            title="share identified as\nthe prompt language",
+            cbar_label="share",
+            fmt="{:.2f}",
+            xlabel="condition",
+            ylabel="prompt language",
+        ),
+    ]
+    size = (0.55 * len(result.targets) + 3, 0.45 * len(result.sources) + 2)
+    return save_heatmaps(path, panels, ncols=3, panel_size=size)
 
 
 def run_steering(
@@ -388,11 +362,7 @@ def run_steering(
             if deactivate_value is not None:
                 conditions.append((b, None, True))
         conditions += [(b, t, True) for t in targets if t != b]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(conditions), desc="steering", unit="condition")
+    bar = tqdm(total=len(conditions), desc="steering", unit="condition", disable=not progress)
     identified: dict[str, list[str]] = {}
     generations: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
@@ -405,10 +375,8 @@ def run_steering(
         langs = identify(outs)
         identified[key] = list(langs)
         generations[key] = [{"prompt": p, "output": o, "language": l} for p, o, l in zip(prompts[b], outs, langs)]
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     counts = tally(identified, sources, targets)
     info = {
         "deactivate_value": deactivate_value,
@@ -417,7 +385,8 @@ def run_steering(
         "conditions": len(conditions),
         "seconds": time.perf_counter() - t0,
         "no_language_label": NO_LANGUAGE,
-        "reference": "LAPE generation.py (Tang et al. 2024); Language Arithmetics batch_generation.py (Gurgurov et al. 2025)",
+        "reference": "LAPE generation.py (Tang et al. 2024); "
+        "Language Arithmetics batch_generation.py (Gurgurov et al. 2025)",
     }
     info.update(meta or {})
     return SteeringResult(sources=sources, targets=targets, generations=generations, meta=info, **counts)

@@ -50,7 +50,17 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["SCRIPT_LANGUAGES", "TokenTagger", "char_script", "text_script", "token_counts", "token_texts"]
+from jlang.data.pipeline import tokenize_corpus
+
+__all__ = [
+    "SCRIPT_LANGUAGES",
+    "TokenTagger",
+    "char_script",
+    "special_ids",
+    "text_script",
+    "token_counts",
+    "token_texts",
+]
 
 SCRIPT_LANGUAGES: dict[str, tuple[str, ...]] = {
     "Latin": (
@@ -182,7 +192,8 @@ def token_texts(tokenizer, vocab_size: int | None = None) -> list[str]:
     return tokenizer.batch_decode([[i] for i in range(n)])
 
 
-def _special_ids(tokenizer) -> set[int]:
+def special_ids(tokenizer) -> set[int]:
+    """The ids of special and added tokens (`<bos>`, `<unused3>`): never a language's or a keyword."""
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     return ids
@@ -190,8 +201,6 @@ def _special_ids(tokenizer) -> set[int]:
 
 def token_counts(corpus, tokenizer, languages: Sequence[str], vocab_size: int) -> np.ndarray:
     """int64 `[K, V]`: how often each token occurs in each language of `corpus` (no BOS/EOS)."""
-    from jlang.data.pipeline import tokenize_corpus
-
     tok = tokenize_corpus(corpus, tokenizer, languages=list(languages), add_bos=False, progress=False)
     return np.stack([np.bincount(tok.data[l].ids, minlength=vocab_size)[:vocab_size] for l in languages]).astype(
         np.int64
@@ -293,7 +302,7 @@ class TokenTagger:
         return cls.from_texts(
             texts,
             languages,
-            special_ids=_special_ids(tokenizer),
+            special_ids=special_ids(tokenizer),
             counts=counts,
             min_share=min_share,
             min_count=min_count,

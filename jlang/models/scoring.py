@@ -5,14 +5,18 @@ A row is a tokenized text (BOS first when the tokenizer has one) with two masks:
 the tokens whose log-probability counts. Position 0 is never scored: nothing
 predicts it (vLLM's `prompt_logprobs[0]` is `None`, and LAPE's and NJUNLP's
 `ppl.py` skip it); a token at position `j` is scored from the hidden state at
-`j - 1`, which must be a real token too.
+`j - 1`, which must be a real token too. Rows come from token lists
+(`rows_from_token_lists`), `make_batches` output (`rows_from_batches`), or prompts
+each followed by continuations whose tokens alone are scored (`continuation_rows`:
+the cloze objects of LSS, the options of a multiple-choice item).
 
 `Scorer` runs the forward with `output="hidden"` and takes the log-softmax of
 each next token over vocabulary chunks (`jlang.models.vocab.target_logprob`), so
 `[batch, seq, vocab]` logits never exist. It sorts rows by length and cuts
 batches of `batch_size` rows whose width is the batch's longest row rounded up
 to a power of two (>= 16): a handful of compiled shapes, little padding. Edits
-are arguments (data), so every edit condition reuses the same programs.
+are arguments (data), so every edit condition reuses the same programs. Batches are
+dispatched one ahead of the host's fold (`jlang.parallel.batch_loop.pipelined`).
 
 Several processes (`jlang.parallel.distributed`): by default every process passes the
 same rows, and each batch is split over all devices (the batches of a
@@ -26,18 +30,19 @@ their own rows.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from jlang import parallel
+from jlang.edits import identity
 from jlang.models.decoder import Edits, forward
 from jlang.models.families import ModelConfig
 from jlang.models.vocab import DEFAULT_CHUNK, target_logprob
 from jlang.parallel import distributed
-from jlang.parallel.batch_loop import bucket_width
+from jlang.parallel.batch_loop import bucket_width, pipelined
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,20 @@ class TokenRows:
         """int64 `[N]`: tokens that count in each row (scored, not at position 0, real predecessor)."""
         return effective_score(self.attend, self.score).sum(axis=1, dtype=np.int64)
 
+    def take(self, index: np.ndarray) -> TokenRows:
+        """The rows `index` (int `[n]` or bool `[N]`), in that order."""
+        return TokenRows(self.ids[index], self.attend[index], self.score[index], self.group[index])
+
+    def batch(self, index: np.ndarray, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """ids int32, attend bool `[size, width]` of rows `index`, padded with empty rows (and columns past the
+        rows' width): one compiled shape for every batch of a plan."""
+        ids = np.zeros((size, width), np.int32)
+        attend = np.zeros((size, width), bool)
+        w = min(width, self.ids.shape[1])
+        ids[: len(index), :w] = self.ids[index, :w]
+        attend[: len(index), :w] = self.attend[index, :w]
+        return ids, attend
+
 
 def effective_score(attend: np.ndarray, score: np.ndarray) -> np.ndarray:
     """bool `[N, T]`: `score` without position 0 and without tokens whose predecessor is not real."""
@@ -96,6 +115,42 @@ def rows_from_token_lists(
         attend[i, : len(toks)] = True
         score[i, start : len(toks)] = True
     return TokenRows(ids, attend, score, np.asarray(group, np.int32))
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """`[bos_token_id]`, or `[]` for a tokenizer without one: what each scored text starts with."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [bos] if bos is not None else []
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """The number of leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def continuation_rows(tokenizer, prompts: Sequence[str], continuations: Sequence[Sequence[str]]) -> TokenRows:
+    """Rows `prompt_i + c` for the `n` continuations `c` of every prompt (row `i * n + j`, group `i`); BOS first
+    when the tokenizer has one; each continuation's tokens are scored.
+
+    A continuation starts where `tokenize(prompt + c)` departs from `tokenize(prompt)` (their common prefix),
+    so a token merging the prompt's end with the continuation's start is scored.
+    """
+    widths = {len(c) for c in continuations}
+    if len(widths) > 1:
+        raise ValueError(f"prompts have different numbers of continuations: {sorted(widths)}")
+    n = widths.pop() if widths else 1
+    bos = bos_ids(tokenizer)
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    texts = [p + c for p, conts in zip(prompts, continuations) for c in conts]
+    full = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    tokens = [bos + list(ids) for ids in full]
+    starts = [len(bos) + common_prefix(prompt_ids[r // n], ids) for r, ids in enumerate(full)]
+    return rows_from_token_lists(tokens, starts, np.arange(len(full)) // n, pad_id=tokenizer.pad_token_id or 0)
 
 
 def rows_from_batches(batches: Iterable[Mapping[str, np.ndarray]]) -> TokenRows:
@@ -150,14 +205,23 @@ def merge_plans(plans: Sequence[list[tuple[np.ndarray, int]]], shard: int) -> li
     return out
 
 
-def _batch(rows: TokenRows, idx: np.ndarray, width: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """ids, attend `[batch, width]` of rows `idx`, padded with empty rows (and columns past the rows' width)."""
-    ids = np.zeros((batch, width), np.int32)
-    attend = np.zeros((batch, width), bool)
-    w = min(width, rows.ids.shape[1])
-    ids[: len(idx), :w] = rows.ids[idx, :w]
-    attend[: len(idx), :w] = rows.attend[idx, :w]
-    return ids, attend
+def place_token_rows(model, ids: np.ndarray, mask: np.ndarray, *, sharded: bool = False) -> tuple:
+    """Token rows on `model`'s devices: ids, positions int32 and `mask` bool `[rows', seq]`, placed.
+
+    Rows are padded with empty rows (id 0, mask False) so the mesh divides them, positions are
+    `0..seq-1`. Default: every process passes the same rows (`distributed.place_whole_batch`); with
+    `sharded`, each process passes its own share of the global batch (`Model.place_batch`).
+    """
+    ids = model.check_ids(ids)
+    b, t = ids.shape
+    rows = distributed.local_batch_rows(b, model.mesh) if sharded else parallel.pad_batch_to(b, model.mesh)
+    mask = np.asarray(mask, bool)
+    if rows != b:
+        ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
+        mask = np.concatenate([mask, np.zeros((rows - b, t), bool)])
+    positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
+    place = model.place_batch if sharded else functools.partial(distributed.place_whole_batch, model)
+    return place(ids), place(positions), place(mask)
 
 
 def _token_logprobs(params, ids, positions, attend, edits, *, cfg: ModelConfig, chunk: int):
@@ -181,13 +245,11 @@ class Scorer:
         self._identity: Edits | None = None
 
     def _edits(self, edits: Edits | None) -> Edits:
-        if edits is None:
-            from jlang.edits import identity
-
-            if self._identity is None:
-                self._identity = identity((self.model.num_layers, self.model.num_neurons))
-            return self._identity
-        return edits
+        if edits is not None:
+            return edits
+        if self._identity is None:
+            self._identity = identity((self.model.num_layers, self.model.num_neurons))
+        return self._identity
 
     def token_logprobs(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None = None) -> np.ndarray:
         """float32 `[batch, seq - 1]` log-probabilities of tokens 1.. of one batch (no bucketing; the same rows
@@ -220,30 +282,23 @@ class Scorer:
         """
         total = np.zeros(len(rows), np.float64)
         score = effective_score(rows.attend, rows.score)
-        pending = None
-        for idx, width in plan if plan is not None else self.plan(rows, batch_size, sharded=sharded):
-            ids, attend = _batch(rows, idx, width, batch_size)  # keep the compiled batch shape
-            out = self._dispatch(ids, attend, edits, sharded=sharded)
-            if pending is not None:  # fold the previous batch while this one runs
-                self._fold(total, score, *pending, sharded=sharded)
-            pending = (idx, width, out)
+
+        def dispatch(batch: tuple[np.ndarray, int]):
+            idx, width = batch
+            ids, attend = rows.batch(idx, width, batch_size)  # keep the compiled batch shape
+            return self._dispatch(ids, attend, edits, sharded=sharded)
+
+        def fold(_: int, batch: tuple[np.ndarray, int], out) -> None:
+            self._fold(total, score, *batch, out, sharded=sharded)
             if progress is not None:
                 progress.update(1)
-        if pending is not None:
-            self._fold(total, score, *pending, sharded=sharded)
+
+        pipelined(plan if plan is not None else self.plan(rows, batch_size, sharded=sharded), dispatch, fold)
         return total
 
     def _dispatch(self, ids: np.ndarray, attend: np.ndarray, edits: Edits | None, *, sharded: bool):
-        model = self.model
-        ids = model.check_ids(ids)
-        b, t = ids.shape
-        rows = distributed.local_batch_rows(b, model.mesh) if sharded else parallel.pad_batch_to(b, model.mesh)
-        if rows != b:
-            ids = np.concatenate([ids, np.zeros((rows - b, t), np.int32)])
-            attend = np.concatenate([attend, np.zeros((rows - b, t), bool)])
-        positions = np.broadcast_to(np.arange(t, dtype=np.int32), ids.shape).copy()
-        place = model.place_batch if sharded else functools.partial(distributed.place_whole_batch, model)
-        return self._step(model.params, place(ids), place(positions), place(attend), self._edits(edits))
+        placed = place_token_rows(self.model, ids, attend, sharded=sharded)
+        return self._step(self.model.params, *placed, self._edits(edits))
 
     def _fold(self, total: np.ndarray, score: np.ndarray, idx: np.ndarray, width: int, out, *, sharded: bool) -> None:
         host = distributed.local_rows(out, self.model.mesh) if sharded else parallel.to_host(out)
@@ -254,3 +309,11 @@ class Scorer:
     def num_batches(self, rows: TokenRows, batch_size: int, *, sharded: bool = False) -> int:
         """Batches `row_sums` runs (with `sharded`, a collective)."""
         return len(self.plan(rows, batch_size, sharded=sharded))
+
+
+def row_scorer(
+    model, *, batch_size: int, vocab_chunk: int = DEFAULT_CHUNK
+) -> Callable[[TokenRows, Edits | None], np.ndarray]:
+    """`(rows, edits) -> float64 [N]` summed scored log-probabilities (`Scorer.row_sums`): the evaluations' default."""
+    scorer = Scorer(model, vocab_chunk=vocab_chunk)
+    return lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)

@@ -1,17 +1,26 @@
-"""Markdown report, JSON and plots of a `jlang.analysis.compare.core.Comparison` (matplotlib Agg, no pyplot state)."""
+"""Markdown report, JSON and plots of a `jlang.analysis.compare.core.Comparison` (matplotlib Agg, no pyplot state).
+
+`ComparisonReport` is the comparison as a `jlang.io.report.Report`; `write_outputs` lays it out in a
+directory: `compare.json`, one PNG per figure (`types.png`, `overlap.png`, `delta_p.png`, `stages.png`,
+`spontaneous.png`) and `report.md`.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jlang.analysis.compare.core import STAGE_NAMES, TYPE_NAMES, Comparison, LayerProfile
-from jlang.io.report import draw_heatmap, new_figure, save_figure, write_json
+from jlang.analysis.compare.core import Comparison
+from jlang.analysis.compare.neurons import TYPE_NAMES
+from jlang.analysis.compare.profile import STAGE_NAMES, LayerProfile
+from jlang.io.report import FigureWriter, Report, draw_heatmap, new_figure, save_figure, write_json, write_text
 
 __all__ = [
+    "ComparisonReport",
     "draw_profile",
     "plot_type_counts",
     "report_markdown",
@@ -38,20 +47,11 @@ def plot_types(result: Comparison, path: Path) -> Path:
     for i, t in enumerate(("specific", "related", "general")):
         ax = fig.add_subplot(1, 3, i + 1)
         idx = TYPE_NAMES.index(t)
-        ax.plot(
-            layers,
-            result.type_counts_base[idx],
-            "o-",
-            color=_COLORS["base"],
-            label="base",
-        )
-        ax.plot(
-            layers,
-            result.type_counts_aligned[idx],
-            "s--",
-            color=_COLORS["aligned"],
-            label="aligned",
-        )
+        for which, counts, style in (
+            ("base", result.type_counts_base, "o-"),
+            ("aligned", result.type_counts_aligned, "s--"),
+        ):
+            ax.plot(layers, counts[idx], style, color=_COLORS[which], label=which)
         ax.set_title(f"{t} neurons per layer", fontsize=10)
         ax.set_xlabel("layer")
         ax.set_ylabel("neurons")
@@ -158,10 +158,11 @@ def plot_delta(result: Comparison, path: Path) -> Path:
 
 
 def draw_profile(ax, profile: LayerProfile, title: str) -> None:
+    """One checkpoint's per-layer curves on `ax`, its stages shaded and numbered."""
     layers = np.arange(profile.num_layers)
     edges = [0, *profile.boundaries, profile.num_layers]
     shades = ["#e8f0fb", "#eaf6e9", "#fdf1e3", "#f6e8f4"]
-    for s, st in enumerate(profile.stages()):
+    for s in range(len(profile.stages())):
         ax.axvspan(edges[s] - 0.5, edges[s + 1] - 0.5, color=shades[s % len(shades)], zorder=0)
         ax.text(
             (edges[s] + edges[s + 1] - 1) / 2,
@@ -211,7 +212,8 @@ def draw_profile(ax, profile: LayerProfile, title: str) -> None:
 
 
 def plot_stages(result: Comparison, path: Path) -> Path:
-    """Per-layer curves with the segmented stages shaded (1 understanding, 2 shared, 3 output transformation, 4 vocabulary)."""
+    """Per-layer curves with the segmented stages shaded (1 understanding, 2 shared, 3 output transformation,
+    4 vocabulary)."""
     fig = new_figure(13, 4.6)
     for i, (name, prof) in enumerate((("base", result.profile_base), ("aligned", result.profile_aligned))):
         draw_profile(
@@ -253,19 +255,6 @@ def plot_spontaneous(result: Comparison, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
-
-
-def save_plots(result: Comparison, out: Path) -> dict[str, Path]:
-    out = Path(out)
-    paths = {
-        "types": plot_types(result, out / "types.png"),
-        "overlap": plot_overlap(result, out / "overlap.png"),
-        "delta_p": plot_delta(result, out / "delta_p.png"),
-        "stages": plot_stages(result, out / "stages.png"),
-    }
-    if result.spontaneous is not None:
-        paths["spontaneous"] = plot_spontaneous(result, out / "spontaneous.png")
-    return paths
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -331,20 +320,10 @@ def spontaneous_verdict(sp: Mapping[str, Any]) -> str:
     return text
 
 
-def report_markdown(
-    result: Comparison,
-    *,
-    title: str | None = None,
-    preamble: str = "",
-    figures: bool = True,
-) -> str:
-    m = result.meta
-    h = result.headline()
-    langs = result.languages
-    lines = [
-        f"# {title or 'Base vs aligned: language neurons'}",
-        "",
-        *([preamble.rstrip(), ""] if preamble else []),
+def intro_section(result: Comparison) -> list[str]:
+    """What was compared, on which tokens, with which ternary settings."""
+    m, langs = result.meta, result.languages
+    return [
         f"Base `{m.get('base')}` vs aligned `{m.get('aligned')}`, {result.num_layers} layers x {result.num_neurons} "
         f"neurons, statistics on the same {int(result.tokens.sum()):,} tokens ({m.get('split', '?')} split of corpus "
         f"`{m.get('corpus', '?')}`, {m.get('mode', '?')} mode; "
@@ -353,22 +332,26 @@ def report_markdown(
         f"{m.get('top_rate')}, λ {m.get('lam')}: base λ = {_f(result.lambda_base, '{:.4f}')}, aligned λ = "
         f"{_f(result.lambda_aligned, '{:.4f}')}). General = `p_k > τ` for every language (τ base "
         f"{_f(result.tau_base, '{:.4f}')}, aligned {_f(result.tau_aligned, '{:.4f}')}).",
-        "",
+    ]
+
+
+def headline_section(result: Comparison) -> list[str]:
+    """The headline numbers as a bullet list."""
+    h, langs = result.headline(), result.languages
+    weakest = langs[int(np.nanargmin(np.nan_to_num(result.own_jaccard, nan=2)))]
+    lines = [
         "## Headline",
         "",
         "- neurons by type, base → aligned: "
         + ", ".join(f"{t} {h['types_base'][t]} → {h['types_aligned'][t]}" for t in ("specific", "related", "general"))
         + ".",
-        (
-            f"- each language's neuron set, base vs aligned: mean Jaccard **{_f(h['mean_own_jaccard'])}** "
-            f"(min {_f(np.nanmin(result.own_jaccard))} {langs[int(np.nanargmin(np.nan_to_num(result.own_jaccard, nan=2)))]})."
-        ),
-        (
-            f"- overlap between languages (mean off-diagonal Jaccard): base {_f(h['mean_cross_jaccard_base'])}, aligned "
-            f"{_f(h['mean_cross_jaccard_aligned'])}."
-        ),
+        f"- each language's neuron set, base vs aligned: mean Jaccard **{_f(h['mean_own_jaccard'])}** "
+        f"(min {_f(np.nanmin(result.own_jaccard))} {weakest}).",
+        f"- overlap between languages (mean off-diagonal Jaccard): base {_f(h['mean_cross_jaccard_base'])}, "
+        f"aligned {_f(h['mean_cross_jaccard_aligned'])}.",
         f"- mean |Δp| over all neurons and languages: **{_f(h['mean_abs_dp'], '{:.5f}')}**.",
-        f"- four stages start at layers {[0, *h['stage_boundaries_base']]} (base) and {[0, *h['stage_boundaries_aligned']]} (aligned).",
+        f"- four stages start at layers {[0, *h['stage_boundaries_base']]} (base) and "
+        f"{[0, *h['stage_boundaries_aligned']]} (aligned).",
     ]
     if result.nll_base and result.nll_aligned:
         common = [l for l in langs if l in result.nll_base and l in result.nll_aligned]
@@ -376,16 +359,19 @@ def report_markdown(
         lines.append(f"- perplexity: mean ΔNLL over languages {dn:+.3f} nats (PPL x{np.exp(dn):.3f}).")
     if result.spontaneous is not None:
         lines += ["- spontaneous alignment: " + spontaneous_verdict(result.spontaneous)]
-    lines += [
-        "",
+    return lines
+
+
+def types_section(result: Comparison) -> list[str]:
+    """Neuron types per layer in both checkpoints, and the type changes."""
+    lines = [
         "## Neuron types per layer",
         "",
-        (
-            "specific = assigned to one language, related = 2..K−1, general = above τ for all K (the ternary "
-            "paper's language-agnostic neurons; AutoSweep keeps them out of the masks)."
-        ),
+        "specific = assigned to one language, related = 2..K−1, general = above τ for all K (the ternary "
+        "paper's language-agnostic neurons; AutoSweep keeps them out of the masks).",
         "",
-        "| layer | specific base | specific aligned | related base | related aligned | general base | general aligned |",
+        "| layer | specific base | specific aligned | related base | related aligned | general base "
+        "| general aligned |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     cb, ca = result.type_counts_base, result.type_counts_aligned
@@ -401,35 +387,38 @@ def report_markdown(
     ]
     for i, t in enumerate(TYPE_NAMES):
         lines.append(f"| {t} | " + " | ".join(str(int(x)) for x in result.transitions[i]) + " |")
-    if figures:
-        lines += ["", "![types per layer](types.png)"]
+    return lines
+
+
+def languages_section(result: Comparison) -> list[str]:
+    """Per language: its neuron sets in both checkpoints, their overlap and its shift."""
     aligned = set(result.aligned_languages or [])
-    lines += [
-        "",
+    lines = [
         "## Each language's neurons before and after",
         "",
-        "| language | aligned on | tokens | neurons base | neurons aligned | shared | Jaccard | mean Δp on its base neurons | mean abs Δp |",
+        "| language | aligned on | tokens | neurons base | neurons aligned | shared | Jaccard "
+        "| mean Δp on its base neurons | mean abs Δp |",
         "|---|:-:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     mean_abs = result.delta["mean_abs"].mean(axis=1)
-    for k, l in enumerate(langs):
+    for k, l in enumerate(result.languages):
         lines.append(
             f"| {l} | {'yes' if l in aligned else ''} | {int(result.tokens[k]):,} | {result.set_sizes_base[k]} | "
             f"{result.set_sizes_aligned[k]} | {result.set_intersection[k]} | {_f(result.own_jaccard[k])} | "
             f"{_f(result.own_shift[k], '{:+.4f}')} | {_f(mean_abs[k], '{:.5f}')} |"
         )
-    if figures:
-        lines += ["", "![overlaps](overlap.png)"]
+    return lines
+
+
+def shifts_section(result: Comparison) -> list[str]:
+    """The distribution of Δp per layer."""
     q = result.delta["quantiles"]
     levels = list(np.round(result.delta["quantile_levels"], 2))
-    lines += [
-        "",
+    lines = [
         "## Shifts in activation probability",
         "",
-        (
-            "Δp = p_aligned − p_base per neuron and language, on the same tokens (no sampling noise between the "
-            "two: every difference comes from the weights)."
-        ),
+        "Δp = p_aligned − p_base per neuron and language, on the same tokens (no sampling noise between the "
+        "two: every difference comes from the weights).",
         "",
         "| layer | mean abs Δp | 5% | 25% | median | 75% | 95% |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -440,11 +429,13 @@ def report_markdown(
             + " | ".join(f"{q[l, levels.index(x)]:+.4f}" for x in (0.05, 0.25, 0.5, 0.75, 0.95))
             + " |"
         )
-    if figures:
-        lines += ["", "![Δp](delta_p.png)"]
+    return lines
+
+
+def stages_section(result: Comparison) -> list[str]:
+    """How the stages are found, and both checkpoints' stages."""
     pb = result.profile_base
-    lines += [
-        "",
+    lines = [
         "## Four stages",
         "",
         f"Per layer: divergence = 1 − mean over language pairs of the correlation (over the layer's neurons) of their "
@@ -458,65 +449,112 @@ def report_markdown(
     ]
     if pb.note:
         lines += [pb.note, ""]
-    lines += stages_table({"base": result.profile_base, "aligned": result.profile_aligned})
-    if figures:
-        lines += ["", "![stages](stages.png)"]
+    return lines + stages_table({"base": result.profile_base, "aligned": result.profile_aligned})
+
+
+def spontaneous_section(sp: Mapping[str, Any]) -> list[str]:
+    """Did the languages outside the alignment set move: the verdict, per language and per group."""
+    lines = [
+        "## Spontaneous alignment",
+        "",
+        f"Aligned on: {', '.join(sp['aligned_languages'])}. Not used in alignment: {', '.join(sp['other_languages'])}.",
+        "",
+        spontaneous_verdict(sp),
+        "",
+        "That the other languages moved does not say why: training text of the evaluation's domain helps "
+        "every language alike; a control run (e.g. the same steps on English-only pairs) separates that "
+        "from cross-lingual transfer.",
+        "",
+        "| language | group | 1 − Jaccard | mean abs Δp | NLL base | NLL aligned | ΔNLL |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for l, r in sp["per_language"].items():
+        lines.append(
+            f"| {l} | {r['group']} | {_f(r['moved'])} | {_f(r['mean_abs_dp'], '{:.5f}')} | "
+            f"{_f(r.get('nll_base'))} | {_f(r.get('nll_aligned'))} | {_f(r.get('delta_nll'), '{:+.3f}')} |"
+        )
+    lines += [
+        "",
+        "| group | " + " | ".join(sp["measures"]) + " |",
+        "|---|" + "---:|" * len(sp["measures"]),
+    ]
+    for g in ("aligned", "other"):
+        lines.append(f"| {g} | " + " | ".join(_f(sp["groups"][g][x], "{:.4f}") for x in sp["measures"]) + " |")
+    lines.append("| other / aligned | " + " | ".join(_f(sp["ratio"][x], "{:.2f}") for x in sp["measures"]) + " |")
+    return lines
+
+
+def report_markdown(
+    result: Comparison,
+    *,
+    title: str | None = None,
+    preamble: str = "",
+    figures: bool = True,
+) -> str:
+    """The whole report: title, preamble, then one section per part of the comparison (with its figure)."""
+    sections = [
+        (headline_section(result), None),
+        (types_section(result), "![types per layer](types.png)"),
+        (languages_section(result), "![overlaps](overlap.png)"),
+        (shifts_section(result), "![Δp](delta_p.png)"),
+        (stages_section(result), "![stages](stages.png)"),
+    ]
     if result.spontaneous is not None:
-        sp = result.spontaneous
-        lines += [
-            "",
-            "## Spontaneous alignment",
-            "",
-            f"Aligned on: {', '.join(sp['aligned_languages'])}. Not used in alignment: {', '.join(sp['other_languages'])}.",
-            "",
-            spontaneous_verdict(sp),
-            "",
-            (
-                "That the other languages moved does not say why: training text of the evaluation's domain helps "
-                "every language alike; a control run (e.g. the same steps on English-only pairs) separates that "
-                "from cross-lingual transfer."
-            ),
-            "",
-            "| language | group | 1 − Jaccard | mean abs Δp | NLL base | NLL aligned | ΔNLL |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for l, r in sp["per_language"].items():
-            lines.append(
-                f"| {l} | {r['group']} | {_f(r['moved'])} | {_f(r['mean_abs_dp'], '{:.5f}')} | "
-                f"{_f(r.get('nll_base'))} | {_f(r.get('nll_aligned'))} | {_f(r.get('delta_nll'), '{:+.3f}')} |"
-            )
-        lines += [
-            "",
-            "| group | " + " | ".join(sp["measures"]) + " |",
-            "|---|" + "---:|" * len(sp["measures"]),
-        ]
-        for g in ("aligned", "other"):
-            lines.append(f"| {g} | " + " | ".join(_f(sp["groups"][g][x], "{:.4f}") for x in sp["measures"]) + " |")
-        lines.append("| other / aligned | " + " | ".join(_f(sp["ratio"][x], "{:.2f}") for x in sp["measures"]) + " |")
-        if figures:
-            lines += ["", "![spontaneous alignment](spontaneous.png)"]
-    secs = m.get("seconds")
+        sections.append((spontaneous_section(result.spontaneous), "![spontaneous alignment](spontaneous.png)"))
+    secs = result.meta.get("seconds")
     if secs:
-        lines += [
-            "",
-            "## Wall time",
-            "",
-            ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ".",
-        ]
+        sections.append((["## Wall time", "", ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + "."], None))
+    lines = [f"# {title or 'Base vs aligned: language neurons'}", ""]
+    lines += [preamble.rstrip(), ""] if preamble else []
+    lines += intro_section(result)
+    for section, figure in sections:
+        lines += ["", *section]
+        if figures and figure:
+            lines += ["", figure]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+class ComparisonReport(Report):
+    """A `Comparison` as a report: its JSON, its figures and its markdown (`title`, `preamble` after the title)."""
+
+    def __init__(self, result: Comparison, *, title: str | None = None, preamble: str = ""):
+        self.result, self.title, self.preamble = result, title, preamble
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.result.to_dict()
+
+    def figures(self) -> dict[str, FigureWriter]:
+        figures = {
+            "types": functools.partial(plot_types, self.result),
+            "overlap": functools.partial(plot_overlap, self.result),
+            "delta_p": functools.partial(plot_delta, self.result),
+            "stages": functools.partial(plot_stages, self.result),
+        }
+        if self.result.spontaneous is not None:
+            figures["spontaneous"] = functools.partial(plot_spontaneous, self.result)
+        return figures
+
+    def markdown(self) -> str:
+        return report_markdown(self.result, title=self.title, preamble=self.preamble)
+
+
+def save_plots(result: Comparison, out: str | Path) -> dict[str, Path]:
+    """`{out}/{figure}.png` for every figure of the comparison; returns figure name -> path."""
+    return {name: draw(Path(out) / f"{name}.png") for name, draw in ComparisonReport(result).figures().items()}
 
 
 def write_outputs(
     result: Comparison, out: str | Path, *, title: str | None = None, preamble: str = ""
 ) -> dict[str, Path]:
-    """Write `compare.json`, the PNGs and `report.md` under `out`."""
-    from jlang.io.atomic import atomic_file
-
+    """Write `compare.json`, the PNGs (`{figure}.png`) and `report.md` under `out` (the report names its figures
+    by file name, so the directory, not a prefix, holds them)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out / "compare.json", result.to_dict())}
+    report = ComparisonReport(result, title=title, preamble=preamble)
+    paths = {"json": write_json(out / "compare.json", report.to_dict())}
     paths.update(save_plots(result, out))
-    with atomic_file(out / "report.md") as tmp:
-        tmp.write_text(report_markdown(result, title=title, preamble=preamble), encoding="utf-8")
-    paths["report"] = out / "report.md"
+    paths["report"] = write_text(out / "report.md", report.markdown())
     return paths

@@ -1,4 +1,4 @@
-"""`jlang compare`: statistics of two checkpoints on the same token batches, then `jlang.analysis.compare.core` and a report.
+"""`jlang compare`: statistics of two checkpoints on the same token batches, then the comparison and a report.
 
     base model ──┐                                         ┌─ stats_base.npz, masks_base.npz, ppl_base.json
                  ├─ one tokenization, one batch layout ───┤
@@ -13,7 +13,7 @@ and batch settings is stored in both statistics (`meta["tokens_digest"]`) and
 checked by `jlang.analysis.compare.core.check_same_tokens`. The models are loaded one after the
 other, so peak memory is one model. With `reuse`, statistics and perplexities
 already in `out` that were made with the same settings and the same checkpoints
-are loaded instead of recomputed.
+are loaded instead of recomputed (`settings_key`, `reusable_stats`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,28 @@ from typing import Any, Literal
 
 import numpy as np
 
-from jlang.analysis.compare.core import CompareError, Comparison, compare
+from jlang.analysis.compare.core import Comparison, compare
+from jlang.analysis.compare.neurons import CompareError
+from jlang.analysis.compare.report import write_outputs
+from jlang.data.pipeline import make_batches, tokenize_corpus
+from jlang.data.sources import Corpus, read_documents, resolve_corpus
+from jlang.evals.perplexity import PPLResult, ppl_matrix
+from jlang.io.report import write_json
 from jlang.masks import NeuronMasks
+from jlang.methods import ternary
+from jlang.models.model import load_model
+from jlang.parallel import distributed
 from jlang.stats import ActivationStats
+from jlang.stats.collect import HOOK_POINT, run_stats
 
 __all__ = [
     "CompareConfig",
     "PPLOptions",
     "check_same_tokenizer",
+    "reusable_nll",
+    "reusable_stats",
     "run_compare",
+    "settings_key",
     "tokens_digest",
 ]
 
@@ -100,8 +113,6 @@ def tokens_digest(tokenized, settings: Mapping[str, Any]) -> str:
 
 def check_same_tokenizer(base_tok, aligned_tok, corpus, languages: Sequence[str], *, samples: int = 3) -> None:
     """The aligned checkpoint's tokenizer must encode the corpus like the base one (sample texts per language)."""
-    from jlang.data.sources import read_documents
-
     if aligned_tok is None:
         return  # the base tokenizer is used for both
     if len(base_tok) != len(aligned_tok):
@@ -125,10 +136,6 @@ def _stats_on(
     model, tokenized, *, batch_size: int, seq_len: int, mode: str, max_tokens: int | None, digest: str, progress: bool
 ) -> ActivationStats:
     """`collect_stats` on an already tokenized corpus (so two models see the very same rows)."""
-    from jlang.data.pipeline import make_batches
-    from jlang.parallel import distributed
-    from jlang.stats.collect import HOOK_POINT, run_stats
-
     mesh = model.mesh or distributed.default_mesh()
     if mesh is not None:
         model = model.with_mesh(mesh)
@@ -164,15 +171,14 @@ def _stats_on(
     )
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- reusing earlier results
 
 
-def _resolve_corpus(source: str, languages: Sequence[str] | None, split: str):
-    from jlang.data.sources import Corpus
-
-    if source == "default":
-        return Corpus.default(split=split, languages=list(languages) if languages else None)
-    return Corpus.from_dir(source, split=split, languages=list(languages) if languages else None)
+def _corpus(source: str, languages: Sequence[str] | None, split: str) -> Corpus:
+    """`resolve_corpus`, where no languages means every language of the corpus (`resolve_corpus` needs them)."""
+    if languages:
+        return resolve_corpus(source, languages, split)
+    return Corpus.default(split=split) if source == "default" else Corpus.from_dir(source, split=split)
 
 
 def _checkpoint_id(source: str) -> str:
@@ -183,8 +189,11 @@ def _checkpoint_id(source: str) -> str:
     return source
 
 
-def _settings_key(cfg: CompareConfig, which: str, languages: Sequence[str], *, ppl: bool = False) -> dict[str, Any]:
-    """What a stored statistics (or, with `ppl`, perplexity) file must have been made with to be reused."""
+def settings_key(cfg: CompareConfig, which: str, languages: Sequence[str], *, ppl: bool = False) -> dict[str, Any]:
+    """What a stored statistics (or, with `ppl`, perplexity) file must have been made with to be reused.
+
+    `which`: "base" or "aligned", the checkpoint.
+    """
     src = cfg.base if which == "base" else cfg.aligned
     key = {
         "checkpoint": _checkpoint_id(src),
@@ -209,7 +218,8 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _reusable_stats(out: Path, which: str, key: Mapping[str, Any]) -> ActivationStats | None:
+def reusable_stats(out: Path, which: str, key: Mapping[str, Any]) -> ActivationStats | None:
+    """`{out}/stats_{which}.npz` if it was made with `key` (`settings_key`), else None."""
     path = out / f"stats_{which}.npz"
     if not path.is_file():
         return None
@@ -217,7 +227,8 @@ def _reusable_stats(out: Path, which: str, key: Mapping[str, Any]) -> Activation
     return stats if stats.meta.get("compare_key") == _jsonable(key) else None
 
 
-def _reusable_nll(out: Path, which: str, key: Mapping[str, Any]) -> dict[str, float] | None:
+def reusable_nll(out: Path, which: str, key: Mapping[str, Any]) -> dict[str, float] | None:
+    """The per-language NLL of `{out}/ppl_{which}.json` if it was made with `key` (`settings_key(ppl=True)`)."""
     path = out / f"ppl_{which}.json"
     if not path.is_file():
         return None
@@ -231,27 +242,7 @@ def _ppl_seconds(path: Path) -> float | None:
     return float(sum(secs.values())) if isinstance(secs, dict) else None
 
 
-def _perplexity(
-    model, masks: NeuronMasks, corpus, languages: Sequence[str], opts: PPLOptions, add_bos: bool, progress: bool
-) -> tuple[dict[str, float], Any]:
-    """Mean NLL per language without edits (the "none" row of `ppl_matrix`)."""
-    from jlang.evals.perplexity import ppl_matrix
-
-    res = ppl_matrix(
-        model,
-        masks,
-        corpus,
-        languages=list(languages),
-        deactivate=[],
-        batch_size=opts.batch_size,
-        seq_len=opts.seq_len,
-        mode=opts.mode,
-        vocab_chunk=opts.vocab_chunk,
-        max_tokens=opts.max_tokens_per_language,
-        add_bos=add_bos,
-        progress=progress,
-    )
-    return {c: float(v) for c, v in zip(res.columns, res.nll[0])}, res
+# ----------------------------------------------------------------------------- one checkpoint
 
 
 @dataclasses.dataclass
@@ -279,19 +270,13 @@ class _Pass:
         }
 
 
-def _measure(p: _Pass, which: str, source: str) -> tuple[ActivationStats, dict[str, float] | None, NeuronMasks | None]:
-    """One checkpoint: (statistics, per-language NLL or None, the masks if computed), reusing files in `out` when allowed."""
-    import jlang
-    from jlang.data.pipeline import tokenize_corpus
-    from jlang.io.report import write_json
-    from jlang.methods import ternary
-    from jlang.parallel import distributed
-
+def _reused(
+    p: _Pass, which: str, key: Mapping[str, Any], ppl_key: Mapping[str, Any]
+) -> tuple[ActivationStats | None, dict[str, float] | None]:
+    """The statistics and per-language NLL of an earlier run in `out` that may be reused (None where not)."""
     cfg, out = p.cfg, p.out
-    key = _settings_key(cfg, which, p.languages)
-    ppl_key = _settings_key(cfg, which, p.languages, ppl=True)
-    stats = _reusable_stats(out, which, key) if cfg.reuse else None
-    nll = _reusable_nll(out, which, ppl_key) if cfg.reuse and cfg.ppl.enabled else None
+    stats = reusable_stats(out, which, key) if cfg.reuse else None
+    nll = reusable_nll(out, which, ppl_key) if cfg.reuse and cfg.ppl.enabled else None
     for name, hit in ((f"stats_{which}.npz", stats), (f"ppl_{which}.json", nll)):
         if hit is not None:
             p.log(f"{which}: reusing {out / name}")
@@ -301,71 +286,109 @@ def _measure(p: _Pass, which: str, source: str) -> tuple[ActivationStats, dict[s
         earlier = _ppl_seconds(out / f"ppl_{which}.json")
         if earlier is not None:
             p.timings[f"perplexity {which} (earlier run)"] = earlier
-    need_ppl = cfg.ppl.enabled and nll is None
-    if stats is not None and not need_ppl:
-        return stats, nll, None
+    return stats, nll
 
+
+def _load(p: _Pass, which: str, source: str):
+    """The checkpoint's model; its tokenizer must encode the corpus as the base checkpoint's does."""
     t = time.perf_counter()
     # an existing path is made absolute: orbax refuses to restore a jlang checkpoint from a relative one
     local = Path(source).expanduser()
-    model = jlang.load_model(
-        str(local.resolve()) if local.exists() else source,
-        dtype=cfg.dtype,
-        progress=p.progress,
-    )
+    model = load_model(str(local.resolve()) if local.exists() else source, dtype=p.cfg.dtype, progress=p.progress)
     p.timings[f"load {which}"] = time.perf_counter() - t
     if p.tokenizer is not None:
         check_same_tokenizer(p.tokenizer, model.tokenizer, p.corpus, p.languages)
     elif model.tokenizer is None:
         raise CompareError(f"{source} has no tokenizer; the base checkpoint must bring one")
     p.tokenizer = p.tokenizer or model.tokenizer
+    return model
+
+
+def _collect(p: _Pass, which: str, source: str, model, key: Mapping[str, Any]) -> ActivationStats:
+    """The checkpoint's statistics on the one tokenization (made by the first checkpoint that needs it), saved."""
+    cfg = p.cfg
+    if p.tokenized is None:
+        p.tokenized = tokenize_corpus(p.corpus, p.tokenizer, add_bos=cfg.add_bos, progress=p.progress)
+        settings = {
+            "batch_size": cfg.batch_size,
+            "seq_len": cfg.seq_len,
+            "mode": cfg.mode,
+            "max_tokens": cfg.max_tokens_per_language,
+        }
+        p.digest = tokens_digest(p.tokenized, settings)
+    t = time.perf_counter()
+    stats = _stats_on(
+        model,
+        p.tokenized,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        mode=cfg.mode,
+        max_tokens=cfg.max_tokens_per_language,
+        digest=p.digest,
+        progress=p.progress,
+    )
+    stats.meta.update(
+        compare_key=_jsonable(key),
+        checkpoint=source,
+        split=cfg.split,
+        corpus={l: p.corpus[l].describe() for l in p.languages},
+    )
+    p.timings[f"statistics {which}"] = stats.meta["seconds"] = time.perf_counter() - t
+    p.log(f"{which}: {int(stats.tokens.sum()):,} tokens counted in {p.timings[f'statistics {which}']:.0f} s")
+    if distributed.is_primary():
+        stats.save(p.out / f"stats_{which}.npz")
+    return stats
+
+
+def _perplexity(
+    p: _Pass, which: str, model, stats: ActivationStats, key: Mapping[str, Any]
+) -> tuple[dict[str, float], NeuronMasks]:
+    """Mean NLL per language without edits (the "none" row of `ppl_matrix`), saved; and the masks it needed."""
+    t = time.perf_counter()
+    masks = ternary(stats, **p.masks_kw)  # ppl_matrix wants masks; with no row deactivated they only fix the shape
+    opts = p.cfg.ppl
+    res: PPLResult = ppl_matrix(
+        model,
+        masks,
+        p.ppl_corpus,
+        languages=list(p.languages),
+        deactivate=[],
+        batch_size=opts.batch_size,
+        seq_len=opts.seq_len,
+        mode=opts.mode,
+        vocab_chunk=opts.vocab_chunk,
+        max_tokens=opts.max_tokens_per_language,
+        add_bos=p.cfg.add_bos,
+        progress=p.progress,
+    )
+    nll = {c: float(v) for c, v in zip(res.columns, res.nll[0])}
+    p.timings[f"perplexity {which}"] = time.perf_counter() - t
+    if distributed.is_primary():
+        write_json(
+            p.out / f"ppl_{which}.json", {**res.to_dict(), "nll_by_language": nll, "compare_key": _jsonable(key)}
+        )
+    return nll, masks
+
+
+def _measure(p: _Pass, which: str, source: str) -> tuple[ActivationStats, dict[str, float] | None, NeuronMasks | None]:
+    """One checkpoint: (statistics, per-language NLL or None, the masks if computed), reusing files in `out`
+    when allowed; the model is loaded only when something is missing."""
+    key = settings_key(p.cfg, which, p.languages)  # before loading: the key holds the checkpoint's mtime
+    ppl_key = settings_key(p.cfg, which, p.languages, ppl=True)
+    stats, nll = _reused(p, which, key, ppl_key)
+    need_ppl = p.cfg.ppl.enabled and nll is None
+    if stats is not None and not need_ppl:
+        return stats, nll, None
+    model = _load(p, which, source)
     if stats is None:
-        if p.tokenized is None:
-            p.tokenized = tokenize_corpus(p.corpus, p.tokenizer, add_bos=cfg.add_bos, progress=p.progress)
-            settings = {
-                "batch_size": cfg.batch_size,
-                "seq_len": cfg.seq_len,
-                "mode": cfg.mode,
-                "max_tokens": cfg.max_tokens_per_language,
-            }
-            p.digest = tokens_digest(p.tokenized, settings)
-        t = time.perf_counter()
-        stats = _stats_on(
-            model,
-            p.tokenized,
-            batch_size=cfg.batch_size,
-            seq_len=cfg.seq_len,
-            mode=cfg.mode,
-            max_tokens=cfg.max_tokens_per_language,
-            digest=p.digest,
-            progress=p.progress,
-        )
-        stats.meta.update(
-            compare_key=_jsonable(key),
-            checkpoint=source,
-            split=cfg.split,
-            corpus={l: p.corpus[l].describe() for l in p.languages},
-        )
-        p.timings[f"statistics {which}"] = stats.meta["seconds"] = time.perf_counter() - t
-        p.log(f"{which}: {int(stats.tokens.sum()):,} tokens counted in {p.timings[f'statistics {which}']:.0f} s")
-        if distributed.is_primary():
-            stats.save(out / f"stats_{which}.npz")
+        stats = _collect(p, which, source, model, key)
     masks = None
     if need_ppl:
-        t = time.perf_counter()
-        masks = ternary(stats, **p.masks_kw)  # ppl_matrix wants masks; with no row deactivated they only fix the shape
-        nll, res = _perplexity(model, masks, p.ppl_corpus, p.languages, cfg.ppl, cfg.add_bos, p.progress)
-        p.timings[f"perplexity {which}"] = time.perf_counter() - t
-        if distributed.is_primary():
-            write_json(
-                out / f"ppl_{which}.json",
-                {
-                    **res.to_dict(),
-                    "nll_by_language": nll,
-                    "compare_key": _jsonable(ppl_key),
-                },
-            )
+        nll, masks = _perplexity(p, which, model, stats, ppl_key)
     return stats, nll, masks
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def run_compare(
@@ -376,22 +399,19 @@ def run_compare(
     title: str | None = None,
     preamble: str = "",
 ) -> tuple[Comparison, dict[str, Path]]:
-    """Collect (or reuse) both checkpoints' statistics and perplexities, compare, and write everything under `cfg.out`.
+    """Collect (or reuse) both checkpoints' statistics and perplexities, compare, and write everything under
+    `cfg.out`.
 
     The models are loaded one after the other (peak memory: one model). `title` and
     `preamble` (markdown placed after the title) go into `report.md`. Returns the
     `Comparison` and the paths written (report, json, plots, statistics, masks).
     """
-    from jlang.analysis.compare.report import write_outputs
-    from jlang.methods import ternary
-    from jlang.parallel import distributed
-
     log = log or (lambda msg: print(f"[compare] {msg}", flush=True))
     if not cfg.aligned:
         raise CompareError("no aligned checkpoint given (--aligned / aligned:)")
     if cfg.stages < 1:
         raise CompareError(f"stages must be >= 1, got {cfg.stages}")
-    corpus = _resolve_corpus(cfg.corpus, cfg.languages, cfg.split)  # a bad corpus fails before any model loads
+    corpus = _corpus(cfg.corpus, cfg.languages, cfg.split)  # a bad corpus fails before any model loads
     languages = list(corpus.languages)
     if len(languages) < 2:
         raise CompareError(f"the comparison needs at least 2 languages, got {languages}")
@@ -400,7 +420,7 @@ def run_compare(
         raise CompareError(
             f"aligned languages {unknown} are not among the compared languages {languages}; add them with --languages"
         )
-    ppl_corpus = _resolve_corpus(cfg.corpus, languages, cfg.ppl.split) if cfg.ppl.enabled else None
+    ppl_corpus = resolve_corpus(cfg.corpus, languages, cfg.ppl.split) if cfg.ppl.enabled else None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     p = _Pass(cfg, corpus, ppl_corpus, languages, out, log, progress)

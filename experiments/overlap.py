@@ -9,7 +9,7 @@ Steps (everything under `config.out`):
    section (capped) into `{out}/lape`.
 2. `overlap.json|png`, `overlap_layers.png`: IoU of the language neuron sets overall and
    per layer, average-linkage clustering, relation to shared script / family / branch
-   (Mantel permutation tests; `jlang.analysis.overlap`, table `jlang.analysis.langinfo`).
+   (Mantel permutation tests; `jlang.analysis.overlap`, table `jlang.data.langinfo`).
 3. `specialization.json|png`: the neuron-specialisation counting of the Aya-23 study
    (Tan et al. 2024: 90 % cumulative activation frequency per layer, shared neurons
    removed, IoU per layer), counting `a > 0` at `mlp.act`.
@@ -118,7 +118,7 @@ def lape_neurons(cfg: OverlapConfig, log):
 
 def script_class_means(result) -> dict[str, float]:
     """Mean IoU of Latin–Latin, non-Latin–non-Latin and Latin–non-Latin pairs."""
-    from jlang.analysis.langinfo import script_of
+    from jlang.data.langinfo import script_of
 
     latin = [script_of(c) == "Latin" for c in result.languages]
     groups: dict[str, list[float]] = {
@@ -305,7 +305,7 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
         (
             "Does sharing a script (or family, or branch) go with sharing neurons? r = correlation over language pairs "
             "between IoU and the same-group indicator; p from a Mantel test (labels permuted among languages, "
-            f"{cfg.overlap.permutations} permutations, one-sided). Table: `jlang.analysis.langinfo`."
+            f"{cfg.overlap.permutations} permutations, one-sided). Table: `jlang.data.langinfo`."
         ),
         "",
         *relation_table(ov.relations),
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from jlang.analysis.langinfo import family_of, script_of
+    from jlang.data.langinfo import family_of, script_of
     from jlang.analysis.overlap import group_relation, overlap, specialization
     from jlang.io.report import save_heatmaps, write_json
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 import numpy as np
 
 from jlang import config as config_lib
+from jlang.data.langinfo import language_name
 
 LANGUAGES = ("en", "zh", "fr", "es", "ru", "ja", "de", "ar", "ko", "id", "vi", "hi")
 
@@ -82,24 +83,6 @@ class TernaryDefaultConfig:
     stages: StagesSection = StagesSection()
     lape_masks: str | None = "runs/lape_default/masks.npz"  # overlap with these LAPE neurons when the file exists
     reuse_stats: bool = True
-
-
-def language_name(code: str) -> str:
-    names = {
-        "en": "English",
-        "zh": "Chinese",
-        "fr": "French",
-        "es": "Spanish",
-        "ru": "Russian",
-        "ja": "Japanese",
-        "de": "German",
-        "ar": "Arabic",
-        "ko": "Korean",
-        "id": "Indonesian",
-        "vi": "Vietnamese",
-        "hi": "Hindi",
-    }
-    return names.get(code, code)
 
 
 def prompt_pairs(rows, languages, p: PromptSection) -> dict[str, list[tuple[str, str]]]:

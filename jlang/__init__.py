@@ -28,7 +28,7 @@ MOVED_MODULES = {
     "jlang.distributed": "jlang.parallel.distributed",
     "jlang.runs": "jlang.methods.chain",
     "jlang.generate": "jlang.models.generate",
-    "jlang.compare": "jlang.analysis.compare.core",
+    "jlang.compare": "jlang.analysis.compare",
     "jlang.compare_runner": "jlang.analysis.compare.run",
     "jlang.compare_report": "jlang.analysis.compare.report",
     "jlang.evals.vocab": "jlang.models.vocab",

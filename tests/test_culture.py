@@ -229,7 +229,7 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_demonstration_culture_corpus(tmp_path):
     pytest.importorskip("faker")
-    from jlang.analysis.langinfo import text_script_share
+    from jlang.data.langinfo import text_script_share
     from jlang.data.corpora.culture import build_culture_corpus, culture_corpus
 
     cultures = {"de_DE": "de", "ru_RU": "ru", "ja_JP": "ja", "en_GB": "en"}

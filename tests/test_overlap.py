@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from jlang.analysis import langinfo
+from jlang.data import langinfo
 from jlang.analysis.overlap import (
     average_linkage,
     cluster_order,

@@ -5,7 +5,7 @@
   specialisation counting of Tan et al. 2024 as used in the Aya-23 study.
 * `jlang.analysis.culture` -- culture neurons (Namazifard & Galke): compound,
   pure culture and generic masks from language and culture LAPE masks.
-* `jlang.analysis.langinfo` -- a built-in table of script and family per language code.
+* `jlang.data.langinfo` -- a built-in table of script and family per language code.
 * `jlang.analysis.compare` -- base vs aligned checkpoint on the same tokens.
 * `jlang.analysis.code_neurons`, `jlang.analysis.code_lens` -- programming-language neurons and the code logit lens.
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 from jlang.lazy import lazy_exports
 
 _EXPORTS = {
-    "LANGUAGES": "jlang.analysis.langinfo",
-    "LangInfo": "jlang.analysis.langinfo",
-    "family_of": "jlang.analysis.langinfo",
-    "script_of": "jlang.analysis.langinfo",
+    "LANGUAGES": "jlang.data.langinfo",
+    "LangInfo": "jlang.data.langinfo",
+    "family_of": "jlang.data.langinfo",
+    "script_of": "jlang.data.langinfo",
     "CultureError": "jlang.analysis.culture",
     "CultureMasks": "jlang.analysis.culture",
     "culture_masks": "jlang.analysis.culture",

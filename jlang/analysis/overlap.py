@@ -8,7 +8,7 @@
   `scipy.cluster.hierarchy.linkage(method="average")` is used when installed; a
   small NumPy UPGMA gives the same order otherwise (equal when no two distances tie).
 * **Script and family**: `group_relation` correlates each pair's IoU with "the two
-  languages share a script / family" (the built-in table `jlang.analysis.langinfo`)
+  languages share a script / family" (the built-in table `jlang.data.langinfo`)
   and tests it with a Mantel permutation test (language labels permuted, rows and
   columns together, so the dependence between pairs that share a language is kept).
 * **Neuron specialisation** (Tan et al. 2024, EMNLP, as used by the Aya-23 study,
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from jlang.analysis.langinfo import family_of, script_of
+from jlang.data.langinfo import family_of, script_of
 from jlang.io.report import FigureWriter, Report, new_figure, save_figure, save_heatmaps
 
 __all__ = [

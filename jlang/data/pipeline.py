@@ -97,6 +97,10 @@ class TokenizedCorpus:
         """Tokens per language (BOS/EOS included), before any cutting."""
         return {lang: int(self.data[lang].ids.size) for lang in self.languages}
 
+    def describe(self) -> dict[str, str]:
+        """language -> a short description, for metadata (the sources are no longer known)."""
+        return {lang: f"{n:,} tokens, tokenized before the pass" for lang, n in self.tokens().items()}
+
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text without special tokens (BOS/EOS are added explicitly by the caller)."""

@@ -341,21 +341,26 @@ class Corpus:
     @classmethod
     def default(cls, *, split: str = "train", languages: Sequence[str] | None = None) -> Corpus:
         """The packaged default corpus (gettext catalogs of PyPI packages), built on first use."""
-
         root = ensure_default_corpus()
         kept = _json.loads((root / "manifest.json").read_text(encoding="utf-8"))["languages"]
         return cls.from_dir(root, split=split, languages=list(languages) if languages is not None else kept)
 
 
-def resolve_corpus(source: str, languages, split: str = "train"):
-    """The packaged default corpus (`"default"`) or a directory of `{lang}.txt|.jsonl` files, as a `Corpus`."""
+def resolve_corpus(source: str, languages: Sequence[str] | None, split: str = "train") -> Corpus:
+    """The packaged default corpus (`"default"`) or a directory of `{lang}.txt|.jsonl` files, as a `Corpus`.
+
+    `languages`: which ones, in this order; None (or empty): every language the corpus has.
+    """
+    languages = list(languages) if languages else None
     if source == "default":
-        return Corpus.default(split=split, languages=list(languages))
-    return Corpus.from_dir(source, split=split, languages=list(languages))
+        return Corpus.default(split=split, languages=languages)
+    return Corpus.from_dir(source, split=split, languages=languages)
 
 
 def describe_corpus(corpus: Any) -> dict[str, str]:
     """language -> a short description of its source, for the metadata of statistics and checkpoints."""
+    if callable(getattr(corpus, "describe", None)):  # a TokenizedCorpus describes itself
+        return corpus.describe()
     out = {}
     for lang, source in getattr(corpus, "sources", corpus).items():
         if hasattr(source, "describe"):

@@ -39,14 +39,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jlang import edits as edit_lib
-from jlang.analysis.langinfo import LANGUAGES
+from jlang.data.langinfo import language_name
 from jlang.io.report import FigureWriter, Report, new_figure, save_figure
 from jlang.masks import NeuronMasks
 from jlang.models.scoring import TokenRows, continuation_rows, row_scorer
 from jlang.models.vocab import DEFAULT_CHUNK
 
 __all__ = [
-    "LANGUAGE_NAMES",
     "Condition",
     "MCItem",
     "MCResult",
@@ -56,30 +55,6 @@ __all__ = [
     "run_multiple_choice",
 ]
 
-# The languages whose names the prompts spell out (`jlang.analysis.langinfo`); other codes stand as they are.
-LANGUAGE_NAMES = {
-    c: LANGUAGES[c].name
-    for c in (
-        "en",
-        "zh",
-        "fr",
-        "es",
-        "ru",
-        "ja",
-        "de",
-        "ar",
-        "ko",
-        "id",
-        "vi",
-        "hi",
-        "it",
-        "pt",
-        "nl",
-        "pl",
-        "tr",
-        "sv",
-    )
-}
 DEFAULT_TEMPLATE = "{source_name}: {question}\n{target_name}:"
 DEFAULT_OPTION_TEMPLATE = " {option}"
 NORMS = ("sum", "token", "char")
@@ -151,10 +126,6 @@ def build_items(
         opts.insert(answer, a)
         items.append(MCItem(source, target, q, tuple(opts), answer, i))
     return items
-
-
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
 
 
 def prompt_text(item: MCItem, template: str = DEFAULT_TEMPLATE) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from jlang import parallel
 from jlang.evals.langid import Py3LangID
 from jlang.models.decoder import SPLICE_POINTS, KVCache, forward_cached, unembed
-from jlang.models.generate import eos_ids
+from jlang.models.generate import eos_ids, left_pad
 from jlang.models.generate import repetition_penalty as penalize_repeats
 from jlang.sae.lape import SAELapeFeatures
 from jlang.sae.model import SAE, SAEError

@@ -267,8 +267,9 @@ def collect_stats(
     Args:
       model: a `jlang.Model`.
       corpus: maps language code -> source (a .txt/.jsonl path, a LAPE token-id
-        file, a list of strings), or a `jlang.data.Corpus`. Token-id files need no
-        tokenizer; text does (the model's).
+        file, a list of strings), a `jlang.data.Corpus`, or a `TokenizedCorpus` (two
+        models then see the very same rows). Token-id files need no tokenizer; text
+        does (the model's).
       batch_size, seq_len: rows per batch (per process) and tokens per row.
       mesh: run under this `(data, model)` mesh (parameters are resharded onto it); default:
         the model's, else one over all processes' devices when there are several
@@ -291,7 +292,11 @@ def collect_stats(
     if mesh is not None:
         model = model.with_mesh(mesh)
     show = progress and distributed.is_primary()
-    tokenized = tokenize_corpus(corpus, model.tokenizer, add_bos=add_bos, progress=show)
+    tokenized = (
+        corpus
+        if isinstance(corpus, TokenizedCorpus)
+        else tokenize_corpus(corpus, model.tokenizer, add_bos=add_bos, progress=show)
+    )
     check_ids_fit(tokenized, model)  # a tokenizer that does not belong to the model fails here, by name
     shard, shards = distributed.data_shard(model.mesh)
     batches = make_batches(

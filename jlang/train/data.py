@@ -48,13 +48,13 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from jlang.data.langinfo import language_name
 from jlang.data.pipeline import tokenize_corpus
 from jlang.data.sources import Corpus, CorpusError
 from jlang.io.checkpoint import array_digest
 
 __all__ = [
     "DEFAULT_TEMPLATE",
-    "LANGUAGE_NAMES",
     "PairRows",
     "batch_dataset",
     "eval_batches",
@@ -68,39 +68,7 @@ __all__ = [
 
 DEFAULT_TEMPLATE = "Translate into {language}: {source}\n"
 
-# English names used in prompts ("Translate into French: ..."); an unknown code is used as it is.
-LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English",
-    "zh": "Chinese",
-    "fr": "French",
-    "es": "Spanish",
-    "ru": "Russian",
-    "ja": "Japanese",
-    "de": "German",
-    "ar": "Arabic",
-    "ko": "Korean",
-    "id": "Indonesian",
-    "vi": "Vietnamese",
-    "hi": "Hindi",
-    "it": "Italian",
-    "pt": "Portuguese",
-    "nl": "Dutch",
-    "tr": "Turkish",
-    "pl": "Polish",
-    "sv": "Swedish",
-    "th": "Thai",
-    "bn": "Bengali",
-    "sw": "Swahili",
-    "uk": "Ukrainian",
-    "cs": "Czech",
-    "fa": "Persian",
-}
-
 Pair = tuple[str, str]
-
-
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
 
 
 # ----------------------------------------------------------------------------- pairs

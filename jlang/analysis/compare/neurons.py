@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jlang.masks import NeuronMasks
-from jlang.methods.common import kthvalue, torch_round
+from jlang.methods.common import quantile_kthvalue
 from jlang.methods.ternary import ternary, ternary_probs
 from jlang.stats import ActivationStats
 
@@ -94,7 +94,7 @@ def model_neurons(
     p32 = ternary_probs(stats)
     tau = masks.meta.get("tau")
     if tau is None:
-        tau = float(kthvalue(p32, torch_round(p32.size * activation_bar_ratio)))
+        tau = float(quantile_kthvalue(p32, activation_bar_ratio))
     general = (p32 > np.float32(tau)).all(axis=0)
     types = neuron_types(masks.language_count(), general, stats.num_languages)
     return ModelNeurons(list(stats.languages), stats.probs, masks, float(tau), types)

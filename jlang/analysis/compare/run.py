@@ -32,8 +32,8 @@ import numpy as np
 from jlang.analysis.compare.core import Comparison, compare
 from jlang.analysis.compare.neurons import CompareError
 from jlang.analysis.compare.report import write_outputs
-from jlang.data.pipeline import make_batches, tokenize_corpus
-from jlang.data.sources import Corpus, read_documents, resolve_corpus
+from jlang.data.pipeline import tokenize_corpus
+from jlang.data.sources import read_documents, resolve_corpus
 from jlang.evals.perplexity import PPLResult, ppl_matrix
 from jlang.io.report import write_json
 from jlang.masks import NeuronMasks
@@ -41,7 +41,7 @@ from jlang.methods import ternary
 from jlang.models.model import load_model
 from jlang.parallel import distributed
 from jlang.stats import ActivationStats
-from jlang.stats.collect import HOOK_POINT, run_stats
+from jlang.stats.collect import collect_stats
 
 __all__ = [
     "CompareConfig",
@@ -132,53 +132,7 @@ def check_same_tokenizer(base_tok, aligned_tok, corpus, languages: Sequence[str]
                 )
 
 
-def _stats_on(
-    model, tokenized, *, batch_size: int, seq_len: int, mode: str, max_tokens: int | None, digest: str, progress: bool
-) -> ActivationStats:
-    """`collect_stats` on an already tokenized corpus (so two models see the very same rows)."""
-    mesh = model.mesh or distributed.default_mesh()
-    if mesh is not None:
-        model = model.with_mesh(mesh)
-    process_index, process_count = distributed.data_shard(model.mesh)
-    batches = make_batches(
-        tokenized,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        mode=mode,
-        max_tokens=max_tokens,
-        process_index=process_index,
-        process_count=process_count,
-    )
-    acc = run_stats(model, batches, len(batches.languages), total=len(batches), progress=progress)
-    return ActivationStats(
-        languages=list(batches.languages),
-        tokens=acc.tokens,
-        over_zero=acc.over_zero,
-        sum=acc.sum,
-        sum_sq=acc.sum_sq,
-        max=acc.max,
-        meta={
-            "model": model.name,
-            "family": model.family,
-            "source": model.source,
-            "hook_point": HOOK_POINT,
-            "mode": mode,
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "max_tokens": max_tokens,
-            "tokens_digest": digest,
-        },
-    )
-
-
 # ----------------------------------------------------------------------------- reusing earlier results
-
-
-def _corpus(source: str, languages: Sequence[str] | None, split: str) -> Corpus:
-    """`resolve_corpus`, where no languages means every language of the corpus (`resolve_corpus` needs them)."""
-    if languages:
-        return resolve_corpus(source, languages, split)
-    return Corpus.default(split=split) if source == "default" else Corpus.from_dir(source, split=split)
 
 
 def _checkpoint_id(source: str) -> str:
@@ -317,17 +271,17 @@ def _collect(p: _Pass, which: str, source: str, model, key: Mapping[str, Any]) -
         }
         p.digest = tokens_digest(p.tokenized, settings)
     t = time.perf_counter()
-    stats = _stats_on(
+    stats = collect_stats(
         model,
         p.tokenized,
         batch_size=cfg.batch_size,
         seq_len=cfg.seq_len,
         mode=cfg.mode,
         max_tokens=cfg.max_tokens_per_language,
-        digest=p.digest,
         progress=p.progress,
     )
     stats.meta.update(
+        tokens_digest=p.digest,
         compare_key=_jsonable(key),
         checkpoint=source,
         split=cfg.split,
@@ -411,7 +365,7 @@ def run_compare(
         raise CompareError("no aligned checkpoint given (--aligned / aligned:)")
     if cfg.stages < 1:
         raise CompareError(f"stages must be >= 1, got {cfg.stages}")
-    corpus = _corpus(cfg.corpus, cfg.languages, cfg.split)  # a bad corpus fails before any model loads
+    corpus = resolve_corpus(cfg.corpus, cfg.languages, cfg.split)  # a bad corpus fails before any model loads
     languages = list(corpus.languages)
     if len(languages) < 2:
         raise CompareError(f"the comparison needs at least 2 languages, got {languages}")

@@ -40,7 +40,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jlang.analysis.langinfo import script_of, text_script_share
 from jlang.data.corpora.common import (
     corpora_cache_dir,
     ensure_built,
@@ -49,6 +48,7 @@ from jlang.data.corpora.common import (
     write_lines,
     write_manifest,
 )
+from jlang.data.langinfo import script_of, text_script_share
 from jlang.data.sources import Corpus
 
 __all__ = [

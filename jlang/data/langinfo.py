@@ -1,4 +1,4 @@
-"""Script and family of languages, by code: a small built-in table for the overlap analyses.
+"""Name, script and family of languages, by code: a small built-in table (prompts, corpora, overlap analyses).
 
 Used to ask whether languages that share a writing system or a family also share
 neurons (`jlang.analysis.overlap.group_relation`). Entries: ISO 639-1 code (or
@@ -158,6 +158,11 @@ _SPLIT = re.compile(r"[_\-@.]")
 def base_code(code: str) -> str:
     """`zh_CN` -> `zh`, `pt-BR` -> `pt`, `fr_en_0.25` -> `fr` (lower-cased first part)."""
     return _SPLIT.split(str(code).strip(), maxsplit=1)[0].lower()
+
+
+def language_name(code: str) -> str:
+    """The English name of a language code ("fr" -> "French"); an unknown code stands as it is."""
+    return LANGUAGES[code].name if code in LANGUAGES else code
 
 
 def info(code: str) -> LangInfo | None:

@@ -39,6 +39,7 @@ MOVED_MODULES = {
     "jlang.data.code_corpus": "jlang.data.corpora.code",
     "jlang.data.culture_corpus": "jlang.data.corpora.culture",
     "jlang.data.codemix": "jlang.data.corpora.codemix",
+    "jlang.analysis.langinfo": "jlang.data.langinfo",
     "jlang.stats_cli": "jlang.cli.__main__",
     "jlang.finetune_cli": "jlang.cli.__main__",
 }

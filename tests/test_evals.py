@@ -398,7 +398,12 @@ def test_cli_ppl_and_lss(tiny_dirs, tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert (tmp_path / "o" / "lss.png").is_file()
-    assert sorted(p.__name__ for p in EVAL_COMMANDS) == ["_lens_parser", "_lss_parser", "_ppl_parser", "_steer_parser"]
+    assert sorted(p.__name__ for p in EVAL_COMMANDS) == [
+        "add_lens_parser",
+        "add_lss_parser",
+        "add_ppl_parser",
+        "add_steer_parser",
+    ]
 
 
 # ----------------------------------------------------------------------------- the reproduction experiment

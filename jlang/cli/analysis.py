@@ -23,7 +23,6 @@ from jlang.analysis.overlap import overlap, specialization
 from jlang.data.corpora.codemix import build_codemix, read_parallel
 from jlang.data.corpora.culture import culture_corpus, ensure_culture_corpus
 from jlang.data.sources import Corpus, resolve_corpus
-from jlang.io.report import write_json
 from jlang.masks import MaskError, NeuronMasks
 from jlang.stats.container import ActivationStats, StatsError
 
@@ -66,7 +65,7 @@ def cmd_overlap(args: argparse.Namespace) -> int:
     if args.stats:
         stats = ActivationStats.load(args.stats)
         spec = specialization(stats, args.languages or None, threshold=args.threshold)
-        paths["specialization"] = write_json(out / "specialization.json", spec.to_dict())
+        paths["specialization"] = spec.save(out / "specialization")["json"]
         mean = spec.mean_by_layer()
         print(
             f"\nspecialised neurons (threshold {args.threshold}): per direction and layer "

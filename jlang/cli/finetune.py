@@ -25,7 +25,8 @@ from jlang.cli.common import show_progress
 from jlang.io.checkpoint import RunInterrupted
 from jlang.models.export import save_hf
 from jlang.parallel import distributed
-from jlang.train.sft import finetune, load_finetune_config
+from jlang.train.config import load_finetune_config
+from jlang.train.sft import finetune
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

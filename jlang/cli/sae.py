@@ -21,19 +21,12 @@ from jlang.cli.common import MODEL_HELP, add_model_args, corpus_texts, load_corp
 from jlang.config import CorpusSection
 from jlang.io.report import write_json
 from jlang.sae.classify import classify
+from jlang.sae.evaluation import evaluate
 from jlang.sae.lape import FeatureStats, SAELapeFeatures, feature_stats, identify, summary_table, to_jsonable
 from jlang.sae.model import SAE, SAEConfig
 from jlang.sae.steer import generate_steered, steering_vector, vector_table
-from jlang.sae.train import (
-    ActivationStream,
-    TrainConfig,
-    dead_features,
-    evaluate,
-    load_tokenized,
-    save_history,
-    sentence_rows,
-    train_sae,
-)
+from jlang.sae.stream import ActivationStream, load_tokenized, sentence_rows
+from jlang.sae.train import TrainConfig, dead_features, save_history, train_sae
 
 DEFAULT_LANGUAGES = list(CorpusSection.languages)
 

@@ -107,7 +107,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix: where the response starts in `tokenize(prompt + response)`.
 
     Equal to `len(a)` when the prompt's tokens are a prefix of the full text's (the usual case, and the
@@ -146,7 +146,7 @@ def _tokenize_documents(
                 raise CorpusError("a source mixes plain documents and (prompt, response) pairs; use one kind")
             full = _encode(tokenizer, [p + r for p, r in part])
             prompts = _encode(tokenizer, [p for p, _ in part])
-            starts = [len(head) + _common_prefix(p, f) for p, f in zip(prompts, full)]
+            starts = [len(head) + common_prefix(p, f) for p, f in zip(prompts, full)]
         else:
             full = _encode(tokenizer, list(part))
             starts = [0] * len(part)

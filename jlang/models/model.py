@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -353,8 +354,6 @@ def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) 
     Dequantising the GGUF takes ~25 s for the default model; restoring the
     converted orbax checkpoint takes a few seconds.
     """
-    import warnings
-
     gguf_path = packaged.resolve_packaged(name)
     converted = packaged.cache_dir() / f"{name}-{dtype}-v{CONVERSION_VERSION}.jlang"
     if (converted / CHECKPOINT_MARKER).is_file():

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from jlang import parallel
+from jlang.data.pipeline import common_prefix
 from jlang.edits import identity
 from jlang.models.decoder import Edits, forward
 from jlang.models.families import ModelConfig
@@ -121,16 +122,6 @@ def bos_ids(tokenizer) -> list[int]:
     """`[bos_token_id]`, or `[]` for a tokenizer without one: what each scored text starts with."""
     bos = getattr(tokenizer, "bos_token_id", None)
     return [bos] if bos is not None else []
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """The number of leading ids `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def continuation_rows(tokenizer, prompts: Sequence[str], continuations: Sequence[Sequence[str]]) -> TokenRows:

@@ -106,6 +106,18 @@ class Accumulator:
         for k, v in state.items():
             setattr(self, k, np.array(v, dtype=getattr(self, k).dtype))
 
+    def to_stats(self, languages: Sequence[str], meta: Mapping[str, Any]) -> ActivationStats:
+        """The totals as `ActivationStats` of `languages` (in the order of the `lang` ids)."""
+        return ActivationStats(
+            languages=list(languages),
+            tokens=self.tokens,
+            over_zero=self.over_zero,
+            sum=self.sum,
+            sum_sq=self.sum_sq,
+            max=self.max,
+            meta=dict(meta),
+        )
+
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_languages"))
 def jitted_stats_step(params, ids, positions, valid, lang, *, cfg, num_languages: int):
@@ -338,15 +350,7 @@ def collect_stats(
         "processes": jax.process_count(),
         "batch_shards": batches.process_count,
     }
-    return ActivationStats(
-        languages=list(batches.languages),
-        tokens=acc.tokens,
-        over_zero=acc.over_zero,
-        sum=acc.sum,
-        sum_sq=acc.sum_sq,
-        max=acc.max,
-        meta=meta,
-    )
+    return acc.to_stats(batches.languages, meta)
 
 
 def check_ids_fit(tok: TokenizedCorpus, model: Model) -> None:

@@ -185,8 +185,8 @@ def _iter_lines(source: Source) -> Iterator[tuple[int, str]]:
         )
 
 
-def _jsonl_documents(source: Source) -> Iterator[Document]:
-    pair = source.prompt_field is not None
+def jsonl_objects(source: Source) -> Iterator[tuple[int, dict]]:
+    """(1-based line number, object) of every non-blank line of a JSONL file; a bad line raises `CorpusError`."""
     for lineno, line in _iter_lines(source):
         if not line.strip():
             continue
@@ -196,6 +196,12 @@ def _jsonl_documents(source: Source) -> Iterator[Document]:
             raise CorpusError(f"{source.path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise CorpusError(f"{source.path}: line {lineno} is a JSON {type(row).__name__}, not an object")
+        yield lineno, row
+
+
+def _jsonl_documents(source: Source) -> Iterator[Document]:
+    pair = source.prompt_field is not None
+    for lineno, row in jsonl_objects(source):
         keys = (source.prompt_field, source.response_field) if pair else (source.field,)
         values = []
         for key in keys:

@@ -39,7 +39,6 @@ iterator's `get_state()` is what a checkpoint saves.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import numpy as np
 
 from jlang.data.langinfo import language_name
 from jlang.data.pipeline import tokenize_corpus
-from jlang.data.sources import Corpus, CorpusError
+from jlang.data.sources import Corpus, CorpusError, Source, jsonl_objects
 from jlang.io.checkpoint import array_digest
 
 __all__ = [
@@ -79,18 +78,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file (expected a JSONL file of pairs or of parallel rows)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    rows = [row for _, row in jsonl_objects(Source(kind="jsonl", path=path))]
     if not rows:
         raise CorpusError(f"{path} holds no rows")
     return rows

@@ -335,10 +335,10 @@ def matmul_peak_gflops(
         a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n_), np.float32)
         flop = 2 * m * k * n_
         ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
-        rates = {"xla": _best_rate(lambda: f(ja, jb).block_until_ready(), flop, repeats, rounds)}
+        rates = {"xla": _best_rate(lambda ja=ja, jb=jb: f(ja, jb).block_until_ready(), flop, repeats, rounds)}
         if torch is not None:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            rates["torch"] = _best_rate(lambda: ta @ tb, flop, repeats, rounds)
+            rates["torch"] = _best_rate(lambda ta=ta, tb=tb: ta @ tb, flop, repeats, rounds)
         out["by_shape"][f"{m}x{k}x{n_}"] = rates
         for fw, rate in rates.items():
             out[fw] = max(out[fw], rate)

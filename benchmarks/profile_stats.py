@@ -165,11 +165,13 @@ def profile(model_name: str, batch: int, seq: int, steps: int, num_languages: in
 
 def print_profile(result: dict, top: int) -> None:
     print(
-        f"\n{result['model']}, [{result['batch']} x {result['seq']}], {result['gflop_per_step']:.1f} GFLOP of counted matmuls per step, "
+        f"\n{result['model']}, [{result['batch']} x {result['seq']}], "
+        f"{result['gflop_per_step']:.1f} GFLOP of counted matmuls per step, "
         f"{result['steps']} traced steps"
     )
     print(
-        f"{'run':<15} {'ms/step':>8} {'GFLOP/s':>8} {'matmul':>7} {'other only':>10} {'idle':>6} {'matmul GFLOP/s while running':>29}"
+        f"{'run':<15} {'ms/step':>8} {'GFLOP/s':>8} {'matmul':>7} {'other only':>10} {'idle':>6} "
+        f"{'matmul GFLOP/s while running':>29}"
     )
     for name, r in result["runs"].items():
         rate = r["matmul_gflops_while_running"]
@@ -183,7 +185,8 @@ def print_profile(result: dict, top: int) -> None:
         print(f"  {'alone':>7} {'total':>7} {'calls':>5}  op (jax op)")
         for o in r["other_ops"][:top]:
             print(
-                f"  {o['alone_ms_per_step']:>7.1f} {o['ms_per_step']:>7.1f} {o['calls_per_step']:>5.0f}  {o['op']} ({o['what']})"
+                f"  {o['alone_ms_per_step']:>7.1f} {o['ms_per_step']:>7.1f} {o['calls_per_step']:>5.0f}  "
+                f"{o['op']} ({o['what']})"
             )
 
 

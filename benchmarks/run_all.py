@@ -96,7 +96,8 @@ def _measure(name: str, fn):
     row["peak_rss_bytes"] = C.peak_rss_bytes()
     row["loadavg_after"] = C.loadavg()
     log(
-        f"  {name}: {row['tokens_per_s']:,.1f} tok/s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB ({time.perf_counter() - t:.0f} s)"
+        f"  {name}: {row['tokens_per_s']:,.1f} tok/s, peak {row['peak_rss_bytes'] / 2**30:.2f} GiB "
+        f"({time.perf_counter() - t:.0f} s)"
     )
     return row
 
@@ -425,7 +426,8 @@ def run_worker(kind: str, name: str, settings: dict, args) -> dict:
             {k: result.get(k) for k in ("wall_s", "loadavg_start", "loadavg_end", "foreign_cpu_share", "error")}
         )
         log(
-            f"[{kind} {name}: {elapsed:.0f} s; other processes used {0 if foreign is None else foreign:.0%} of the CPU meanwhile]"
+            f"[{kind} {name}: {elapsed:.0f} s; "
+            f"other processes used {0 if foreign is None else foreign:.0%} of the CPU meanwhile]"
         )
         if "error" in result or foreign is None or foreign <= args.max_foreign or attempt == args.retries:
             break
@@ -563,25 +565,32 @@ def print_report(result: dict) -> None:
         s, j, t = m["settings"], m["jlang"], m["torch"]
         params = j.get("params") or t.get("params") or {}
         print(
-            f"\n== {name}: {params.get('total', 0) / 1e6:,.0f} M parameters ({params.get('non_embedding', 0) / 1e6:,.0f} M non-embedding), "
-            f"float32; forwards [{s['batch']} x {s['seq']}] x {s['repeats']} batches; generation prompt {s['gen_prompt']} + "
+            f"\n== {name}: {params.get('total', 0) / 1e6:,.0f} M parameters "
+            f"({params.get('non_embedding', 0) / 1e6:,.0f} M non-embedding), "
+            f"float32; forwards [{s['batch']} x {s['seq']}] x {s['repeats']} batches; "
+            f"generation prompt {s['gen_prompt']} + "
             f"{s['gen_new']} new; same tokens: {j.get('tokens_sha256') == t.get('tokens_sha256')}"
         )
         for w in (j, t):
             if "error" in w:
                 print(f"   {w['framework']} worker FAILED: {w['error']}")
-        header = f"{'row':<38} {'jlang tok/s':>11} {'torch tok/s':>11} {'ratio':>7} {'jlang MFU':>9} {'torch MFU':>9} {'jlang GiB':>9} {'torch GiB':>9}"
+        header = (
+            f"{'row':<38} {'jlang tok/s':>11} {'torch tok/s':>11} {'ratio':>7} "
+            f"{'jlang MFU':>9} {'torch MFU':>9} {'jlang GiB':>9} {'torch GiB':>9}"
+        )
         print(header)
         print("-" * len(header))
         for r in m["rows"]:
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             print(
-                f"{r['row']:<38} {_fmt_tps(r['jlang_tokens_per_s']):>11} {_fmt_tps(r['torch_tokens_per_s']):>11} {ratio:>7} "
+                f"{r['row']:<38} {_fmt_tps(r['jlang_tokens_per_s']):>11} "
+                f"{_fmt_tps(r['torch_tokens_per_s']):>11} {ratio:>7} "
                 f"{_fmt_pct(r['jlang_mfu']):>9} {_fmt_pct(r['torch_mfu']):>9} "
                 f"{_gib(r['jlang_peak_rss_bytes']):>9} {_gib(r['torch_peak_rss_bytes']):>9}"
             )
         print(
-            f"(loaded model RSS: jlang {_gib(j.get('rss_loaded_bytes'))} GiB, torch {_gib(t.get('rss_loaded_bytes'))} GiB; "
+            f"(loaded model RSS: jlang {_gib(j.get('rss_loaded_bytes'))} GiB, "
+            f"torch {_gib(t.get('rss_loaded_bytes'))} GiB; "
             f"process peak: jlang {_gib(j.get('max_rss_bytes'))} GiB, torch {_gib(t.get('max_rss_bytes'))} GiB; "
             f"other processes' CPU share during the workers: jlang {_pct(j.get('foreign_cpu_share'))}, "
             f"torch {_pct(t.get('foreign_cpu_share'))})"
@@ -592,7 +601,8 @@ def print_report(result: dict) -> None:
         print(
             "targets"
             + (" (set for the default model)" if name != "default" else "")
-            + ": medians of the repeats; [best] from each row's fastest repeat (this VM's neighbours only ever slow a call down)"
+            + ": medians of the repeats; [best] from each row's fastest repeat "
+            "(this VM's neighbours only ever slow a call down)"
         )
         for c in m["targets"]:
             mark = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")

@@ -44,7 +44,8 @@ CPP_H = (
 )
 RS = (
     "pub fn add_{i}(a: u32, b: u32) -> u32 {{\n    let mut s = a;\n    for _ in 0..b {{\n        s += 1;\n"
-    "    }}\n    s\n}}\n\n#[cfg(test)]\nmod tests {{\n    #[test]\n    fn works() {{ assert_eq!(super::add_{i}(1, 2), 3); }}\n}}\n"
+    "    }}\n    s\n}}\n\n#[cfg(test)]\nmod tests {{\n    #[test]\n"
+    "    fn works() {{ assert_eq!(super::add_{i}(1, 2), 3); }}\n}}\n"
 )
 LICENCE_HEADER = "# Copyright (c) 2024 Fake Authors\n# Licensed under the MIT License.\n"
 ENGLISH = [f"This is English sentence number {i}, written for the corpus test with enough words." for i in range(80)]

@@ -49,7 +49,8 @@ def test_packaged_model_matches_transformers(name, record_property):
         rel = np.abs(out - ref).max() / np.abs(ref).max()
         worst = max(worst, rel)
         print(
-            f"{name}: max|Δ|={np.abs(out - ref).max():.2e} max|logit|={np.abs(ref).max():.1f} rel={rel:.2e}  {sentence!r}"
+            f"{name}: max|Δ|={np.abs(out - ref).max():.2e} max|logit|={np.abs(ref).max():.1f} "
+            f"rel={rel:.2e}  {sentence!r}"
         )
     record_property("max_rel_delta", worst)
     assert worst <= 1e-3

@@ -57,12 +57,18 @@ TEXTS = {
     ],
     "fr": [
         "Le village se trouve au pied d'une colline verte, où une petite rivière tourne lentement vers la mer.",
-        "Chaque matin, le boulanger ouvre sa boutique avant le lever du soleil, et l'odeur du pain frais remplit la rue.",
+        (
+            "Chaque matin, le boulanger ouvre sa boutique avant le lever du soleil, "
+            "et l'odeur du pain frais remplit la rue."
+        ),
         "Les enfants vont à l'école en petits groupes en parlant fort du football, des devoirs et du week-end.",
         "L'après-midi, les anciens jouent aux cartes sous les arbres de la place et se disputent à propos du temps.",
         "La bibliothèque a été construite il y a cent ans grâce à l'argent réuni par les paysans de la vallée.",
         "Quand la pluie arrive en automne, les routes deviennent boueuses et les autobus sont souvent en retard.",
-        "Ma grand-mère écrit encore de longues lettres à la main, car elle trouve qu'un appel téléphonique est trop rapide.",
+        (
+            "Ma grand-mère écrit encore de longues lettres à la main, "
+            "car elle trouve qu'un appel téléphonique est trop rapide."
+        ),
         "Des chercheurs mesurent la température du lac chaque été depuis plus de quarante ans.",
         "Le nouveau pont reliera les deux moitiés de la ville et raccourcira le trajet jusqu'à l'hôpital.",
         "La nuit, le ciel est si sombre qu'on peut voir des milliers d'étoiles et parfois la Voie lactée.",
@@ -100,7 +106,10 @@ TEXTS = {
     "id": [
         "Desa itu terletak di kaki sebuah bukit hijau, tempat sungai kecil berbelok perlahan menuju laut.",
         "Setiap pagi tukang roti membuka tokonya sebelum matahari terbit, dan bau roti segar memenuhi jalan yang sepi.",
-        "Anak-anak berjalan ke sekolah dalam kelompok kecil sambil berbicara keras tentang sepak bola, pekerjaan rumah, dan akhir pekan.",
+        (
+            "Anak-anak berjalan ke sekolah dalam kelompok kecil sambil berbicara keras tentang sepak bola, "
+            "pekerjaan rumah, dan akhir pekan."
+        ),
         "Pada sore hari para orang tua bermain kartu di bawah pohon di alun-alun dan berdebat tentang cuaca.",
         "Perpustakaan itu dibangun seratus tahun yang lalu dengan uang yang dikumpulkan oleh para petani di lembah.",
         "Ketika hujan datang pada musim gugur, jalan menjadi berlumpur dan bus sering terlambat.",

@@ -201,12 +201,12 @@ def test_moved_modules_keep_their_old_import_path(old):
 
 
 def test_masks_and_statistics_need_no_jax():
-    """NumPy-only users of masks and statistics do not pay for importing JAX (the lazy public API)."""
+    """NumPy-only users of masks, statistics and the overlap analyses do not pay for importing JAX (lazy API)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, jlang, jlang.masks, jlang.stats; jlang.NeuronMasks; "
+        "import sys, jlang, jlang.masks, jlang.stats, jlang.analysis, jlang.data.langinfo; jlang.NeuronMasks; "
         "print(sorted({'jax', 'torch'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -9,33 +9,48 @@
 * `jlang.analysis.compare` -- base vs aligned checkpoint on the same tokens.
 * `jlang.analysis.code_neurons`, `jlang.analysis.code_lens` -- programming-language neurons and the code logit lens.
 
-Imported lazily: `import jlang.analysis` loads none of them.
+The overlap analyses and the language table are NumPy only and imported here
+(`jlang.analysis.overlap` is the function, as it always was); the rest is
+imported lazily, on first use.
 """
 
 from __future__ import annotations
 
+from jlang.analysis.overlap import (
+    OverlapResult,
+    SpecializationResult,
+    cluster_order,
+    group_relation,
+    layer_iou,
+    overall_iou,
+    overlap,
+    pairwise_iou,
+    specialization,
+    specialized_neurons,
+)
+from jlang.data.langinfo import LANGUAGES, LangInfo, family_of, script_of
 from jlang.lazy import lazy_exports
 
-_EXPORTS = {
-    "LANGUAGES": "jlang.data.langinfo",
-    "LangInfo": "jlang.data.langinfo",
-    "family_of": "jlang.data.langinfo",
-    "script_of": "jlang.data.langinfo",
-    "CultureError": "jlang.analysis.culture",
-    "CultureMasks": "jlang.analysis.culture",
-    "culture_masks": "jlang.analysis.culture",
-    "identify_culture_neurons": "jlang.analysis.culture",
-    "OverlapResult": "jlang.analysis.overlap",
-    "SpecializationResult": "jlang.analysis.overlap",
-    "cluster_order": "jlang.analysis.overlap",
-    "group_relation": "jlang.analysis.overlap",
-    "layer_iou": "jlang.analysis.overlap",
-    "overall_iou": "jlang.analysis.overlap",
-    "overlap": "jlang.analysis.overlap",  # the submodule: `overlap.overlap` is the function
-    "pairwise_iou": "jlang.analysis.overlap",
-    "specialization": "jlang.analysis.overlap",
-    "specialized_neurons": "jlang.analysis.overlap",
-}
-__all__ = sorted(_EXPORTS)
+_CULTURE = ("CultureError", "CultureMasks", "culture_masks", "identify_culture_neurons")
+__all__ = [
+    "LANGUAGES",
+    "CultureError",
+    "CultureMasks",
+    "LangInfo",
+    "OverlapResult",
+    "SpecializationResult",
+    "cluster_order",
+    "culture_masks",
+    "family_of",
+    "group_relation",
+    "identify_culture_neurons",
+    "layer_iou",
+    "overall_iou",
+    "overlap",
+    "pairwise_iou",
+    "script_of",
+    "specialization",
+    "specialized_neurons",
+]
 
-__getattr__, __dir__ = lazy_exports("jlang.analysis", _EXPORTS)
+__getattr__, __dir__ = lazy_exports("jlang.analysis", dict.fromkeys(_CULTURE, "jlang.analysis.culture"))

@@ -211,3 +211,13 @@ def test_masks_and_statistics_need_no_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_library_imports_no_torch():
+    """torch is for tests, parity checks and the bridge only; transformers pulls it in, so it is imported late."""
+    import subprocess
+    import sys
+
+    code = "import sys, jlang.cli.app; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

@@ -38,7 +38,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from transformers import CONFIG_MAPPING
 
 from jlang import parallel
 from jlang.io.atomic import atomic_directory
@@ -48,6 +47,9 @@ from jlang.models.families import FAMILIES, ModelConfig, RoPE, model_config_from
 from jlang.parallel import distributed
 
 __all__ = ["ExportError", "hf_config_dict", "hf_layout", "hf_tensors", "save_hf", "write_safetensors"]
+
+# `transformers` is imported inside the functions that read a config or tokenizer: it imports
+# torch whenever torch is installed (seconds), which nothing else here needs.
 
 
 class ExportError(ValueError):
@@ -185,6 +187,8 @@ def hf_config_dict(
 
 def _check_round_trip(d: dict, cfg: ModelConfig) -> None:
     """The written config must read back (as jlang reads HF configs) to exactly `cfg`."""
+    from transformers import CONFIG_MAPPING
+
     config = CONFIG_MAPPING[d["model_type"]].from_dict(dict(d))
     back = model_config_from_hf(config)
     if back != cfg:

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
-from transformers import CONFIG_MAPPING, AutoTokenizer
-from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING, _gguf_parse_value
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from jlang.models.sources import CheckpointError
+
+# `transformers` is imported inside the functions that read a config or tokenizer: it imports
+# torch whenever torch is installed (seconds), which nothing else here needs.
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,8 @@ def unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 def _field_value(reader_field) -> Any:
     """A metadata value as transformers parses it: a scalar, a string, or a list."""
+    from transformers.integrations.ggml import _gguf_parse_value
+
     values = [_gguf_parse_value(reader_field.parts[i], reader_field.types) for i in reader_field.data]
     return values[0] if len(values) == 1 else values
 
@@ -145,6 +147,8 @@ def transformers_config_dict(fields: Mapping[str, Any], tensor_names: list[str])
     `gguf.GGUFReader`'s. Only the values transformers keeps are parsed, so the
     vocabulary (hundreds of thousands of strings) is not decoded here.
     """
+    from transformers.integrations.ggml import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
+
     architecture = _field_value(fields["general.architecture"])
     names = [_field_value(fields["general.name"])] if "general.name" in fields else []
     # transformers' rule, quirks included: only a model *named* exactly "mistral" becomes one
@@ -177,6 +181,8 @@ def causal_lm_architectures(model_type: str) -> list[str]:
     A GGUF does not say which class it was converted from, and transformers leaves
     `architectures` unset; jlang's loaders pick the family from it.
     """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     return [name] if name else []
 
@@ -259,6 +265,8 @@ class GGUFSource:
     @property
     def config(self):
         """The transformers config (e.g. `Gemma3TextConfig`) with `architectures` set."""
+        from transformers import CONFIG_MAPPING
+
         if self._config is None:
             model_type = self._config_dict["model_type"]
             self._config = CONFIG_MAPPING[model_type].from_dict(dict(self._config_dict))
@@ -292,4 +300,6 @@ class GGUFSource:
 
     def tokenizer(self):
         """transformers' tokenizer rebuilt from the GGUF metadata (vocabulary, merges, special tokens)."""
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(self.path.parent, gguf_file=self.path.name)

@@ -21,7 +21,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
-from transformers import AutoTokenizer
 
 from jlang import parallel
 from jlang.models import convert, packaged
@@ -42,6 +41,9 @@ from jlang.parallel import distributed
 
 CHECKPOINT_MARKER = "jlang.json"
 DTYPES = ("float32", "bfloat16")
+
+# `transformers` is imported inside the functions that read a config or tokenizer: it imports
+# torch whenever torch is installed (seconds), which nothing else here needs.
 
 
 class Model:
@@ -313,6 +315,8 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
 
 def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
     """Restore a directory written by `Model.save`, optionally casting and sharding."""
+    from transformers import AutoTokenizer
+
     path = Path(path).absolute()  # orbax restores absolute paths only
 
     meta = json.loads((path / CHECKPOINT_MARKER).read_text())

@@ -21,7 +21,9 @@ from typing import Protocol
 
 import numpy as np
 from safetensors import safe_open
-from transformers import AutoConfig, AutoTokenizer
+
+# `transformers` is imported inside the functions that read a config or tokenizer: it imports
+# torch whenever torch is installed (seconds), which nothing else here needs.
 
 
 class CheckpointError(ValueError):
@@ -115,6 +117,8 @@ class SafetensorsSource:
 
     @property
     def config(self):
+        from transformers import AutoConfig
+
         if self._config is None:
             try:
                 self._config = AutoConfig.from_pretrained(self.path)
@@ -132,6 +136,8 @@ class SafetensorsSource:
     def tokenizer(self):
         """The directory's tokenizer, or None (with a warning) when it has none: weights-only
         directories still load, and only text-in commands need a tokenizer."""
+
+        from transformers import AutoTokenizer
 
         try:
             return AutoTokenizer.from_pretrained(self.path)

@@ -33,8 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
+import yaml
+
 from jlang import config as config_lib
-from jlang.analysis.compare.run import CompareConfig
+from jlang.analysis.compare.run import CompareConfig, run_compare
+from jlang.train.config import load_finetune_config
+from jlang.train.sft import finetune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg: AlignmentCompareConfig = config_lib.load_config(args.config, AlignmentCompareConfig, args.set)
-
-    import yaml
-
-    from jlang.analysis.compare.run import run_compare
-    from jlang.train.config import load_finetune_config
-    from jlang.train.sft import finetune
 
     log = lambda msg: print(f"[alignment_compare] {msg}", flush=True)
     ft_cfg = load_finetune_config(cfg.finetune.config, list(cfg.finetune.overrides))  # validated before any work

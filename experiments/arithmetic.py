@@ -38,8 +38,19 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
+from jlang.data.sources import read_documents, resolve_corpus
+from jlang.evals.fallback import IDENTIFY_LANGUAGES, FallbackResult, run_fallback
+from jlang.evals.langid import Py3LangID
+from jlang.evals.lss import LSSResult, cloze_items, lss, read_parallel
+from jlang.evals.multiple_choice import MCResult, build_items, run_multiple_choice
+from jlang.evals.steering import default_generator, steering_prompts
+from jlang.io.report import new_figure, save_figure
+from jlang.models.scoring import Scorer
+from jlang.parallel import make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +161,6 @@ def sign_table(stats, masks, bases, targets) -> list[dict]:
 
 def sweep_figure(results: dict, path: Path) -> Path:
     """Mean LSS and mean shift of D against the strength, one column per intervention."""
-    from jlang.io.report import new_figure, save_figure
-
     fig = new_figure(4.2 * len(results), 5.6)
     for col, (kind, res) in enumerate(results.items()):
         xlabel = "alpha (a += alpha·mu_t)" if kind == "additive" else "factor (a *= factor)"
@@ -272,8 +281,9 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
         f"# Language arithmetic and amplification studies on `{model['name']}`",
         "",
         (
-            f"Model `{model['name']}` ({model['family']}, {model['layers']} layers x {model['neurons']} neurons). LAPE neurons: "
-            f"{masks.unique_count()} unique ({', '.join(f'{l} {int(masks[l].sum())}' for l in masks.languages)}); {how}."
+            f"Model `{model['name']}` ({model['family']}, {model['layers']} layers x {model['neurons']} neurons). LAPE "
+            f"neurons: {masks.unique_count()} unique "
+            f"({', '.join(f'{l} {int(masks[l].sum())}' for l in masks.languages)}); {how}."
         ),
         "",
         "## Headlines",
@@ -303,14 +313,14 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
             "## Fallback experiment",
             "",
             (
-                f"Language Arithmetics' `fallbacks.py` (methods.md §5.5): prompts are {cfg.fallback.prompts_per_language} "
-                f"held-out sentences per language as `{cfg.fallback.template!r}`; {fb.meta.get('generator')}, "
-                f"{cfg.fallback.max_new_tokens} new tokens. Step i sets the neurons of the union of the first i languages "
-                f"to δ at every position (order `{fb.meta.get('order')}`"
+                "Language Arithmetics' `fallbacks.py` (methods.md §5.5): prompts are "
+                f"{cfg.fallback.prompts_per_language} held-out sentences per language as `{cfg.fallback.template!r}`; "
+                f"{fb.meta.get('generator')}, {cfg.fallback.max_new_tokens} new tokens. Step i sets the neurons of the "
+                f"union of the first i languages to δ at every position (order `{fb.meta.get('order')}`"
                 f"{', prompt language first' if fb.meta.get('prompt_first') else ''}); step 0 is the unedited model. "
                 "δ = −1.5 is the original's `negative` deactivation, δ = 0 LAPE's. "
-                f"Output language: {fb.meta.get('identifier')}. Each cell: the language added at that step, then the most "
-                "common output language and its share."
+                f"Output language: {fb.meta.get('identifier')}. Each cell: the language added at that step, then the "
+                "most common output language and its share."
             ),
             "",
         ]
@@ -325,9 +335,9 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
             (
                 f"Cloze items from the parallel held-out messages (`jlang.evals.lss`; prompt "
                 f"`{any_res.meta.get('example_prompt')!r}`-style), {int(any_res.items.sum())} items over "
-                f"{int((any_res.items > 0).sum())} (prompt b, target t) pairs. LSS(b→t) = share of items where the edit on "
-                "t's neurons (every layer and position) raises log P(obj_t) − log P(obj_b); strict `>`, so a no-op "
-                "scores 0 and 0.5 means no preference."
+                f"{int((any_res.items > 0).sum())} (prompt b, target t) pairs. LSS(b→t) = share of items where the "
+                "edit on t's neurons (every layer and position) raises log P(obj_t) − log P(obj_b); strict `>`, so a "
+                "no-op scores 0 and 0.5 means no preference."
             ),
             "",
             "| intervention | strength | mean LSS | mean shift of D (nats) |",
@@ -359,16 +369,17 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
         if signs:
             lines += [
                 (
-                    "Why multiplying works differently from adding, from the LAPE statistics alone: the mean activation "
-                    "and P(a > 0) of t's neurons on t's own text and on the prompt languages' text (mean over those "
-                    "languages; `negative` = share of t's neurons whose mean activation on a prompt language's text is < 0)."
+                    "Why multiplying works differently from adding, from the LAPE statistics alone: the mean "
+                    "activation and P(a > 0) of t's neurons on t's own text and on the prompt languages' text (mean "
+                    "over those languages; `negative` = share of t's neurons whose mean activation on a prompt "
+                    "language's text is < 0)."
                 ),
                 "",
                 "| t | neurons | mean a on t | P(a>0) on t | mean a on prompts | P(a>0) on prompts | negative |",
                 "|---|---:|---:|---:|---:|---:|---:|",
                 *[
-                    f"| {s['target']} | {s['neurons']} | {s['mean_own']:.3f} | {s['p_own']:.2f} | {s['mean_bases']:.3f} | "
-                    f"{s['p_bases']:.2f} | {s['negative_on_bases']:.2f} |"
+                    f"| {s['target']} | {s['neurons']} | {s['mean_own']:.3f} | {s['p_own']:.2f} | "
+                    f"{s['mean_bases']:.3f} | {s['p_bases']:.2f} | {s['negative_on_bases']:.2f} |"
                     for s in signs
                 ],
                 "",
@@ -378,10 +389,11 @@ def report(cfg, model: dict, masks, how, fbs, sweeps, signs, mc, timings) -> str
             "## Multiple choice under edits",
             "",
             (
-                f"{mc.logprob.shape[-1]}-way translation choice from the parallel held-out corpus (`jlang.evals.multiple_choice`): "
-                f"prompt `{mc.meta.get('example_prompt')!r}`, options = the translation and {mc.logprob.shape[-1] - 1} other "
-                f"messages in the target language (seed {cfg.mc.seed}). Conditions act on the answer (target) language's "
-                "neurons at every position: `deactivate=v` sets them to v, `scale=c` multiplies, `additive=α` adds α·μ_t. "
+                f"{mc.logprob.shape[-1]}-way translation choice from the parallel held-out corpus "
+                f"(`jlang.evals.multiple_choice`): prompt `{mc.meta.get('example_prompt')!r}`, options = the "
+                f"translation and {mc.logprob.shape[-1] - 1} other messages in the target language (seed "
+                f"{cfg.mc.seed}). Conditions act on the answer (target) language's neurons at every position: "
+                "`deactivate=v` sets them to v, `scale=c` multiplies, `additive=α` adds α·μ_t. "
                 f"Chance = {mc.chance():.2f}."
             ),
             "",
@@ -460,11 +472,6 @@ def main(argv: list[str] | None = None) -> int:
         if len(pair) != 2:
             raise config_lib.ConfigError(f"mc.pairs: each pair is [source, target], got {list(pair)}")
 
-    import yaml
-
-    import jlang
-    from jlang.parallel import make_mesh
-
     repro = _sibling("lape_reproduction")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -504,23 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         """Summed log-probs of token rows under edits, from one `Scorer` shared by LSS and multiple choice (one
         `jit`: its compiled programs are reused by both)."""
         nonlocal scorer
-        from jlang.models.scoring import Scorer
-
         scorer = scorer or Scorer(get_model(), vocab_chunk=cfg.vocab_chunk)
         return lambda rows, edits: scorer.row_sums(rows, edits, batch_size=batch_size)
 
     fbs: dict = {}
     for value in cfg.fallback.deactivate_values if cfg.fallback.enabled else ():
-        from jlang.evals.fallback import FallbackResult
-
         name = fallback_name(value)
         fbs[name] = repro.load_existing(cfg, name, FallbackResult, log)
         if fbs[name] is not None:
             continue
-        from jlang.data.sources import read_documents, resolve_corpus
-        from jlang.evals.fallback import IDENTIFY_LANGUAGES, run_fallback
-        from jlang.evals.langid import Py3LangID
-        from jlang.evals.steering import default_generator, steering_prompts
 
         t = time.perf_counter()
         model = get_model()
@@ -557,8 +556,6 @@ def main(argv: list[str] | None = None) -> int:
 
     signs = []
     if cfg.lss.enabled:
-        from jlang.evals.lss import LSSResult, cloze_items, lss, read_parallel
-
         c = cfg.lss
         targets = list(c.targets or languages)
         rows = None
@@ -595,13 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         signs = sign_table(stats, masks, list(c.bases), targets)
 
     if cfg.mc.enabled:
-        from jlang.evals.multiple_choice import MCResult
-
         mc = repro.load_existing(cfg, "mc", MCResult, log)
     if cfg.mc.enabled and mc is None:
-        from jlang.evals.lss import read_parallel
-        from jlang.evals.multiple_choice import build_items, run_multiple_choice
-
         t = time.perf_counter()
         c = cfg.mc
         rows = read_parallel(parallel_path)

@@ -39,9 +39,18 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
-from jlang.data.corpora.code import DEFAULT_CODE_LANGUAGES
+from jlang.analysis.code_lens import KeywordLensResult, keyword_lens
+from jlang.analysis.code_neurons import identify_code_neurons, layer_bands, specificity, top_neurons
+from jlang.data.corpora.code import DEFAULT_CODE_LANGUAGES, code_corpus, ensure_code_corpus, excerpt
+from jlang.data.sources import read_documents
+from jlang.evals.perplexity import PPLResult, ppl_matrix
+from jlang.io.report import save_heatmaps, write_json
+from jlang.stats import ActivationStats
+from jlang.stats.collect import collect_stats
 
 DEFAULT_SOURCE = "code-default"
 
@@ -118,8 +127,6 @@ class CodeNeuronsConfig:
 
 def resolve_code_corpus(cfg: CodeNeuronsConfig, log) -> tuple[Path, dict, list[str], dict]:
     """(corpus directory, manifest, languages used, languages left out -> why)."""
-    from jlang.data.corpora.code import ensure_code_corpus
-
     if cfg.corpus.source == DEFAULT_SOURCE:
         root = ensure_code_corpus()
     else:
@@ -154,9 +161,6 @@ def statistics(cfg: CodeNeuronsConfig, model, corpus, languages, fingerprint: st
 
     `fingerprint` identifies the corpus build (its manifest's sha256): a rebuilt corpus at the same path
     does not reuse statistics of the old one."""
-    from jlang.stats import ActivationStats
-    from jlang.stats.collect import collect_stats
-
     path = Path(cfg.out) / "stats.npz"
     want = {
         "model": model.name,
@@ -187,10 +191,6 @@ def statistics(cfg: CodeNeuronsConfig, model, corpus, languages, fingerprint: st
 
 def deactivation_ppl(cfg: CodeNeuronsConfig, model, neurons, root: Path, languages):
     """The held-out PPL matrix with each language's neurons set to `ppl.edit_value`; saved as ppl.json|png."""
-    from jlang.data.corpora.code import code_corpus, excerpt
-    from jlang.data.sources import read_documents
-    from jlang.evals.perplexity import ppl_matrix
-
     p = cfg.ppl
     heldout = code_corpus("heldout", languages, path=root)
     if p.texts_per_language is not None:  # middle excerpts of many files, one row each
@@ -217,10 +217,6 @@ def deactivation_ppl(cfg: CodeNeuronsConfig, model, neurons, root: Path, languag
 
 def code_lens(cfg: CodeNeuronsConfig, model, root: Path, languages):
     """The keyword logit lens on the first held-out files of each language; saved as lens.json|png."""
-    from jlang.analysis.code_lens import keyword_lens
-    from jlang.data.corpora.code import code_corpus
-    from jlang.data.sources import read_documents
-
     c = cfg.lens
     heldout = code_corpus("heldout", languages, path=root)
     texts = {
@@ -243,10 +239,7 @@ def reused(cfg: CodeNeuronsConfig, name: str, log):
     path = Path(cfg.out) / f"{name}.json"
     if not (cfg.reuse_results and path.is_file()):
         return None
-    if name == "ppl":
-        from jlang.evals.perplexity import PPLResult as cls
-    else:
-        from jlang.analysis.code_lens import KeywordLensResult as cls
+    cls = PPLResult if name == "ppl" else KeywordLensResult
     log(f"reusing {path}")
     result = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
     result.save(Path(cfg.out) / name)
@@ -279,8 +272,6 @@ def verdict(ppl) -> tuple[str, dict]:
 
 
 def masks_section(cfg, stats, neurons, languages) -> list[str]:
-    from jlang.analysis.code_neurons import layer_bands, specificity, top_neurons
-
     lape_m, fixed = neurons.lape, neurons.fixed_count
     spec_l, spec_f = specificity(stats, lape_m), specificity(stats, fixed)
     bands, share_l = layer_bands(lape_m)
@@ -309,8 +300,8 @@ def masks_section(cfg, stats, neurons, languages) -> list[str]:
         ),
         "",
         (
-            f"| language | train tokens | LAPE neurons | LAPE p_own | LAPE p_other | LAPE ratio | LAPE {' / '.join(bands)} "
-            f"| fixed p_own | fixed p_other | fixed ratio | fixed {' / '.join(bands)} |"
+            "| language | train tokens | LAPE neurons | LAPE p_own | LAPE p_other | LAPE ratio | LAPE "
+            f"{' / '.join(bands)} | fixed p_own | fixed p_other | fixed ratio | fixed {' / '.join(bands)} |"
         ),
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
@@ -319,7 +310,8 @@ def masks_section(cfg, stats, neurons, languages) -> list[str]:
         lines.append(
             f"| {lang} | {int(stats.tokens[k]):,} | {sl['neurons']} | {fmt(sl['p_own'])} | {fmt(sl['p_other_mean'])} | "
             f"{fmt(sl['ratio'], '{:.1f}')} | {' / '.join(fmt(x, '{:.2f}') for x in share_l[k])} | {fmt(sf['p_own'])} | "
-            f"{fmt(sf['p_other_mean'])} | {fmt(sf['ratio'], '{:.1f}')} | {' / '.join(fmt(x, '{:.2f}') for x in share_f[k])} |"
+            f"{fmt(sf['p_other_mean'])} | {fmt(sf['ratio'], '{:.1f}')} | "
+            f"{' / '.join(fmt(x, '{:.2f}') for x in share_f[k])} |"
         )
     lines += [
         "",
@@ -390,8 +382,8 @@ def ppl_section(cfg, ppl) -> list[str]:
         "## Deactivation perplexity (held-out split)",
         "",
         (
-            f"Rows: the language whose {cfg.ppl.masks.replace('_', '-')} neurons are set to {cfg.ppl.edit_value:g} in every "
-            f"layer; columns: evaluated language; {rows_text(cfg)}; {int(ppl.tokens.sum()):,} scored tokens in "
+            f"Rows: the language whose {cfg.ppl.masks.replace('_', '-')} neurons are set to {cfg.ppl.edit_value:g} in "
+            f"every layer; columns: evaluated language; {rows_text(cfg)}; {int(ppl.tokens.sum()):,} scored tokens in "
             f"{int(ppl.sequences.sum())} rows ({', '.join(f'{c} {int(n)}' for c, n in zip(ppl.columns, ppl.tokens))})."
         ),
         "",
@@ -412,7 +404,8 @@ def ppl_section(cfg, ppl) -> list[str]:
     ]
     for k, v in dom["per_language"].items():
         lines.append(
-            f"| {k} | {v['own']:.3f} | {v['mean_other']:.3f} | {v['max_other']:.3f} | {fmt(v['ratio_mean'], '{:.1f}')} |"
+            f"| {k} | {v['own']:.3f} | {v['mean_other']:.3f} | {v['max_other']:.3f} | "
+            f"{fmt(v['ratio_mean'], '{:.1f}')} |"
         )
     return lines + [""]
 
@@ -454,12 +447,12 @@ def lens_section(lens) -> list[str]:
         "## Logit lens: keywords among the top-k decoded tokens",
         "",
         (
-            f"Every layer's residual stream after the final norm, unembedded, top-{lens.meta['k']} tokens at every position of "
-            f"windows of {lens.meta['seq_len'] - 1} tokens from the middle of held-out files "
-            f"({', '.join(f'{l} {int(n)}' for l, n in zip(lens.languages, lens.positions))} positions), matched against "
-            "small keyword tables (`jlang.analysis.code_keywords`). Own = keywords of the text's language (tables overlap: "
-            "`if`, `for`, `return` are Python, C and Rust); exclusive = keywords of that language only. The last row is the "
-            "share among the text's own tokens."
+            f"Every layer's residual stream after the final norm, unembedded, top-{lens.meta['k']} tokens at every "
+            f"position of windows of {lens.meta['seq_len'] - 1} tokens from the middle of held-out files "
+            f"({', '.join(f'{l} {int(n)}' for l, n in zip(lens.languages, lens.positions))} positions), matched "
+            "against small keyword tables (`jlang.analysis.code_keywords`). Own = keywords of the text's language "
+            "(tables overlap: `if`, `for`, `return` are Python, C and Rust); exclusive = keywords of that language "
+            "only. The last row is the share among the text's own tokens."
         ),
         "",
         "| layer | " + " | ".join(f"{l} own / excl." for l in lens.languages) + " |",
@@ -565,9 +558,9 @@ def report(
         ),
         "",
         (
-            f"Corpus: `{manifest['name']}` built from {len(manifest['sources_used'])} installed packages/crates with open "
-            "licences (`manifest.json` lists each with its version and licence; the text itself is never redistributed). "
-            f"Statistics: {how}; LAPE packing, windows of {cfg.stats.seq_len} tokens, at most "
+            f"Corpus: `{manifest['name']}` built from {len(manifest['sources_used'])} installed packages/crates with "
+            "open licences (`manifest.json` lists each with its version and licence; the text itself is never "
+            f"redistributed). Statistics: {how}; LAPE packing, windows of {cfg.stats.seq_len} tokens, at most "
             f"{cfg.stats.max_tokens_per_language or 'all'} tokens per language."
         ),
         "",
@@ -639,13 +632,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg: CodeNeuronsConfig = config_lib.load_config(args.config, CodeNeuronsConfig, args.set)
-
-    import yaml
-
-    import jlang
-    from jlang.analysis.code_neurons import identify_code_neurons
-    from jlang.data.corpora.code import code_corpus
-    from jlang.io.report import save_heatmaps, write_json
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,24 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
+from jlang.analysis.culture import CultureMasks, CulturePPL, culture_ppl, identify_culture_neurons
+from jlang.data.corpora.culture import culture_corpus as demo_culture_corpus  # this module's culture_corpus wraps it
+from jlang.data.sources import Corpus, resolve_corpus
+from jlang.evals.perplexity import PPLResult
+from jlang.io.report import new_figure, save_figure
+from jlang.stats import ActivationStats
+from jlang.stats.collect import collect_stats
+from jlang.stats.container import check_stats_fit_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +126,9 @@ def parse_cultures(pairs) -> dict[str, list[str]]:
 
 
 def culture_corpus(cfg: CultureConfig, cultures: dict[str, list[str]], split: str):
-    from jlang.data.corpora.culture import culture_corpus as demo
-    from jlang.data.sources import Corpus
-
     c = cfg.culture_corpus
     if c.source == "demo":
-        return demo(
+        return demo_culture_corpus(
             split,
             {k: v[0] for k, v in cultures.items()},
             train_lines=c.train_lines,
@@ -132,11 +140,6 @@ def culture_corpus(cfg: CultureConfig, cultures: dict[str, list[str]], split: st
 
 def language_stats(cfg: CultureConfig, model, languages: list[str], log):
     """(stats, how): reuse `language.reuse_stats` when it fits, else collect on the language corpus."""
-    from jlang.data.sources import resolve_corpus
-    from jlang.stats import ActivationStats
-    from jlang.stats.collect import collect_stats
-    from jlang.stats.container import check_stats_fit_model
-
     path = cfg.language.reuse_stats
     if path and Path(path).is_file():
         stats = ActivationStats.load(path)
@@ -150,7 +153,8 @@ def language_stats(cfg: CultureConfig, model, languages: list[str], log):
             log(f"reusing language statistics {path}")
             return (
                 stats.select(languages),
-                f"reused `{path}` ({', '.join(f'{l} {n:,}' for l, n in zip(stats.languages, stats.tokens) if l in languages)} tokens)",
+                f"reused `{path}` "
+                f"({', '.join(f'{l} {n:,}' for l, n in zip(stats.languages, stats.tokens) if l in languages)} tokens)",
             )
         except ValueError as e:
             log(f"{path} does not fit ({e}); collecting language statistics")
@@ -168,14 +172,13 @@ def language_stats(cfg: CultureConfig, model, languages: list[str], log):
     stats.save(out)
     return (
         stats,
-        f"collected on the `{cfg.language.corpus}` corpus, ≤ {cfg.language.max_tokens_per_language} tokens per language (`{out}`)",
+        f"collected on the `{cfg.language.corpus}` corpus, ≤ {cfg.language.max_tokens_per_language} tokens per "
+        f"language (`{out}`)",
     )
 
 
 def plot_masks(cmasks, path: Path) -> Path:
     """Neurons per layer of each culture for the culture, compound and pure masks (one panel each)."""
-    from jlang.io.report import new_figure, save_figure
-
     kinds = ("culture", "compound", "pure")
     fig = new_figure(4.2 * len(kinds) + 1, 4.2)
     vmax = max(int(cmasks.kind(k).counts().max()) for k in kinds) or 1
@@ -225,12 +228,12 @@ def report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, ti
         lines += [
             (
                 "**Culture corpus: jlang's demonstration set, not the paper's data.** MUREL (85M tokens of proverbs, "
-                "survey items, literature per culture) is not installable here, so each culture's text is made from the "
-                f"locale data inside the PyPI package Faker (version {manifest.get('faker_version')}): one line = a "
-                "made-up record (person name, job title, company, postal address) in the culture's language and "
-                "conventions. The entities (names, towns, regions, company forms, address formats) are culture-specific; "
-                "the text is synthetic and far narrower than MUREL. en_US and en_GB are two cultures written in one "
-                "language. Examples (held-out):"
+                "survey items, literature per culture) is not installable here, so each culture's text is made from "
+                f"the locale data inside the PyPI package Faker (version {manifest.get('faker_version')}): one line = "
+                "a made-up record (person name, job title, company, postal address) in the culture's language and "
+                "conventions. The entities (names, towns, regions, company forms, address formats) are "
+                "culture-specific; the text is synthetic and far narrower than MUREL. en_US and en_GB are two cultures "
+                "written in one language. Examples (held-out):"
             ),
             "",
             *[f"- `{c}`: {info['example']}" for c, info in manifest.get("counts", {}).items()],
@@ -267,11 +270,11 @@ def report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, ti
             "## ΔPPL when a mask is deactivated",
             "",
             (
-                f"Each row sets one mask's neurons to {cfg.ppl.edit_value:g} in every layer (LAPE `ppl.py`); columns are "
-                f"held-out culture text and held-out language text ({cfg.ppl.mode} mode, {cfg.ppl.seq_len}-token windows, "
-                f"≤ {cfg.ppl.max_tokens} tokens per column, {int(res.result.tokens.sum()):,} scored tokens per row). "
-                "ΔPPL = PPL(mask off) − PPL(baseline) (`scripts/combine_results.py`); ΔNLL = log of the PPL ratio in the "
-                "figure."
+                f"Each row sets one mask's neurons to {cfg.ppl.edit_value:g} in every layer (LAPE `ppl.py`); columns "
+                f"are held-out culture text and held-out language text ({cfg.ppl.mode} mode, {cfg.ppl.seq_len}-token "
+                f"windows, ≤ {cfg.ppl.max_tokens} tokens per column, {int(res.result.tokens.sum()):,} scored tokens "
+                "per row). ΔPPL = PPL(mask off) − PPL(baseline) (`scripts/combine_results.py`); ΔNLL = log of the PPL "
+                "ratio in the figure."
             ),
             "",
             "Baseline PPL: "
@@ -282,10 +285,10 @@ def report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, ti
             "",
             (
                 "Mean Δ of a culture's mask on its own culture's text, on the other cultures' texts, on its own "
-                "language's text and on other languages' text (for `language` masks: own culture = the cultures written "
-                "in that language). ΔNLL (nats, = log PPL ratio) compares texts whose baseline PPLs differ tenfold; "
-                "ΔPPL means are dominated by the high-PPL columns (zh). Last column: rows whose largest ΔNLL on culture "
-                "text is on their own culture."
+                "language's text and on other languages' text (for `language` masks: own culture = the cultures "
+                "written in that language). ΔNLL (nats, = log PPL ratio) compares texts whose baseline PPLs differ "
+                "tenfold; ΔPPL means are dominated by the high-PPL columns (zh). Last column: rows whose largest ΔNLL "
+                "on culture text is on their own culture."
             ),
             "",
             (
@@ -306,7 +309,8 @@ def report(cfg, model, cultures, manifest, how_lang, cult_stats, cmasks, res, ti
         lines += [
             (
                 f"| generic ({int(cmasks.generic.masks.sum())} neurons) | all culture text {g['culture_text']:.3f} | | "
-                f"all language text {g['language_text']:.3f} | | {gp['culture_text']:.1f} | | {gp['language_text']:.1f} | | |"
+                f"all language text {g['language_text']:.3f} | | {gp['culture_text']:.1f} | | "
+                f"{gp['language_text']:.1f} | | |"
             ),
             "",
             verdict(res),
@@ -349,11 +353,6 @@ def verdict(res) -> str:
 
 def compute(cfg, cultures, languages, train, held, out: Path, log):
     """Load the model, collect statistics, identify the masks, run the ΔPPL matrices."""
-    import jlang
-    from jlang.analysis.culture import culture_ppl, identify_culture_neurons
-    from jlang.data.sources import resolve_corpus
-    from jlang.stats.collect import collect_stats
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     model = jlang.load_model(cfg.model.source, dtype=cfg.model.dtype)
@@ -413,12 +412,6 @@ def compute(cfg, cultures, languages, train, held, out: Path, log):
 
 def load_results(cfg, cultures, out: Path, log):
     """The saved outputs of an earlier run of this config (figures redrawn); no model is loaded."""
-    from types import SimpleNamespace
-
-    from jlang.analysis.culture import CultureMasks, CulturePPL
-    from jlang.evals.perplexity import PPLResult
-    from jlang.stats import ActivationStats
-
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     cult_stats = ActivationStats.load(out / "culture_stats.npz")
     cmasks = CultureMasks.load(out / "masks", cultures)
@@ -447,8 +440,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg: CultureConfig = config_lib.load_config(args.config, CultureConfig, args.set)
     cultures = parse_cultures(cfg.cultures)
-
-    import yaml
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

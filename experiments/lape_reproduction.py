@@ -34,9 +34,22 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-import numpy as np  # noqa: E402
+import numpy as np
+import yaml
 
-from jlang import config as config_lib  # noqa: E402
+import jlang
+from jlang import config as config_lib
+from jlang.data.sources import read_documents, resolve_corpus
+from jlang.evals.langid import Py3LangID, identifier_accuracy
+from jlang.evals.logit_lens import LensResult, logit_lens
+from jlang.evals.lss import LSSResult, cloze_items, lss, read_parallel
+from jlang.evals.perplexity import PPLResult, ppl_matrix
+from jlang.evals.steering import Activation, SteeringResult, default_generator, run_steering, steering_prompts
+from jlang.evals.token_lang import TokenTagger, token_counts
+from jlang.masks import NeuronMasks
+from jlang.methods.chain import run_lape
+from jlang.parallel import make_mesh
+from jlang.stats import ActivationStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +121,6 @@ class ReproductionConfig:
 
 def lape_neurons(cfg: ReproductionConfig, log) -> tuple[object, object, str]:
     """(masks, stats, how): reuse `{lape.out}` when it fits the config, else run the LAPE chain."""
-    from jlang.masks import NeuronMasks
-    from jlang.methods.chain import run_lape
-    from jlang.stats import ActivationStats
-
     root = Path(cfg.lape.out)
     masks_path, stats_path = root / "masks.npz", root / "stats.npz"
     if cfg.reuse_lape and masks_path.is_file() and stats_path.is_file():
@@ -169,7 +178,8 @@ def dominance_text(ppl) -> list[str]:
         for k, v in per.items():
             lines.append(
                 f"| {k} | {v['own']:.3f} | {v['max_other']:.3f} | {v['mean_other']:.3f} | {v['ratio_max']:.2f} | "
-                f"{v['ratio_mean']:.2f} | {'yes' if v['row_dominant'] else 'no'} | {'yes' if v['col_dominant'] else 'no'} |"
+                f"{v['ratio_mean']:.2f} | {'yes' if v['row_dominant'] else 'no'} | "
+                f"{'yes' if v['col_dominant'] else 'no'} |"
             )
         lines.append("")
     return lines
@@ -250,19 +260,20 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
         lines += [
             "## Language steering",
             "",
-            f"Prompts: {cfg.steering.prompts_per_language} held-out sentences per language as `{cfg.steering.template!r}`; "
-            f"{steer.meta.get('generator')}, {cfg.steering.max_new_tokens} new tokens. Condition b→t: b's neurons set to "
-            f"{steer.meta['deactivate_value']}, then t's neurons {act['kind']} (strength {act['strength']:g}"
-            f"{', a += s·mean activation of t' if act['kind'] == 'additive' else ''}). Language of each generation: "
-            f"{steer.meta.get('identifier')} restricted to the study's languages. Success = identified as t.",
+            f"Prompts: {cfg.steering.prompts_per_language} held-out sentences per language as "
+            f"`{cfg.steering.template!r}`; {steer.meta.get('generator')}, {cfg.steering.max_new_tokens} new tokens. "
+            f"Condition b→t: b's neurons set to {steer.meta['deactivate_value']}, then t's neurons {act['kind']} "
+            f"(strength {act['strength']:g}{', a += s·mean activation of t' if act['kind'] == 'additive' else ''}). "
+            f"Language of each generation: {steer.meta.get('identifier')} restricted to the study's languages. "
+            "Success = identified as t.",
             "",
-            f"Mean success over the {int(np.isfinite(steer.success).sum())} off-diagonal pairs: **{steer.mean_success():.3f}** "
-            f"(a random one of {len(steer.targets)} languages: {1 / len(steer.targets):.3f}). Control: the share of "
-            f"generations already in t when b is deactivated but t is not activated: {steer.mean_control():.3f}; "
-            f"mean lift (success − control) **{steer.mean_success() - steer.mean_control():.3f}**. The model often "
-            "falls back to English when a prompt language's neurons are off (and answers many non-English prompts in "
-            "English even without edits), so English as a target succeeds largely without steering: read its column "
-            "against the control.",
+            f"Mean success over the {int(np.isfinite(steer.success).sum())} off-diagonal pairs: "
+            f"**{steer.mean_success():.3f}** (a random one of {len(steer.targets)} languages: "
+            f"{1 / len(steer.targets):.3f}). Control: the share of generations already in t when b is deactivated but "
+            f"t is not activated: {steer.mean_control():.3f}; mean lift (success − control) "
+            f"**{steer.mean_success() - steer.mean_control():.3f}**. The model often falls back to English when a "
+            "prompt language's neurons are off (and answers many non-English prompts in English even without edits), "
+            "so English as a target succeeds largely without steering: read its column against the control.",
             "",
             steer.table(),
             "",
@@ -281,7 +292,8 @@ def report(cfg, model, masks, how, ppl, steer, lss_res, lens_res, timings) -> st
         if steer.identifier_accuracy:
             acc = steer.identifier_accuracy
             lines += [
-                f"Identifier accuracy on the held-out sentences: macro **{acc['macro']:.3f}**, micro {acc['micro']:.3f}.",
+                f"Identifier accuracy on the held-out sentences: macro **{acc['macro']:.3f}**, micro "
+                f"{acc['micro']:.3f}.",
                 "",
                 "| " + " | ".join(acc["per_language"]) + " |",
                 "|" + "---:|" * len(acc["per_language"]),
@@ -354,12 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg: ReproductionConfig = config_lib.load_config(args.config, ReproductionConfig, args.set)
 
-    import yaml
-
-    import jlang
-    from jlang.data.sources import read_documents, resolve_corpus
-    from jlang.parallel import make_mesh
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
@@ -380,8 +386,6 @@ def main(argv: list[str] | None = None) -> int:
     ppl = steer = lens_res = None
     lss_res: dict = {}
     if cfg.ppl.enabled:
-        from jlang.evals.perplexity import PPLResult, ppl_matrix
-
         ppl = load_existing(cfg, "ppl", PPLResult, log)
     if cfg.ppl.enabled and ppl is None:
         t = time.perf_counter()
@@ -403,13 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"PPL matrix in {timings['PPL matrix']:.0f} s\n{ppl.table('delta_ppl')}\n{verdict(ppl)}")
 
     if cfg.steering.enabled:
-        from jlang.evals.steering import SteeringResult
-
         steer = load_existing(cfg, "steering", SteeringResult, log)
     if cfg.steering.enabled and steer is None:
-        from jlang.evals.langid import Py3LangID, identifier_accuracy
-        from jlang.evals.steering import Activation, default_generator, run_steering, steering_prompts
-
         t = time.perf_counter()
         c = cfg.steering
         targets = list(c.targets) if c.targets else languages
@@ -443,8 +442,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"steering in {timings['steering']:.0f} s, mean success {steer.mean_success():.3f}\n{steer.table()}")
 
     for kind in cfg.lss.interventions if cfg.lss.enabled else ():
-        from jlang.evals.lss import LSSResult, cloze_items, lss, read_parallel
-
         name = f"lss_{kind}"
         lss_res[kind] = load_existing(cfg, name, LSSResult, log)
         if lss_res[kind] is not None:
@@ -475,13 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"LSS ({kind})"] = time.perf_counter() - t
 
     if cfg.lens.enabled:
-        from jlang.evals.logit_lens import LensResult
-
         lens_res = load_existing(cfg, "lens", LensResult, log)
     if cfg.lens.enabled and lens_res is None:
-        from jlang.evals.logit_lens import logit_lens
-        from jlang.evals.token_lang import TokenTagger, token_counts
-
         t = time.perf_counter()
         c = cfg.lens
         counts = None

@@ -33,8 +33,18 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
+from jlang.analysis.overlap import group_relation, mask_activation, overlap, specialization
+from jlang.data.corpora.codemix import build_codemix, read_parallel, set_name
+from jlang.data.langinfo import family_of, script_of
+from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
+from jlang.masks import NeuronMasks
+from jlang.methods.chain import run_lape
+from jlang.stats import ActivationStats
+from jlang.stats.collect import collect_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +93,6 @@ class OverlapConfig:
 
 def lape_neurons(cfg: OverlapConfig, log):
     """(masks, stats, how): `reuse` when it fits the `lape` section's model/languages/method, else run LAPE."""
-    from jlang.masks import NeuronMasks
-    from jlang.methods.chain import run_lape
-    from jlang.stats import ActivationStats
-
     if cfg.reuse:
         root = Path(cfg.reuse)
         if (root / "masks.npz").is_file() and (root / "stats.npz").is_file():
@@ -118,8 +124,6 @@ def lape_neurons(cfg: OverlapConfig, log):
 
 def script_class_means(result) -> dict[str, float]:
     """Mean IoU of Latin–Latin, non-Latin–non-Latin and Latin–non-Latin pairs."""
-    from jlang.data.langinfo import script_of
-
     latin = [script_of(c) == "Latin" for c in result.languages]
     groups: dict[str, list[float]] = {
         "Latin–Latin": [],
@@ -166,10 +170,6 @@ def spec_overall(spec) -> np.ndarray:
 
 def codemix_analysis(cfg: OverlapConfig, model, masks, log) -> dict:
     """Build the code-mixed sets, collect statistics on them, measure neuron activation and specialisation."""
-    from jlang.analysis.overlap import mask_activation, specialization
-    from jlang.data.corpora.codemix import build_codemix, read_parallel, set_name
-    from jlang.stats.collect import collect_stats
-
     c = cfg.codemix
     cm = build_codemix(read_parallel(), c.bases, c.partners, c.ratios, seed=c.seed, max_rows=c.max_rows)
     cm.save(Path(cfg.out) / "codemix_text")
@@ -227,8 +227,6 @@ def codemix_analysis(cfg: OverlapConfig, model, masks, log) -> dict:
 
 
 def plot_codemix(res: dict, path: Path) -> Path:
-    from jlang.io.report import new_figure, save_figure
-
     fig = new_figure(15, 4.2)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     colors = {}
@@ -253,7 +251,7 @@ def plot_codemix(res: dict, path: Path) -> Path:
     axes[0].set_ylabel("scaled P(a > 0)")
     axes[1].set_ylabel("mean IoU over layers")
     # per layer at ratio 0.5: IoU with base minus IoU with partner
-    for n, (pair, cur) in enumerate(res["curves"].items()):
+    for pair, cur in res["curves"].items():
         mid = cur["ratios"].index(0.5) if 0.5 in cur["ratios"] else len(cur["ratios"]) // 2
         diff = np.array(cur["spec_iou_base_by_layer"][mid]) - np.array(cur["spec_iou_partner_by_layer"][mid])
         axes[2].plot(range(len(diff)), diff, "-", color=colors[pair], label=pair)
@@ -261,7 +259,8 @@ def plot_codemix(res: dict, path: Path) -> Path:
     axes[2].set_xlabel("layer")
     axes[2].set_ylabel("IoU(mixed, base) − IoU(mixed, partner)")
     axes[2].set_title(
-        "r = 0.5: IoU(mixed, base) − IoU(mixed, partner) per layer\n(> 0: the mixed text's specialised neurons are closer to the base's)",
+        "r = 0.5: IoU(mixed, base) − IoU(mixed, partner) per layer\n(> 0: the mixed text's specialised neurons are "
+        "closer to the base's)",
         fontsize=9,
     )
     axes[2].legend(fontsize=7)
@@ -328,9 +327,9 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
                 f"{spec.threshold:g} of the layer's total firing kept; neurons kept by every language removed "
                 f"(on average {spec.shared_removed.mean():.0f} per layer); IoU per layer between languages. Firing = "
                 "`a > 0` at `mlp.act`. The original counts non-zero entries of the down-projection input, which for a "
-                "gated MLP is `act(gate) ⊙ up` and is almost never exactly zero: every neuron would count every token and "
-                "the 90 % prefix would be an arbitrary 90 % of the neurons. `a > 0` is the event ReLU's non-zero stands "
-                "for (`SiLU/GELU(z) > 0 ⇔ z > 0`)."
+                "gated MLP is `act(gate) ⊙ up` and is almost never exactly zero: every neuron would count every token "
+                "and the 90 % prefix would be an arbitrary 90 % of the neurons. `a > 0` is the event ReLU's non-zero "
+                "stands for (`SiLU/GELU(z) > 0 ⇔ z > 0`)."
             ),
             "",
             f"Specialised neurons per language and layer: mean {sizes.mean():.0f} of {masks.num_neurons} "
@@ -353,21 +352,22 @@ def report(cfg, masks, stats, how, ov, classes, spec, spec_rel, cmx, timings) ->
             "## Code-mixed inputs",
             "",
             (
-                f"{cmx['rows']} parallel held-out rows holding all of {', '.join(cmx['meta']['bases'] + cmx['meta']['partners'])}; "
-                "for each base b and partner p, a share r of b's words is replaced by the partner word linked to it in the "
-                "aligned sentence (Dice association over the parallel split + competitive linking; "
-                "`jlang.data.corpora.codemix`). A statistics pass over every set (base, partner and mixed text, "
-                f"{sum(cmx['tokens'].values()):,} tokens, {cmx['seconds']:.0f} s). Examples at r = 0.5:"
+                f"{cmx['rows']} parallel held-out rows holding all of "
+                f"{', '.join(cmx['meta']['bases'] + cmx['meta']['partners'])}; for each base b and partner p, a share "
+                "r of b's words is replaced by the partner word linked to it in the aligned sentence (Dice association "
+                "over the parallel split + competitive linking; `jlang.data.corpora.codemix`). A statistics pass over "
+                f"every set (base, partner and mixed text, {sum(cmx['tokens'].values()):,} tokens, "
+                f"{cmx['seconds']:.0f} s). Examples at r = 0.5:"
             ),
             "",
             *[f"- `{n}`: {ex[0]}" for n, ex in list(cmx["examples"].items())[:4]],
             "",
             (
                 "Activation of the LAPE neurons: `P(a > 0)` averaged over the base language's neurons and over the "
-                "partner's neurons, each scaled so that 0 = its value on the unmixed base sentences and 1 = its value on "
-                "the unmixed partner translations of the same rows (0.5 at r = 0.5 = the neurons respond in proportion "
-                "to the mixed-in words). Specialised-neuron IoU (mean over layers) of the mixed set with the unmixed "
-                "base and with the unmixed partner:"
+                "partner's neurons, each scaled so that 0 = its value on the unmixed base sentences and 1 = its value "
+                "on the unmixed partner translations of the same rows (0.5 at r = 0.5 = the neurons respond in "
+                "proportion to the mixed-in words). Specialised-neuron IoU (mean over layers) of the mixed set with "
+                "the unmixed base and with the unmixed partner:"
             ),
             "",
             (
@@ -441,12 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg: OverlapConfig = config_lib.load_config(args.config, OverlapConfig, args.set)
 
-    import yaml
-
-    from jlang.data.langinfo import family_of, script_of
-    from jlang.analysis.overlap import group_relation, overlap, specialization
-    from jlang.io.report import save_heatmaps, write_json
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config_lib.to_dict(cfg))), sort_keys=False))
@@ -515,8 +509,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"reusing {out / 'codemix.json'} (its statistics pass took {cmx['seconds']:.0f} s)")
         timings["code-mixing statistics pass (reused result, its own run)"] = cmx["seconds"]
     elif cfg.codemix.enabled:
-        import jlang
-
         t = time.perf_counter()
         model = jlang.load_model(cfg.lape.model.source, dtype=cfg.lape.model.dtype)
         timings["load model"] = time.perf_counter() - t

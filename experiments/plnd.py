@@ -1,4 +1,5 @@
-"""PLND (Zhao et al. 2024, DAMO-NLP-SG/multilingual_analysis) on the default model and corpus, with a deactivation PPL matrix.
+"""PLND (Zhao et al. 2024, DAMO-NLP-SG/multilingual_analysis) on the default model and corpus, with a deactivation
+PPL matrix.
 
     python experiments/plnd.py configs/plnd_default.yaml [--set plnd.mode=paper ...]
 
@@ -32,8 +33,20 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
+from tqdm.auto import tqdm
 
+import jlang
 from jlang import config as config_lib
+from jlang import edits as edit_lib
+from jlang.data.pipeline import make_batches, tokenize_corpus
+from jlang.data.sources import resolve_corpus
+from jlang.evals.perplexity import PPLResult, aggregate_nll, ppl_matrix
+from jlang.io.report import write_json
+from jlang.methods.plnd import plnd, plnd_edits
+from jlang.models.decoder import AttnEdits
+from jlang.models.scoring import Scorer, rows_from_batches
+from jlang.parallel import make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +120,6 @@ class PLNDExperimentConfig:
 
 
 def run_mode(model, cfg: PLNDExperimentConfig, mode: str, parts=("ffn", "qk", "vo")):
-    from jlang.data.sources import resolve_corpus
-    from jlang.methods.plnd import plnd
-
     c = cfg.plnd
     corpus = resolve_corpus(cfg.corpus.source, cfg.corpus.languages, cfg.corpus.split)
     return plnd(
@@ -148,12 +158,6 @@ def ppl_with_edits(
     also scale attention dimensions, so its rows and columns are scored here with the same
     `Scorer` and aggregated with the same `aggregate_nll` (LAPE / NJUNLP conventions).
     """
-    from tqdm.auto import tqdm
-
-    from jlang.data.pipeline import make_batches, tokenize_corpus
-    from jlang.evals.perplexity import PPLResult, aggregate_nll
-    from jlang.models.scoring import Scorer, rows_from_batches
-
     t0 = time.perf_counter()
     tok = tokenize_corpus(corpus, model.tokenizer, languages=languages, progress=False)
     rows = rows_from_batches(
@@ -206,12 +210,9 @@ def ppl_with_edits(
 
 def none_edits(model):
     """The identity with the same pytree as PLND edits (neurons + attention), so "none" reuses their compilation."""
-    from jlang import edits as E
-    from jlang.models.decoder import AttnEdits
-
     c = model.config
     return dataclasses.replace(
-        E.identity(model),
+        edit_lib.identity(model),
         attn=AttnEdits.ones(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim),
     )
 
@@ -251,9 +252,9 @@ def ppl_section(title: str, ppl, what: str, png: str) -> list[str]:
         ppl.table("delta_ppl", "{:.2f}"),
         "",
         (
-            f"Diagonal: ΔNLL[k,k] is the largest of its row for **{dom['row_dominant']}/{dom['languages']}** languages and "
-            f"of its column for **{dom['col_dominant']}/{dom['languages']}**; median ΔNLL[k,k] / mean_j≠k ΔNLL[k,j] = "
-            f"**{dom['median_ratio_mean']:.2f}**."
+            f"Diagonal: ΔNLL[k,k] is the largest of its row for **{dom['row_dominant']}/{dom['languages']}** languages "
+            f"and of its column for **{dom['col_dominant']}/{dom['languages']}**; median ΔNLL[k,k] / mean_j≠k "
+            f"ΔNLL[k,j] = **{dom['median_ratio_mean']:.2f}**."
         ),
         "",
         f"![{title}]({png})",
@@ -271,9 +272,9 @@ def report(cfg, model, result, other, ppl, ppl_ffn, timings) -> str:
         "",
         (
             f"Zhao et al. 2024 (`DAMO-NLP-SG/multilingual_analysis`), **{result.meta['mode']} mode** "
-            f"(`jlang.methods.plnd`, docs/plnd.md). Model {model.family}: {c.num_layers} layers x {c.d_ff} FFN neurons, "
-            f"{c.num_heads} query heads / {c.num_kv_heads} kv head(s) x head_dim {c.head_dim} = {c.num_heads * c.head_dim} "
-            f"attention dimensions per layer."
+            f"(`jlang.methods.plnd`, docs/plnd.md). Model {model.family}: {c.num_layers} layers x {c.d_ff} FFN "
+            f"neurons, {c.num_heads} query heads / {c.num_kv_heads} kv head(s) x head_dim {c.head_dim} = "
+            f"{c.num_heads * c.head_dim} attention dimensions per layer."
         ),
         "",
         f"Documents: {p.documents_per_language} per language x {len(langs)} languages = {int(result.documents.sum())}, "
@@ -393,7 +394,7 @@ def report(cfg, model, result, other, ppl, ppl_ffn, timings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
     parser.add_argument(
         "--set",
@@ -404,14 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg: PLNDExperimentConfig = config_lib.load_config(args.config, PLNDExperimentConfig, args.set)
-
-    import yaml
-
-    import jlang
-    from jlang.data.sources import resolve_corpus
-    from jlang.io.report import write_json
-    from jlang.methods.plnd import plnd_edits
-    from jlang.parallel import make_mesh
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -474,8 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         timings["PPL (FFN + attention)"] = time.perf_counter() - t
         log(f"PPL (FFN + attention) in {timings['PPL (FFN + attention)']:.0f} s\n{ppl.table('delta_nll', '{:.3f}')}")
         if c.ffn_only:
-            from jlang.evals.perplexity import ppl_matrix
-
             t = time.perf_counter()
             ppl_ffn = ppl_matrix(
                 model,

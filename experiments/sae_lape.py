@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,21 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
-from jlang.sae.train import TrainConfig
+from jlang.data.sources import read_documents, resolve_corpus
+from jlang.io.report import new_figure, save_figure, save_heatmaps, write_json
+from jlang.parallel import make_mesh
+from jlang.sae import lape as lape_lib
+from jlang.sae.classify import classify
+from jlang.sae.evaluation import evaluate
+from jlang.sae.lape import summary_table
+from jlang.sae.model import SAE, SAEConfig
+from jlang.sae.steer import steering_success
+from jlang.sae.stream import ActivationStream, load_tokenized, sentence_rows
+from jlang.sae.train import TrainConfig, dead_features, save_history, train_sae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +168,6 @@ class SAELapeConfig:
 
 def train_or_reuse(cfg: SAELapeConfig, model, log):
     """(SAE, history, dead-feature summary, seconds, how)."""
-    from jlang.io.report import write_json
-    from jlang.sae.model import SAE, SAEConfig
-    from jlang.sae.stream import ActivationStream, load_tokenized
-    from jlang.sae.train import dead_features, save_history, train_sae
-
     out = Path(cfg.out)
     s = cfg.sae
     sae_cfg = SAEConfig(
@@ -184,7 +192,6 @@ def train_or_reuse(cfg: SAELapeConfig, model, log):
             history = json.loads((out / "history.json").read_text())
             return (SAE.load(out / "sae.npz"), history, saved["dead"], saved["seconds"], f"reused {out / 'sae.npz'}")
         log(f"{out / 'sae.npz'} was trained with other settings; training again")
-    from jlang.data.sources import resolve_corpus
 
     tok = load_tokenized(
         model, resolve_corpus(cfg.corpus.source, cfg.corpus.languages, "train"), add_bos=cfg.corpus.add_bos
@@ -226,8 +233,6 @@ def train_or_reuse(cfg: SAELapeConfig, model, log):
         },
     )
     if not cfg.checkpoint.keep:
-        import shutil
-
         shutil.rmtree(ckpt, ignore_errors=True)
     return res.sae, res.history, dead, res.seconds, how
 
@@ -238,8 +243,6 @@ def _counts(result) -> dict:
 
 
 def plot_training(history, path) -> None:
-    from jlang.io.report import new_figure, save_figure
-
     steps = [h["step"] for h in history]
     fig = new_figure(11, 3.2)
     third = ("dead", "dead features") if history and "dead" in history[0] else ("aux", "AuxK loss")  # older histories
@@ -255,8 +258,6 @@ def plot_training(history, path) -> None:
 
 def plot_features(result, path) -> None:
     """Features per language, and the entropy of every candidate vs its top language's p."""
-    from jlang.io.report import new_figure, save_figure
-
     counts = result.counts()
     fig = new_figure(11, 3.6)
     ax = fig.add_subplot(1, 2, 1)
@@ -286,8 +287,6 @@ def plot_features(result, path) -> None:
 
 
 def plot_steering(steer, path) -> None:
-    from jlang.io.report import save_heatmaps
-
     targets = list(steer["success"])
     mults = sorted({float(m) for t in targets for m in steer["success"][t]})
     m = np.array([[steer["success"][t][mm] for mm in mults] for t in targets])
@@ -325,18 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
     cfg: SAELapeConfig = config_lib.load_config(args.config, SAELapeConfig, args.set)
-
-    import yaml
-
-    import jlang
-    from jlang.data.sources import read_documents, resolve_corpus
-    from jlang.io.report import write_json
-    from jlang.parallel import make_mesh
-    from jlang.sae import lape as lape_lib
-    from jlang.sae.classify import classify
-    from jlang.sae.evaluation import evaluate
-    from jlang.sae.steer import steering_success
-    from jlang.sae.stream import load_tokenized, sentence_rows
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -540,8 +527,6 @@ def write_report(
     used,
     d_rates,
 ) -> str:
-    from jlang.sae.lape import summary_table
-
     c, tr = sae.config, cfg.train
     last = history[-1] if history else {}
     dropped = (

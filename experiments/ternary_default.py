@@ -34,9 +34,18 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import numpy as np
+import yaml
 
+import jlang
 from jlang import config as config_lib
+from jlang.analysis.compare.neurons import TYPE_NAMES, jaccard, model_neurons, type_counts
+from jlang.analysis.compare.profile import layer_profile
+from jlang.analysis.compare.report import draw_profile, plot_type_counts, stages_table
 from jlang.data.langinfo import language_name
+from jlang.evals.lss import read_parallel
+from jlang.io.report import new_figure, save_figure, write_json
+from jlang.masks import NeuronMasks
+from jlang.stats import ActivationStats
 
 LANGUAGES = ("en", "zh", "fr", "es", "ru", "ja", "de", "ar", "ko", "id", "vi", "hi")
 
@@ -126,9 +135,6 @@ def _settings(cfg: TernaryDefaultConfig) -> dict:
 
 
 def report(cfg, stats, masks, neurons, profile, lape_overlap, pairs, timings) -> str:
-    from jlang.analysis.compare.neurons import TYPE_NAMES, type_counts
-    from jlang.analysis.compare.report import stages_table
-
     counts = type_counts(neurons.types)
     k = len(masks.languages)
     lc = masks.language_count()
@@ -262,9 +268,6 @@ def bound_note(trace) -> str:
 
 def lape_overlap(path: str | None, masks):
     """Per language, LAPE vs ternary neuron sets (languages both hold), or None without a fitting LAPE file."""
-    from jlang.analysis.compare.neurons import jaccard
-    from jlang.masks import NeuronMasks
-
     if not path or not Path(path).is_file():
         return None
     lape = NeuronMasks.load(path)
@@ -293,16 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     cfg: TernaryDefaultConfig = config_lib.load_config(args.config, TernaryDefaultConfig, args.set)
-
-    import yaml
-
-    import jlang
-    from jlang.analysis.compare.neurons import model_neurons, type_counts
-    from jlang.analysis.compare.profile import layer_profile
-    from jlang.analysis.compare.report import draw_profile, plot_type_counts
-    from jlang.evals.lss import read_parallel
-    from jlang.io.report import new_figure, save_figure, write_json
-    from jlang.stats import ActivationStats
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

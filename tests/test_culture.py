@@ -229,8 +229,8 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_demonstration_culture_corpus(tmp_path):
     pytest.importorskip("faker")
-    from jlang.data.langinfo import text_script_share
     from jlang.data.corpora.culture import build_culture_corpus, culture_corpus
+    from jlang.data.langinfo import text_script_share
 
     cultures = {"de_DE": "de", "ru_RU": "ru", "ja_JP": "ja", "en_GB": "en"}
     manifest = build_culture_corpus(tmp_path / "a", cultures, train_lines=12, heldout_lines=3, seed=0)

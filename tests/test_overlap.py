@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 
-from jlang.data import langinfo
 from jlang.analysis.overlap import (
     average_linkage,
     cluster_order,
@@ -24,6 +23,7 @@ from jlang.analysis.overlap import (
     specialization,
     specialized_neurons,
 )
+from jlang.data import langinfo
 from jlang.masks import NeuronMasks
 from jlang.stats import ActivationStats
 

@@ -122,6 +122,39 @@ def test_edit_scopes_on_the_cached_path(load, scope):
     assert not np.allclose(step, unedited[:, n], atol=1e-4)  # either scope reaches the new token's logits
 
 
+def _add_at_layer_1(point, value, layer, args):
+    """A splice: `args["vector"][row]` added to the residual after layer 1 on the tokens `args["where"]` marks."""
+    if point != "resid.post":
+        return value
+    on = (layer == 1) & args["where"][..., None]
+    return value + jnp.where(on, args["vector"][:, None, :], 0.0).astype(value.dtype)
+
+
+@pytest.mark.parametrize("scope", gen.SCOPES)
+def test_splice_scopes_match_full_recomputation(load, scope):
+    """`generate`'s splice, its per-prompt arguments cut into sorted batches, against a fixed-buffer greedy oracle."""
+    model, width = load("llama2"), 32
+    vectors = 3 * np.random.default_rng(4).normal(size=(len(PROMPTS), model.config.d_model)).astype(np.float32)
+    args = {"vector": vectors}
+    ours = generate(model, PROMPTS, max_new_tokens=N, splice=_add_at_layer_1, splice_args=args, splice_scope=scope)
+    assert ours == generate(
+        model, PROMPTS, max_new_tokens=N, splice=_add_at_layer_1, splice_args=args, splice_scope=scope, batch_size=2
+    )
+    for prompt, vector, text in zip(PROMPTS, vectors, ours):
+        ids = model.tokenizer(prompt)["input_ids"]
+        n, buf, pos = len(ids), np.zeros((1, width), np.int32), np.arange(width)
+        buf[0, : len(ids)] = ids
+        where = {"all": pos >= 0, "prompt": pos < n, "generated": pos >= n, "last": pos == n - 1}[scope]
+        splice_args = {"vector": jnp.asarray(vector[None]), "where": jnp.asarray(where[None])}
+        for i in range(n, n + N):
+            logits, _ = model.forward(jnp.asarray(buf), splice=_add_at_layer_1, splice_args=splice_args)
+            buf[0, i] = int(np.argmax(np.asarray(logits)[0, i - 1]))
+        new = list(buf[0, n : n + N])
+        new = new[: new.index(2)] if 2 in new else new  # EOS
+        assert text == model.tokenizer.decode(new, skip_special_tokens=True)
+    assert ours != generate(model, PROMPTS, max_new_tokens=N)  # the splice does change the text
+
+
 def test_identity_edits_reproduce_unedited_logits_exactly(load):
     model = load("gemma3")
     ids = jnp.asarray(np.random.default_rng(2).integers(4, model.config.vocab_size, (2, 10)), jnp.int32)

@@ -13,10 +13,16 @@ The papers generate with `temperature=0, repetition_penalty=1.1`, stop strings
   Stop strings need the tokenizer, so with stop strings the loop runs in chunks
   of `STOP_CHECK_EVERY` tokens and the host checks the text between chunks.
 
-Sampling settings, edits and the edit scope are traced data: changing them
-reuses the compiled programs. What is static: the shapes (batch, prompt width
-rounded up to `WIDTH_MULTIPLE`, `max_new_tokens`), greedy vs sampling, `top_k`,
-and whether `top_p` is used.
+Interventions ride along every forward of both: neuron `edits`, and a decoder
+`splice` (`jlang.models.decoder`; e.g. an SAE steering vector added at a hook
+point) whose per-prompt `splice_args` are cut into batches like the prompts.
+Each has a scope (`SCOPES`), the tokens it acts on, given to the splice as
+`splice_args["where"]` (bool `[batch, tokens of this call]`).
+
+Sampling settings, edits, splice arguments and the scopes are traced data:
+changing them reuses the compiled programs. What is static: the shapes (batch,
+prompt width rounded up to `WIDTH_MULTIPLE`, `max_new_tokens`), greedy vs
+sampling, `top_k`, whether `top_p` is used, and the splice function.
 
 On several processes (`jlang.parallel.distributed`, the model on a mesh over every
 process's devices) every process passes the same prompts: each batch is split
@@ -31,7 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +49,7 @@ from jlang.models.decoder import (
     CACHE_AXES,
     Edits,
     KVCache,
+    Splice,
     check_edits_fit,
     forward,
     forward_cached,
@@ -53,7 +61,9 @@ from jlang.parallel import distributed
 
 Array = jax.Array
 
-EDIT_SCOPES = ("all", "prompt", "generated")
+# The tokens an edit or a splice acts on: every token, the prompt's (prefill), the generated
+# ones (decoding steps), or the prompt's last token only (SAE-LAPE's `..._last_token` steering).
+SCOPES = ("all", "prompt", "generated", "last")
 # Prompt widths are rounded up to a multiple of this, so prompts of similar
 # length share a compiled prefill (left-padding does not change the result).
 WIDTH_MULTIPLE = 8
@@ -144,6 +154,19 @@ def _emit(state: DecodeState, logits: Array, is_eos: Array, key: Array, knobs, s
     )
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["edits", "edit_where", "splice_args"], meta_fields=["splice"]
+)
+@dataclasses.dataclass(frozen=True)
+class Interventions:
+    """What acts on one forward (`forward_cached`'s arguments of these names); the splice is static."""
+
+    edits: Edits | None
+    edit_where: Array  # bool [B, T]: the tokens of this call the edits act on
+    splice: Splice | None = None
+    splice_args: Any = None  # the splice's rows of this batch, and "where" (as edit_where)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler", "max_new_tokens", "cache_sharding"))
 def prefill(
     params,
@@ -153,8 +176,7 @@ def prefill(
     is_eos,
     key,
     knobs,
-    edits,
-    edit_prompt,
+    acts: Interventions,
     *,
     cfg: ModelConfig,
     sampler: Sampler,
@@ -175,8 +197,7 @@ def prefill(
         cache,
         positions=positions,
         valid=valid,
-        edits=edits,
-        edit_where=valid & edit_prompt,
+        **vars(acts),
         output="hidden",
     )
     logits = unembed(params, hidden[:, -1], cfg)
@@ -197,23 +218,21 @@ def prefill(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampler"), donate_argnames=("state",))
 def decode(
-    params, state: DecodeState, limit, is_eos, key, knobs, edits, edit_generated, *, cfg: ModelConfig, sampler: Sampler
+    params, state: DecodeState, limit, is_eos, key, knobs, acts: Interventions, *, cfg: ModelConfig, sampler: Sampler
 ) -> DecodeState:
-    """Generate one token per iteration until `limit` tokens are out or every row is done."""
+    """Generate one token per iteration until `limit` tokens are out or every row is done (`acts` of `[B, 1]`)."""
 
     def running(s: DecodeState) -> Array:
         return (s.step < limit) & ~jnp.all(s.done)
 
     def step(s: DecodeState) -> DecodeState:
-        b = s.last.shape[0]
         hidden, _, cache = forward_cached(
             params,
             s.last[:, None],
             cfg,
             s.cache,
             positions=s.pos[:, None],
-            edits=edits,
-            edit_where=jnp.broadcast_to(edit_generated, (b, 1)),
+            **vars(acts),
             output="hidden",
         )
         logits = unembed(params, hidden[:, 0], cfg)
@@ -256,9 +275,9 @@ def eos_ids(model: Model) -> np.ndarray:
     return np.array(sorted(ids), np.int32)
 
 
-def left_pad(rows: list[np.ndarray], batch: int, width: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """ids, valid `[batch, width]`: rows right-aligned after `pad_id`s; missing rows copy row 0 (dropped later)."""
-    ids = np.full((batch, width), pad_id, np.int32)
+def _left_pad(rows: list[np.ndarray], batch: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """ids, valid `[batch, width]`: rows right-aligned; missing rows copy row 0 (dropped later)."""
+    ids = np.zeros((batch, width), np.int32)
     valid = np.zeros((batch, width), bool)
     for i in range(batch):
         r = rows[i] if i < len(rows) else rows[0]
@@ -278,6 +297,56 @@ def _cut(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
     return tokens[: end[0]] if end.size else tokens
 
 
+def _scope_where(scope: str, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens `scope` covers: bool `[B, T]` of the left-padded prompts (prefill), bool `[B, 1]` of each step."""
+    b, t = valid.shape
+    prompt = {
+        "all": valid,
+        "prompt": valid,
+        "generated": np.zeros_like(valid),
+        "last": valid & (np.arange(t) == t - 1),
+    }[scope]
+    return prompt, np.full((b, 1), scope in ("all", "generated"))
+
+
+def _per_prompt(splice, splice_args, n: int) -> dict | None:
+    """`splice_args` checked, as host arrays: a mapping of arrays with one row per prompt (None without a splice)."""
+    if splice is None:
+        if splice_args is not None:
+            raise ValueError("splice_args without a splice")
+        return None
+    if not isinstance(splice_args, Mapping | None):
+        raise TypeError(f"splice_args must be a mapping of per-prompt arrays, got {type(splice_args).__name__}")
+    args = jax.tree.map(np.asarray, dict(splice_args or {}))
+    if "where" in args:
+        raise ValueError('splice_args["where"] is set by generate (the tokens of splice_scope); use another key')
+    for path, leaf in jax.tree_util.tree_leaves_with_path(args):
+        if np.shape(leaf)[:1] != (n,):
+            raise ValueError(
+                f"splice_args{jax.tree_util.keystr(path)} needs one row per prompt ({n}): {np.shape(leaf)}"
+            )
+    return args
+
+
+def _interventions(
+    valid: np.ndarray, place, edits: Edits | None, scope: str, splice: Splice | None, splice_args, splice_scope: str
+) -> tuple[Interventions, Interventions]:
+    """What acts on the prefill (`[B, T]`) and on each decoding step (`[B, 1]`) of one batch.
+
+    `splice_args` holds the batch's prompts' rows; padding rows (dropped later) repeat them.
+    """
+    edit_prompt, edit_step = (place(w) for w in _scope_where(scope, valid))
+    if splice is None:
+        return Interventions(edits, edit_prompt), Interventions(edits, edit_step)
+    rows = np.arange(valid.shape[0])
+    args = jax.tree.map(lambda a: place(a[rows % len(a)]), splice_args)
+    splice_prompt, splice_step = (place(w) for w in _scope_where(splice_scope, valid))
+    return (
+        Interventions(edits, edit_prompt, splice, {**args, "where": splice_prompt}),
+        Interventions(edits, edit_step, splice, {**args, "where": splice_step}),
+    )
+
+
 def _run_batch(
     model: Model,
     rows: list[np.ndarray],
@@ -289,13 +358,16 @@ def _run_batch(
     eos: np.ndarray,
     edits: Edits | None,
     scope: str,
+    splice: Splice | None,
+    splice_args: dict | None,
+    splice_scope: str,
     stop: Sequence[str],
     chunk: int | None,
 ) -> list[np.ndarray]:
-    """Generated token ids of each row (cut at EOS), for one batch of prompts."""
+    """Generated token ids of each row (cut at EOS), for one batch of prompts (`splice_args`: their rows)."""
     batch = parallel.pad_batch_to(len(rows), model.mesh)
     width = -(-max(len(r) for r in rows) // WIDTH_MULTIPLE) * WIDTH_MULTIPLE
-    ids, valid = left_pad(rows, batch, width)
+    ids, valid = _left_pad(rows, batch, width)
     row_done = np.arange(batch) >= len(rows)
     cache_sharding = None
     if model.mesh is not None:
@@ -304,6 +376,7 @@ def _run_batch(
     params, cfg = model.params, model.config
     place = functools.partial(distributed.place_whole_batch, model)  # the same prompts on every process
     is_eos = jnp.zeros(cfg.vocab_size, bool).at[eos].set(True, mode="drop")  # [V]: any count of EOS ids, one shape
+    prompt_acts, step_acts = _interventions(valid, place, edits, scope, splice, splice_args, splice_scope)
     state = prefill(
         params,
         place(ids),
@@ -312,8 +385,7 @@ def _run_batch(
         is_eos,
         key,
         knobs,
-        edits,
-        jnp.asarray(scope != "generated"),
+        prompt_acts,
         cfg=cfg,
         sampler=sampler,
         max_new_tokens=max_new_tokens,
@@ -322,7 +394,6 @@ def _run_batch(
     if stop and chunk is None:
         chunk = STOP_CHECK_EVERY
     chunk = chunk or max_new_tokens
-    edit_generated = jnp.asarray(scope != "prompt")
     decode_params = model.unstacked_params()  # one CPU device: per-layer views, no weight copy per decoding step
     while True:
         step, done = int(parallel.to_host(state.step)), np.array(parallel.to_host(state.done))
@@ -335,7 +406,7 @@ def _run_batch(
         if step >= max_new_tokens or done.all():
             break
         limit = jnp.asarray(min(step + chunk, max_new_tokens), jnp.int32)
-        state = decode(decode_params, state, limit, is_eos, key, knobs, edits, edit_generated, cfg=cfg, sampler=sampler)
+        state = decode(decode_params, state, limit, is_eos, key, knobs, step_acts, cfg=cfg, sampler=sampler)
     out = parallel.to_host(state.out)
     return [_cut(out[i], eos) for i in range(len(rows))]
 
@@ -352,6 +423,9 @@ def generate(
     stop: Sequence[str] = (),
     edits: Edits | None = None,
     edit_scope: str = "all",
+    splice: Splice | None = None,
+    splice_args: Mapping[str, Any] | None = None,
+    splice_scope: str = "all",
     seed: int = 0,
     batch_size: int | None = None,
     chunk: int | None = None,
@@ -369,16 +443,25 @@ def generate(
         the text, prompt included (padding excluded); 1.0 is off.
       stop: strings that end a continuation; the text is cut before the first one.
       edits: neuron edits at `mlp.act` (`Edits`, `[L, F]`).
-      edit_scope: where the edits apply: "all" tokens, the "prompt" only
-        (prefill), or "generated" tokens only (decoding steps).
+      edit_scope: the tokens the edits act on (`SCOPES`): "all" of them, the
+        "prompt" only (prefill), the "generated" ones only (decoding steps), or
+        the prompt's "last" token only.
+      splice: `splice(point, value, layer, splice_args) -> value`, run by the
+        decoder at its splice points (`jlang.models.decoder`); static, so pass
+        data through `splice_args`.
+      splice_args: a mapping of arrays with one row per prompt (leading axis
+        `len(prompts)`), cut into batches with the prompts; the splice gets each
+        batch's rows plus `"where"`, bool `[batch, tokens of this call]`: the
+        tokens of `splice_scope` (as `edit_scope`).
       seed: the sampling seed (the same seed and batch give the same samples).
       batch_size: prompts per batch (default: all at once). Prompts are sorted
         by length into batches, so similar lengths share padding.
       chunk: tokens per jitted decoding call (default: all of them, or
         `STOP_CHECK_EVERY` with stop strings); a tuning knob, not a semantic one.
     """
-    if edit_scope not in EDIT_SCOPES:
-        raise ValueError(f"edit_scope must be one of {EDIT_SCOPES}, got {edit_scope!r}")
+    for name, scope in (("edit_scope", edit_scope), ("splice_scope", splice_scope)):
+        if scope not in SCOPES:
+            raise ValueError(f"{name} must be one of {SCOPES}, got {scope!r}")
     if temperature < 0 or repetition_penalty <= 0:
         raise ValueError(f"need temperature >= 0 and repetition_penalty > 0, got {temperature}, {repetition_penalty}")
     if top_k is not None and top_k < 1 or top_p is not None and not 0 < top_p <= 1:
@@ -387,6 +470,7 @@ def generate(
         raise ValueError("stop strings need a tokenizer to read the generated text")
     check_edits_fit(edits, model.config, model.name)
     rows = _encode(model, prompts)
+    splice_args = _per_prompt(splice, splice_args, len(rows))
     if max_new_tokens <= 0 or not rows:
         return [""] * len(rows)
     greedy = temperature == 0
@@ -413,6 +497,9 @@ def generate(
             eos=eos,
             edits=edits,
             scope=edit_scope,
+            splice=splice,
+            splice_args=jax.tree.map(lambda a, part=part: a[part], splice_args),
+            splice_scope=splice_scope,
             stop=stop,
             chunk=chunk,
         )

@@ -13,9 +13,9 @@ the last position of the prompt (`..._last_token`, `where="last"`).
 
 The addition is a decoder `splice`: the vectors are data (`splice_args`), so
 every target, multiplier and prompt batch reuses one compiled program, and each
-row of a batch can be steered differently. `generate_steered` is a small greedy
-decoder over the KV cache (`forward_cached`, which takes the same splice),
-with transformers' repetition penalty.
+row of a batch can be steered differently. `generate_steered` is greedy
+`jlang.models.generate.generate` (KV cache, transformers' repetition penalty)
+with that splice, scoped to every token or to the prompt's last one.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang import parallel
 from jlang.evals.langid import Py3LangID
-from jlang.models.decoder import SPLICE_POINTS, KVCache, forward_cached, unembed
-from jlang.models.generate import eos_ids, left_pad
-from jlang.models.generate import repetition_penalty as penalize_repeats
+from jlang.models.decoder import SPLICE_POINTS
+from jlang.models.generate import generate
 from jlang.sae.lape import SAELapeFeatures
 from jlang.sae.model import SAE, SAEError
 
-Array = jax.Array
 WHERE = ("all", "last")
 
 
@@ -74,56 +70,6 @@ def steer_splice(hook_point: str) -> Callable:
     return splice
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "splice", "max_new_tokens"))
-def _greedy(params, ids, valid, vectors, last_only, is_eos, penalty, *, cfg, splice, max_new_tokens: int):
-    """Left-padded prompts `[B, T]` -> greedy new tokens int32 `[B, max_new_tokens]` (-1 after EOS)."""
-    b, t = ids.shape
-    cache = KVCache.empty(cfg, b, t + max_new_tokens, params["embed"].dtype)
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-    where = jnp.where(last_only, jnp.zeros_like(valid).at[:, -1].set(True), valid)
-    hidden, _, cache = forward_cached(
-        params,
-        ids,
-        cfg,
-        cache,
-        positions=positions,
-        valid=valid,
-        splice=splice,
-        splice_args={"vectors": vectors, "where": where},
-        output="hidden",
-    )
-    logits = unembed(params, hidden[:, -1], cfg)
-    rows = jnp.arange(b)
-    seen = (
-        jnp.zeros((b, cfg.vocab_size), bool)
-        .at[rows[:, None], jnp.where(valid, ids, cfg.vocab_size)]
-        .set(True, mode="drop")
-    )
-    step_where = jnp.broadcast_to(~last_only, (b, 1))  # generated tokens are steered unless "last"
-
-    def body(carry, _):
-        logits, pos, cache, seen, done = carry
-        token = jnp.argmax(penalize_repeats(logits, seen, penalty), axis=-1).astype(jnp.int32)
-        out = jnp.where(done, -1, token)
-        done = done | is_eos[token]
-        seen = seen.at[rows, token].set(True)
-        hidden, _, cache = forward_cached(
-            params,
-            token[:, None],
-            cfg,
-            cache,
-            positions=(pos + 1)[:, None],
-            splice=splice,
-            splice_args={"vectors": vectors, "where": step_where},
-            output="hidden",
-        )
-        return (unembed(params, hidden[:, 0], cfg), pos + 1, cache, seen, done), out
-
-    init = (logits, positions[:, -1], cache, seen, jnp.zeros((b,), bool))
-    _, out = jax.lax.scan(body, init, None, length=max_new_tokens)
-    return out.T
-
-
 def generate_steered(
     model,
     prompts: Sequence[str],
@@ -147,38 +93,16 @@ def generate_steered(
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape != (len(prompts), cfg.num_layers, cfg.d_model):
         raise SAEError(f"vectors must be [{len(prompts)}, {cfg.num_layers}, {cfg.d_model}], got {vectors.shape}")
-    tok = model.tokenizer
-    encoded = [np.asarray(tok(p)["input_ids"], np.int32) for p in prompts]
-    if any(len(e) == 0 for e in encoded):
-        raise SAEError("a prompt tokenizes to no tokens")
-    is_eos = jnp.zeros(cfg.vocab_size, bool).at[eos_ids(model)].set(True)
-    splice = steer_splice(hook_point)
-    out: list[str] = [""] * len(prompts)
-    size = parallel.pad_batch_to(batch_size, model.mesh)
-    width = -(-max(len(e) for e in encoded) // 8) * 8  # one prompt width for every batch: one compilation
-    for start in range(0, len(prompts), size):
-        part = list(range(start, min(start + size, len(prompts))))
-        rows = [encoded[i] for i in part] + [encoded[part[0]]] * (size - len(part))
-        ids, valid = left_pad(rows, len(rows), width, tok.pad_token_id or 0)
-        vec = np.concatenate([vectors[part], np.zeros((size - len(part), *vectors.shape[1:]), np.float32)])
-        new = _greedy(
-            model.params,
-            model.place_batch(ids),
-            model.place_batch(valid),
-            model.place_batch(vec),
-            jnp.asarray(where == "last"),
-            is_eos,
-            jnp.float32(repetition_penalty),
-            cfg=cfg,
-            splice=splice,
-            max_new_tokens=max_new_tokens,
-        )
-        new = parallel.to_host(new)
-        for j, i in enumerate(part):
-            toks = new[j]
-            end = np.flatnonzero(toks < 0)
-            out[i] = tok.decode(toks[: end[0]] if end.size else toks, skip_special_tokens=True)
-    return out
+    return generate(
+        model,
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty,
+        splice=steer_splice(hook_point),
+        splice_args={"vectors": vectors},
+        splice_scope=where,
+        batch_size=batch_size,
+    )
 
 
 def steering_success(

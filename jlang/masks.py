@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from jlang.io import torchfile
-from jlang.io.atomic import atomic_file
 from jlang.io.npz import read_npz, write_npz
+from jlang.io.report import new_figure, save_figure
 
 __all__ = ["NeuronMasks", "MaskError", "MaskShapeError", "UnknownLanguageError"]
 
@@ -191,12 +191,8 @@ class NeuronMasks:
 
     def plot_heatmap(self, path: str | os.PathLike, *, title: str | None = None) -> Path:
         """Save a PNG heat map of neurons per layer (rows) and language (columns). Uses Agg, no pyplot state."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         counts = self.counts().T  # [L, K]
-        fig = Figure(figsize=(1.0 + 0.6 * len(self.languages), 1.5 + 0.18 * self.num_layers))
-        FigureCanvasAgg(fig)
+        fig = new_figure(1.0 + 0.6 * len(self.languages), 1.5 + 0.18 * self.num_layers)
         ax = fig.add_subplot(1, 1, 1)
         im = ax.imshow(counts, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
         ax.set_xticks(range(len(self.languages)), labels=self.languages)
@@ -204,11 +200,7 @@ class NeuronMasks:
         ax.set_ylabel("layer")
         ax.set_title(title or f"{self.meta.get('method', 'mask')}: neurons per layer")
         fig.colorbar(im, ax=ax, label="neurons")
-        fig.tight_layout()
-        p = Path(path)
-        with atomic_file(p) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        return p
+        return save_figure(fig, path)
 
     def check_fits(self, num_layers: int, num_neurons: int, *, model: str | None = None) -> None:
         """Raise `MaskShapeError` unless the mask is `[K, num_layers, num_neurons]`."""

@@ -22,6 +22,7 @@ import yaml
 import jlang
 from jlang import config as config_lib
 from jlang.data.sources import resolve_corpus
+from jlang.io.report import write_text
 from jlang.masks import NeuronMasks
 from jlang.methods import lape, ternary
 from jlang.parallel import distributed
@@ -104,11 +105,11 @@ def run_lape(cfg: config_lib.RunConfig, *, progress: bool = True) -> dict:
     if distributed.is_primary():  # every process holds the same totals; one writes them
         out.mkdir(parents=True, exist_ok=True)
         resolved = json.loads(json.dumps(config_lib.to_dict(cfg)))
-        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         stats.save(out / "stats.npz")
         masks.save(out / "masks.npz")
         masks.plot_heatmap(out / "masks.png", title=f"{model.name}: {cfg.identify.method} neurons per layer")
-        (out / "summary.md").write_text(summary_markdown(stats, masks, timings, cfg))
+        write_text(out / "summary.md", summary_markdown(stats, masks, timings, cfg))
     return {
         "out": str(out),
         "stats": str(out / "stats.npz"),

@@ -391,10 +391,26 @@ def peak_rss_bytes() -> int:
 # ----------------------------------------------------------------------------- the machine
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and its vector-extension flags (timings on AVX-512 and AVX2-only machines differ)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return {"cpu_model": platform.processor(), "cpu_flags": []}
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    wanted = re.compile(r"^(avx.*|fma|f16c|amx.*|sse4_2)$")
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "cpu_flags": sorted(f for f in (flags.group(1).split() if flags else []) if wanted.match(f)),
+    }
+
+
 def machine_info() -> dict[str, Any]:
     import jax
 
     info = {
+        **cpu_info(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -15,6 +15,7 @@ from jlang.cli import (
     analysis,
     code,
     compare,
+    convert,
     corpus,
     evals,
     finetune,
@@ -32,6 +33,7 @@ from jlang.parallel import distributed
 
 COMMAND_MODULES = [
     info,
+    convert,
     generate,
     corpus,
     stats,

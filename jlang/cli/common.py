@@ -20,7 +20,7 @@ from jlang.stats.container import ActivationStats
 
 DEFAULT_MASKS = "runs/lape_default/masks.npz"
 DEFAULT_STATS = "runs/lape_default/stats.npz"
-MODEL_HELP = '"default", "smollm2", an HF directory, a .gguf or a jlang checkpoint'
+MODEL_HELP = '"default", "smollm2", a Hub id org/name[@revision], an HF directory, a .gguf or a jlang checkpoint'
 MESH_HELP = (
     "device mesh sizes, e.g. 2,4; an empty size is inferred from the device count (,8: model 8, data the rest) "
     "(default: one device; all devices on data with several processes)"

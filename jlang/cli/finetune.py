@@ -20,10 +20,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from jlang import models
-from jlang.cli.common import show_progress
+from jlang.cli.common import add_model_args, load_model, show_progress
 from jlang.io.checkpoint import RunInterrupted
-from jlang.models.export import save_hf
+from jlang.models.export import DEFAULT_MAX_SHARD_SIZE, save_hf
 from jlang.parallel import distributed
 from jlang.train.config import load_finetune_config
 from jlang.train.sft import finetune
@@ -75,8 +74,8 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    model = models.load_model(args.model, dtype=args.dtype, progress=show_progress(args))
-    save_hf(model, out)
+    model = load_model(args)  # on the run's mesh: each process reads and holds only its shards
+    save_hf(model, out, max_shard_size=args.max_shard_size)
     if distributed.is_primary():
         print(f"wrote {out} ({model.family}, {model.num_params:,} parameters, {model.dtype})")
     return 0
@@ -92,11 +91,12 @@ def add_export_hf_parser(sub) -> None:
         help='a jlang checkpoint (e.g. runs/align_default/checkpoint), "default", a .gguf, ...',
     )
     p.add_argument("--out", required=True, help="the directory to write")
+    add_model_args(p)
     p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16"],
-        help="dtype of the written weights",
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"largest safetensors file, e.g. 5GB, 500MB, 2GiB (default {DEFAULT_MAX_SHARD_SIZE}); several files "
+        "get a model.safetensors.index.json",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.add_argument("--no-progress", action="store_true")

@@ -7,7 +7,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from jlang.cli.common import add_model_args, load_model
+from jlang.cli.common import MODEL_HELP, add_model_args, load_model
 from jlang.models.generate import greedy
 
 
@@ -40,7 +40,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def add_info_parser(sub) -> None:
     p = sub.add_parser("info", help="describe a model (and optionally continue prompts greedily)")
-    p.add_argument("model", help='"default", "smollm2", a Hugging Face directory, a .gguf file or a jlang checkpoint')
+    p.add_argument("model", help=MODEL_HELP)
     add_model_args(p)
     p.add_argument("--prompt", action="append", help="a prompt to continue greedily (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=24)

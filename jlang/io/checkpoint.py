@@ -128,7 +128,12 @@ class IteratorSnapshot(grain.DatasetIterator):
 def as_epath(directory: str | os.PathLike) -> epath.Path:
     """An etils path (orbax's), absolute when local; `gs://...` stays as it is."""
     text = os.fspath(directory)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """Whether `path` is on this machine's file system (not `gs://...` or another remote scheme)."""
+    return "://" not in os.fspath(path)
 
 
 class OrbaxRun:

@@ -1,12 +1,24 @@
-"""Hugging Face tensors -> jlang parameters, streamed one tensor at a time.
+"""Hugging Face tensors -> jlang parameters, each process reading only the slices its devices hold.
 
 Everything that can be checked without reading weights is checked first, so a
 bad checkpoint fails in a second with a message that names the tensor: missing
-and unexpected tensors, and shapes. Then each tensor is read, transposed to
-Flax's `[in, out]`, cast to the target dtype and written into its slot of the
-stacked `[layers, ...]` host buffer; each finished buffer is placed on the
-devices (sharded when a mesh is given) and freed before the next is built, so
-peak host memory stays near one copy of the model in the target dtype.
+and unexpected tensors, and shapes. Then parameter by parameter:
+
+* the parameter's sharding (on a mesh, `LOGICAL_AXES` through `AXIS_RULES`; else
+  one device) says which region of `[layers, ...]` each of this process's
+  devices holds;
+* for each Hugging Face tensor (one per layer for stacked parameters) the process
+  reads only the bounding box of the regions it needs (`CheckpointSource.read_region`:
+  `safe_open(...).get_slice` for safetensors), transposes it to Flax's `[in, out]`,
+  casts it to the target dtype (a bf16 file loaded as bf16 stays bf16) and writes
+  it into each device's host buffer;
+* the buffers become the devices' shards of one global array
+  (`jax.make_array_from_single_device_arrays`) and are freed.
+
+So a process holds its share of the model plus one parameter's local buffers at
+a time, never a whole stacked parameter it does not need (on one CPU device the
+buffer becomes the device array without a copy). GGUF is one file dequantised
+tensor by tensor on every process: each process reads every tensor it needs whole.
 """
 
 from __future__ import annotations
@@ -73,11 +85,63 @@ def check_tensors(cfg: ModelConfig, available: dict[str, tuple[int, ...]], where
         raise CheckpointError(f"{where} does not match its config ({cfg.family}): " + " | ".join(problems))
 
 
-def _read(source: CheckpointSource, hf: str, transpose: bool, dtype: np.dtype) -> np.ndarray:
-    arr = np.asarray(source.read(hf))
-    if not np.isfinite(arr).all():
+Index = tuple[slice, ...]
+# A region of an array: (start, stop) per axis (hashable, unlike slices before Python 3.12).
+Region = tuple[tuple[int, int], ...]
+
+
+def _region(index: Index, shape: tuple[int, ...]) -> Region:
+    """`index` (from a sharding; `slice(None)` for whole axes) as explicit bounds."""
+    return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
+def _box(regions: list[Region]) -> Region:
+    """The smallest region covering all of `regions`."""
+    return tuple((min(a for a, _ in axis), max(b for _, b in axis)) for axis in zip(*regions))
+
+
+def _within(region: Region, box: Region) -> Index:
+    """`region` as an index into an array holding `box`."""
+    return tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(region, box))
+
+
+def _slices(region: Region) -> Index:
+    return tuple(slice(a, b) for a, b in region)
+
+
+def read_block(source: CheckpointSource, hf: str, box: Region, transpose: bool, dtype: np.dtype) -> np.ndarray:
+    """Region `box` (jlang layout) of tensor `hf`, in `dtype`: the file's region transposed if `transpose`."""
+    index = _slices(tuple(reversed(box)) if transpose else box)
+    block = np.asarray(source.read_region(hf, index))
+    if not np.isfinite(block).all():
         raise CheckpointError(f"{source.path}: tensor {hf} holds NaN or infinite values")
-    return (arr.T if transpose else arr).astype(dtype, copy=False)
+    return (block.T if transpose else block).astype(dtype, copy=False)
+
+
+def load_param(
+    source: CheckpointSource, cfg: ModelConfig, name: str, sharding: jax.sharding.Sharding, dtype: np.dtype
+) -> jax.Array:
+    """jlang parameter `name` as a global array with `sharding`, from this process's slices of the checkpoint."""
+    shape = param_shapes(cfg)[name]
+    device_regions = {d: _region(i, shape) for d, i in sharding.addressable_devices_indices_map(shape).items()}
+    buffers = {r: np.empty([b - a for a, b in r], dtype) for r in set(device_regions.values())}
+    transpose = name in TRANSPOSED
+    if name.startswith("layers."):
+        for layer, hf in enumerate(hf_names(cfg, name)):
+            wanted = [r for r in buffers if r[0][0] <= layer < r[0][1]]
+            if wanted:
+                box = _box([r[1:] for r in wanted])
+                block = read_block(source, hf, box, transpose, dtype)
+                for r in wanted:
+                    buffers[r][layer - r[0][0]] = block[_within(r[1:], box)]
+    else:
+        box = _box(list(buffers))
+        block = read_block(source, hf_names(cfg, name)[0], box, transpose, dtype)
+        for r in buffers:
+            buffers[r][...] = block[_within(r, box)]
+    shards = [jax.device_put(buffers[r], d) for d, r in device_regions.items()]
+    del buffers
+    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
 
 
 def stream_params(
@@ -88,25 +152,15 @@ def stream_params(
     mesh: Mesh | None = None,
     progress: bool = True,
 ) -> Iterator[tuple[str, jax.Array]]:
-    """Yield `(jlang name, device array)` for every parameter, one at a time."""
+    """Yield `(jlang name, global array)` for every parameter, one at a time (sharded when a mesh is given)."""
     np_dtype = np.dtype(jnp.dtype(dtype))
     shapes = param_shapes(cfg)
-    total = sum(len(hf_names(cfg, n)) for n in shapes)
-    bar = tqdm(total=total, desc=f"loading {source.path.name}", unit="tensor", disable=not progress, leave=False)
+    bar = tqdm(total=len(shapes), desc=f"loading {source.path.name}", unit="param", disable=not progress, leave=False)
     for name, shape in shapes.items():
-        transpose = name in TRANSPOSED
-        if name.startswith("layers."):
-            host = np.empty(shape, np_dtype)
-            for i, hf in enumerate(hf_names(cfg, name)):
-                host[i] = _read(source, hf, transpose, np_dtype)
-                bar.update()
-        else:
-            host = _read(source, hf_names(cfg, name)[0], transpose, np_dtype)
-            bar.update()
         if mesh is not None:
-            value = jax.device_put(host, parallel.named_sharding(shape, LOGICAL_AXES[name], mesh))
+            sharding = parallel.named_sharding(shape, LOGICAL_AXES[name], mesh)
         else:
-            value = jax.device_put(host)
-        del host
-        yield name, value
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        yield name, load_param(source, cfg, name, sharding, np_dtype)
+        bar.update()
     bar.close()

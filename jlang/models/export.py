@@ -28,6 +28,7 @@ another model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -46,7 +47,18 @@ from jlang.models.decoder import param_shapes
 from jlang.models.families import FAMILIES, ModelConfig, RoPE, model_config_from_hf
 from jlang.parallel import distributed
 
-__all__ = ["ExportError", "hf_config_dict", "hf_layout", "hf_tensors", "save_hf", "write_safetensors"]
+__all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "ExportError",
+    "hf_config_dict",
+    "hf_layout",
+    "hf_tensors",
+    "index_json",
+    "parse_size",
+    "save_hf",
+    "shard_plan",
+    "write_safetensors",
+]
 
 # `transformers` is imported inside the functions that read a config or tokenizer: it imports
 # torch whenever torch is installed (seconds), which nothing else here needs.
@@ -201,16 +213,18 @@ def _check_round_trip(d: dict, cfg: ModelConfig) -> None:
 
 
 def hf_tensors(params: Mapping[str, Any], cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-    """`(HF name, host array in HF layout)` for every tensor, one jlang parameter at a time.
+    """`(HF name, host array in HF layout)` for every tensor, one layer of one parameter at a time.
 
-    Weights come out `[out, in]`, one tensor per layer. Each jlang parameter is brought to the host
-    (`jlang.parallel.to_host`: a collective on several processes, so every process must run this
-    generator to the end) only when its tensors are due, so host memory holds one parameter at a time.
+    Weights come out `[out, in]`, one tensor per layer. Each layer's slice of a stacked parameter is
+    brought to the host on its own (`jlang.parallel.to_host`: a collective on several processes, so every
+    process must run this generator to the end): host memory holds one layer's tensor, never a whole
+    stacked `[L, ...]` parameter.
     """
     for name in cfg.param_names():
-        arr = parallel.to_host(params[name])
-        parts = [arr[i] for i in range(cfg.num_layers)] if name.startswith("layers.") else [arr]
-        for hf, part in zip(hf_names(cfg, name), parts):
+        param = params[name]
+        layers = range(cfg.num_layers) if name.startswith("layers.") else [None]
+        for hf, layer in zip(hf_names(cfg, name), layers):
+            part = parallel.to_host(param if layer is None else param[layer])
             yield hf, (part.T if name in TRANSPOSED else part)
 
 
@@ -253,10 +267,62 @@ def write_safetensors(
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for (name, shape), (got, arr) in zip(layout, tensors, strict=True):
+        for (name, shape), (got, arr) in zip(layout, itertools.islice(tensors, len(layout)), strict=True):
             if got != name or tuple(arr.shape) != tuple(shape):
                 raise ExportError(f"internal: tensor {got} {arr.shape} where {name} {shape} was announced")
             f.write(np.ascontiguousarray(arr, dtype=jnp_dtype(dtype)).reshape(-1).view(np.uint8).data)
+
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes of `"5GB"` (10^9, as transformers), `"500MiB"` (2^20) or a plain number of bytes."""
+    if isinstance(size, int):
+        return size
+    text = str(size).strip().upper().replace(" ", "")
+    digits = text.rstrip("KMGIB")
+    unit = text[len(digits) :]
+    if not digits or unit not in _UNITS:
+        raise ExportError(f"shard size {size!r}: expected a number of bytes or e.g. 5GB, 500MB, 2GiB")
+    value = float(digits) * _UNITS[unit]
+    if value < 1:
+        raise ExportError(f"shard size {size!r} must be at least one byte")
+    return int(value)
+
+
+def shard_plan(
+    layout: list[tuple[str, tuple[int, ...]]], dtype: str, max_shard_size: str | int
+) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """`layout` cut, in order, into files of at most `max_shard_size` bytes (a larger tensor gets a file alone)."""
+    limit, itemsize = parse_size(max_shard_size), np.dtype(jnp_dtype(dtype)).itemsize
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in layout:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    """transformers' file names: `model.safetensors`, or `model-00001-of-00003.safetensors`, ..."""
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def index_json(plan: list[list[tuple[str, tuple[int, ...]]]], dtype: str) -> dict[str, Any]:
+    """`model.safetensors.index.json`: the total size and which file holds each tensor."""
+    itemsize = np.dtype(jnp_dtype(dtype)).itemsize
+    total = sum(int(np.prod(shape, dtype=np.int64)) * itemsize for shard in plan for _, shape in shard)
+    files = shard_names(len(plan))
+    weight_map = {name: file for file, shard in zip(files, plan) for name, _ in shard}
+    return {"metadata": {"total_size": total}, "weight_map": weight_map}
 
 
 def jnp_dtype(name: str):
@@ -264,19 +330,26 @@ def jnp_dtype(name: str):
     return jnp.dtype(name)
 
 
-def save_hf(model, path: str | os.PathLike) -> Path:
+def save_hf(model, path: str | os.PathLike, *, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write `model` (a `jlang.Model`) as a Hugging Face directory at `path` (replaced atomically).
 
-    Call on every process (each parameter is gathered to the host in turn); process 0 writes.
-    Host memory holds one parameter at a time (the largest is usually the embedding).
+    Weights go into safetensors files of at most `max_shard_size` (with `model.safetensors.index.json`
+    when there are several), as `save_pretrained` writes them. Call on every process: each layer of
+    each parameter is gathered to the host in turn (one layer's tensor at a time, never a whole stacked
+    parameter); process 0 writes.
     """
     cfg = model.config
     d = hf_config_dict(cfg, source_config=model.hf_config, tokenizer=model.tokenizer, dtype=model.dtype)
+    plan = shard_plan(hf_layout(cfg), model.dtype, max_shard_size)
     tensors = hf_tensors(model.params, cfg)
     path = Path(path)
     if distributed.is_primary():
         with atomic_directory(path) as tmp:
-            write_safetensors(tmp / "model.safetensors", hf_layout(cfg), model.dtype, tensors, {"format": "pt"})
+            for file, layout in zip(shard_names(len(plan)), plan):
+                write_safetensors(tmp / file, layout, model.dtype, tensors, {"format": "pt"})
+            if len(plan) > 1:
+                index = json.dumps(index_json(plan, model.dtype), indent=2) + "\n"
+                (tmp / "model.safetensors.index.json").write_text(index)
             (tmp / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
             if model.tokenizer is not None:
                 model.tokenizer.save_pretrained(tmp)

@@ -298,6 +298,10 @@ class GGUFSource:
             weight = weight - np.float32(self._arch.norm_offset)
         return weight
 
+    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """A region of tensor `name`: GGUF blocks are quantised along rows, so the whole tensor is dequantised."""
+        return np.ascontiguousarray(self.read(name)[index])
+
     def tokenizer(self):
         """transformers' tokenizer rebuilt from the GGUF metadata (vocabulary, merges, special tokens)."""
         from transformers import AutoTokenizer

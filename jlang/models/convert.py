@@ -7,18 +7,16 @@ and unexpected tensors, and shapes. Then parameter by parameter:
 * the parameter's sharding (on a mesh, `LOGICAL_AXES` through `AXIS_RULES`; else
   one device) says which region of `[layers, ...]` each of this process's
   devices holds;
-* for each Hugging Face tensor (one per layer for stacked parameters) the process
-  reads only the bounding box of the regions it needs (`CheckpointSource.read_region`:
+* region by region, the process reads only that region of each Hugging Face
+  tensor (one per layer for stacked parameters; `CheckpointSource.read_region`,
   `safe_open(...).get_slice` for safetensors), transposes it to Flax's `[in, out]`,
-  casts it to the target dtype (a bf16 file loaded as bf16 stays bf16) and writes
-  it into each device's host buffer;
-* the buffers become the devices' shards of one global array
-  (`jax.make_array_from_single_device_arrays`) and are freed.
+  casts it to the target dtype (a bf16 file loaded as bf16 stays bf16), places it
+  on the devices that hold that region and frees it;
+* the placed regions become one global array (`jax.make_array_from_single_device_arrays`).
 
-So a process holds its share of the model plus one parameter's local buffers at
-a time, never a whole stacked parameter it does not need (on one CPU device the
-buffer becomes the device array without a copy). GGUF is one file dequantised
-tensor by tensor on every process: each process reads every tensor it needs whole.
+So a process holds its share of the model plus one region of one parameter at a
+time, never a whole stacked parameter it does not need. GGUF is one file whose
+tensors are dequantised whole (`jlang.models.gguf`): a single-host format.
 """
 
 from __future__ import annotations
@@ -85,63 +83,63 @@ def check_tensors(cfg: ModelConfig, available: dict[str, tuple[int, ...]], where
         raise CheckpointError(f"{where} does not match its config ({cfg.family}): " + " | ".join(problems))
 
 
-Index = tuple[slice, ...]
 # A region of an array: (start, stop) per axis (hashable, unlike slices before Python 3.12).
 Region = tuple[tuple[int, int], ...]
 
 
-def _region(index: Index, shape: tuple[int, ...]) -> Region:
+def _region(index: tuple[slice, ...], shape: tuple[int, ...]) -> Region:
     """`index` (from a sharding; `slice(None)` for whole axes) as explicit bounds."""
     return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def _box(regions: list[Region]) -> Region:
-    """The smallest region covering all of `regions`."""
-    return tuple((min(a for a, _ in axis), max(b for _, b in axis)) for axis in zip(*regions))
-
-
-def _within(region: Region, box: Region) -> Index:
-    """`region` as an index into an array holding `box`."""
-    return tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(region, box))
-
-
-def _slices(region: Region) -> Index:
-    return tuple(slice(a, b) for a, b in region)
-
-
-def read_block(source: CheckpointSource, hf: str, box: Region, transpose: bool, dtype: np.dtype) -> np.ndarray:
-    """Region `box` (jlang layout) of tensor `hf`, in `dtype`: the file's region transposed if `transpose`."""
-    index = _slices(tuple(reversed(box)) if transpose else box)
-    block = np.asarray(source.read_region(hf, index))
+def read_block(
+    source: CheckpointSource, hf: str, region: Region, transpose: bool, dtype: np.dtype, *, again: bool = False
+) -> np.ndarray:
+    """Region `region` (jlang layout) of tensor `hf`, in `dtype`: the file's region transposed if `transpose`."""
+    index = tuple(slice(a, b) for a, b in (reversed(region) if transpose else region))
+    block = np.asarray(source.read_region(hf, index, again=again))
     if not np.isfinite(block).all():
         raise CheckpointError(f"{source.path}: tensor {hf} holds NaN or infinite values")
     return (block.T if transpose else block).astype(dtype, copy=False)
 
 
+def read_param_region(
+    source: CheckpointSource, cfg: ModelConfig, name: str, region: Region, dtype: np.dtype, *, again: bool = False
+) -> np.ndarray:
+    """Region `region` of jlang parameter `name` (all its layers' slices for a stacked one), as one host array.
+
+    `again`: other regions of this parameter follow (the source may keep whole tensors meanwhile)."""
+    transpose = name in TRANSPOSED
+    if not name.startswith("layers."):
+        return read_block(source, hf_names(cfg, name)[0], region, transpose, dtype, again=again)
+    (first, last), rest = region[0], region[1:]
+    out = np.empty([b - a for a, b in region], dtype)
+    for j, hf in enumerate(hf_names(cfg, name)[first:last]):
+        out[j] = read_block(source, hf, rest, transpose, dtype, again=again)
+    return out
+
+
 def load_param(
     source: CheckpointSource, cfg: ModelConfig, name: str, sharding: jax.sharding.Sharding, dtype: np.dtype
 ) -> jax.Array:
-    """jlang parameter `name` as a global array with `sharding`, from this process's slices of the checkpoint."""
+    """jlang parameter `name` as a global array with `sharding`, from this process's slices of the checkpoint.
+
+    One device region at a time: read, placed on the devices that hold it, freed. So the host holds at
+    most one region of one parameter beyond what the devices hold (on a CPU device the placed buffer is
+    the device's memory, without a copy).
+    """
     shape = param_shapes(cfg)[name]
-    device_regions = {d: _region(i, shape) for d, i in sharding.addressable_devices_indices_map(shape).items()}
-    buffers = {r: np.empty([b - a for a, b in r], dtype) for r in set(device_regions.values())}
-    transpose = name in TRANSPOSED
-    if name.startswith("layers."):
-        for layer, hf in enumerate(hf_names(cfg, name)):
-            wanted = [r for r in buffers if r[0][0] <= layer < r[0][1]]
-            if wanted:
-                box = _box([r[1:] for r in wanted])
-                block = read_block(source, hf, box, transpose, dtype)
-                for r in wanted:
-                    buffers[r][layer - r[0][0]] = block[_within(r[1:], box)]
-    else:
-        box = _box(list(buffers))
-        block = read_block(source, hf_names(cfg, name)[0], box, transpose, dtype)
-        for r in buffers:
-            buffers[r][...] = block[_within(r, box)]
-    shards = [jax.device_put(buffers[r], d) for d, r in device_regions.items()]
-    del buffers
-    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+    device_indices = sharding.addressable_devices_indices_map(shape)
+    devices_of: dict[Region, list[jax.Device]] = {}
+    for device, index in device_indices.items():
+        devices_of.setdefault(_region(index, shape), []).append(device)
+    shards = {}
+    for i, (region, devices) in enumerate(devices_of.items()):
+        host = read_param_region(source, cfg, name, region, dtype, again=i < len(devices_of) - 1)
+        for device in devices:
+            shards[device] = jax.device_put(host, device)
+        del host
+    return jax.make_array_from_single_device_arrays(shape, sharding, [shards[d] for d in device_indices])
 
 
 def stream_params(

@@ -228,6 +228,8 @@ class GGUFSource:
     tensor to float32.
     """
 
+    CACHE_BYTES = 1 << 30  # dequantised tensors kept for `read_region`
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         reader = _open_reader(self.path)
@@ -261,6 +263,7 @@ class GGUFSource:
             )
         self._reader = reader
         self._config = None
+        self._recent: dict[str, np.ndarray] = {}  # dequantised tensors, least recently read first
 
     @property
     def config(self):
@@ -298,9 +301,19 @@ class GGUFSource:
             weight = weight - np.float32(self._arch.norm_offset)
         return weight
 
-    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-        """A region of tensor `name`: GGUF blocks are quantised along rows, so the whole tensor is dequantised."""
-        return np.ascontiguousarray(self.read(name)[index])
+    def read_region(self, name: str, index: tuple[slice, ...], *, again: bool = False) -> np.ndarray:
+        """A region of tensor `name`. GGUF blocks are quantised along rows, so the whole tensor is dequantised;
+        with `again` (more regions of it will be read: a mesh) it is kept, up to `CACHE_BYTES` of tensors."""
+        whole = self._recent.pop(name, None)
+        if whole is None:
+            whole = self.read(name)
+        if again:
+            self._recent[name] = whole
+            while sum(a.nbytes for a in self._recent.values()) > self.CACHE_BYTES and len(self._recent) > 1:
+                self._recent.pop(next(iter(self._recent)))
+        else:
+            self._recent.clear()
+        return np.ascontiguousarray(whole[index])
 
     def tokenizer(self):
         """transformers' tokenizer rebuilt from the GGUF metadata (vocabulary, merges, special tokens)."""

@@ -47,8 +47,9 @@ class CheckpointSource(Protocol):
         """One tensor, Hugging Face layout, as a NumPy array (float32 or the file's float dtype)."""
         ...
 
-    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-        """`read(name)[index]`, reading no more of the file than the format allows."""
+    def read_region(self, name: str, index: tuple[slice, ...], *, again: bool = False) -> np.ndarray:
+        """`read(name)[index]`, reading no more of the file than the format allows; `again`: other regions of
+        this tensor will be asked for next (a source that must read whole tensors may keep it meanwhile)."""
         ...
 
     def tokenizer(self):  # transformers.PreTrainedTokenizerBase
@@ -137,7 +138,7 @@ class SafetensorsSource:
         with safe_open(self._name_to_file[name], framework="numpy") as f:
             return f.get_tensor(name)
 
-    def read_region(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+    def read_region(self, name: str, index: tuple[slice, ...], *, again: bool = False) -> np.ndarray:
         """Only the bytes of `index` (the file's dtype: bf16 stays bf16). Opened per call, so the memory map
         (whose touched pages count in the process's RSS) is released after every tensor."""
         with safe_open(self._name_to_file[name], framework="numpy") as f:

@@ -393,6 +393,7 @@ def keyword_lens(
         },
         meta={
             "model": model.name,
+            "source": model.source,
             "k": k,
             "seq_len": seq_len,
             "texts": {l: len(texts[l]) for l in languages},

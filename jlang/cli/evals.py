@@ -143,6 +143,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         progress=show_progress(args),
         meta={
             "model": model.name,
+            "source": model.source,
             "generator": how,
             "identifier": identify.name,
             "max_new_tokens": args.max_new_tokens,

@@ -69,6 +69,7 @@ def cmd_fallback(args: argparse.Namespace) -> int:
         progress=show_progress(args),
         meta={
             "model": model.name,
+            "source": model.source,
             "generator": how,
             "identifier": f"{identify.name} over {languages}",
             "template": args.template,

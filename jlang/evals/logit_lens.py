@@ -337,6 +337,7 @@ def logit_lens(
         },
         meta={
             "model": model.name,
+            "source": model.source,
             "k": k,
             "where": where,
             "max_texts": max_texts,

@@ -406,6 +406,7 @@ def ppl_matrix(
         sequences=agg["rows"][0],
         meta={
             "model": model.name,
+            "source": model.source,
             "masks": masks.meta.get("method"),
             "mask_languages": masks.languages,
             "neurons_per_language": {l: int(masks[l].sum()) for l in deact},

@@ -254,7 +254,13 @@ def feature_stats(
     empty = [languages[k] for k in range(K) if examples[k] == 0]
     if empty:
         raise SAEError(f"languages {empty} have no example with a counted token")
-    info = {"model": model.name, "saes": [s.config.to_dict() for s in saes], "skip_bos": skip_bos, **(meta or {})}
+    info = {
+        "model": model.name,
+        "source": model.source,
+        "saes": [s.config.to_dict() for s in saes],
+        "skip_bos": skip_bos,
+        **(meta or {}),
+    }
     return FeatureStats(
         list(languages), [s.config.layer for s in saes], tokens, examples, over_tok, over_ex, total, high, low, info
     )

@@ -177,6 +177,7 @@ def run_fingerprint(cfg: FinetuneConfig, model, rows_digest: str, masks_digest: 
         "format": FORMAT,
         **settings,
         "model": model.name,
+        "source": model.source,
         "family": model.family,
         "dtype": model.dtype,
         "layers": int(model.num_layers),

@@ -163,6 +163,7 @@ def _model_meta(model: Any) -> dict[str, Any]:
     c = model.config
     return {
         "model": model.name,
+        "source": model.source,
         "family": model.family,
         "num_layers": c.num_layers,
         "num_neurons": c.d_ff,

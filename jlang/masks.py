@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from jlang.io import torchfile
+from jlang.io.atomic import output_path
 from jlang.io.npz import read_npz, write_npz
 from jlang.io.report import new_figure, save_figure
 
@@ -300,7 +301,7 @@ class NeuronMasks:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write an `.npz` (compressed) openable by NumPy alone: `masks`, `languages`, `meta` (JSON). Atomic."""
-        p = Path(path)
+        p = output_path(path)
         write_npz(
             p, format=_FORMAT, languages=self.languages, arrays={"masks": self.masks}, meta=self.meta, compressed=True
         )
@@ -323,7 +324,7 @@ class NeuronMasks:
         All K languages are written (also those with no neuron, unlike identify.py's
         bincount split), so `torch.load(path)[k]` always lines up with `languages[k]`.
         """
-        p = Path(path)
+        p = output_path(path)
         torchfile.save_tensor_lists(p, self.to_indices())
         return p
 

@@ -4,6 +4,12 @@ The pattern is the usual one: write next to the target under a temporary name,
 flush and fsync, then `os.replace` it onto the target (atomic on POSIX and on
 Windows for files on one volume). A crash before the rename leaves the old file,
 or nothing, plus a stray `.tmp-*` entry that no loader opens.
+
+A target may also be a URL of any `etils.epath` file system (`gs://bucket/run/stats.npz`):
+the writer then writes a local temporary file and uploads it whole when it is complete
+(an object store publishes an object in one step, so readers never see half of it).
+Give such targets as strings or `epath.Path`s (`output_path`): `pathlib.Path` folds
+`gs://` into `gs:/`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from etils import epath
 
 
 def writes_results() -> bool:
@@ -53,14 +61,50 @@ def _umask_mode(full: int) -> int:
     return full & ~umask
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URL (`gs://...`) rather than a path on this machine."""
+    return "://" in os.fspath(path)
+
+
+def output_path(path: str | os.PathLike) -> Path | epath.Path:
+    """`path` as a `pathlib.Path`, or as an `etils.epath.Path` when it is a URL (which `Path` would mangle)."""
+    return epath.Path(os.fspath(path)) if is_remote(path) else Path(path)
+
+
+@contextlib.contextmanager
+def _uploaded(target: epath.Path, *, directory: bool) -> Iterator[Path]:
+    """A local temporary file (or directory) that is uploaded to `target` when the block ends without error."""
+    with tempfile.TemporaryDirectory(prefix="jlang-upload-") as local:
+        tmp = Path(local) / target.name
+        if directory:
+            tmp.mkdir()
+        yield tmp
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            if target.exists():
+                target.rmtree()
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    dest = target / file.relative_to(tmp).as_posix()
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(file.read_bytes())
+        else:
+            with open(tmp, "rb") as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; on success move it onto `path` atomically.
 
     The caller writes the temporary path completely (any writer that takes a path
     or an open file works). On an exception the temporary file is removed and the
-    target is left untouched.
+    target is left untouched. A URL target is written locally and uploaded whole.
     """
+    if is_remote(path):
+        with _uploaded(epath.Path(os.fspath(path)), directory=False) as tmp:
+            yield tmp
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
@@ -86,8 +130,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
     An existing target is first renamed aside and deleted only after the new
     directory is in place, so at every instant `path` is either the complete old
-    directory, absent, or the complete new one.
+    directory, absent, or the complete new one. A URL target is written locally and
+    uploaded when complete (there, the old directory is removed just before).
     """
+    if is_remote(path):
+        with _uploaded(epath.Path(os.fspath(path)), directory=True) as tmp:
+            yield tmp
+        return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

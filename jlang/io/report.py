@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jlang.io.atomic import atomic_file
+from jlang.io.atomic import atomic_file, output_path
 
 # A figure: draws itself at the given path and returns it.
 FigureWriter = Callable[[Path], Path]
@@ -94,7 +94,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """UTF-8 text (markdown, YAML), atomically."""
-    p = Path(path)
+    p = output_path(path)
     with atomic_file(p) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return p
@@ -200,7 +200,7 @@ def save_heatmaps(
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    p = Path(path)
+    p = output_path(path)
     with atomic_file(p) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return p
@@ -212,7 +212,7 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    p = Path(path)
+    p = output_path(path)
     fig.tight_layout()
     with atomic_file(p) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -38,6 +38,7 @@ import numpy as np
 from jlang import parallel
 from jlang.data.pipeline import Batches, TokenizedCorpus, make_batches, tokenize_corpus
 from jlang.data.sources import describe_corpus
+from jlang.io.atomic import output_path
 from jlang.io.checkpoint import RunInterrupted, stale_checkpoint, stop_requested
 from jlang.models.decoder import forward
 from jlang.models.model import Model
@@ -379,7 +380,7 @@ def finish(stats: ActivationStats, out: str | os.PathLike, checkpoint_dir: str |
     In this order, a run killed between the two steps leaves complete statistics and a
     checkpoint at the last batch, from which `--resume` just writes them again.
     """
-    path = Path(out)
+    path = output_path(out)
     written = None
     if distributed.is_primary():
         written = stats.save(path)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from jlang.io import torchfile
-from jlang.io.atomic import atomic_directory
+from jlang.io.atomic import atomic_directory, output_path
 from jlang.io.npz import jsonable, read_npz, write_npz
 
 __all__ = ["ActivationStats", "StatsError"]
@@ -242,7 +242,7 @@ class ActivationStats:
         by `load(path, mmap=True)`. Either way a crash mid-write leaves the previous
         version (or nothing), never a partial file that loads.
         """
-        p = Path(path)
+        p = output_path(path)
         json.dumps(jsonable(self.meta))  # fail before writing anything
         if p.suffix == ".npz":
             write_npz(p, format=_FORMAT, languages=self.languages, arrays=self._arrays(), meta=self.meta)

@@ -10,12 +10,11 @@ import os
 import struct
 import zipfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jlang.io.atomic import atomic_file, writes_results
+from jlang.io.atomic import atomic_file, output_path, writes_results
 from jlang.io.torchfile.formats import WRITE_STORAGE, is_int
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +162,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     pickled = writer.finish(obj)
     if not writes_results():  # unwritable objects still fail on every process, above
         return
-    target = Path(path)
+    target = output_path(path)
     archive = "".join(c if (c.isalnum() or c in "._-") else "_" for c in target.stem) or "archive"
     records: list[tuple[str, bytes]] = [("data.pkl", pickled), ("byteorder", b"little")]
     records += [(f"data/{i}", a.tobytes()) for i, a in enumerate(writer.storages)]

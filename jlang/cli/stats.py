@@ -22,6 +22,7 @@ from pathlib import Path
 
 from jlang.cli.common import add_model_args, load_corpus, load_model
 from jlang.config import CorpusSection, StatsSection
+from jlang.io.atomic import output_path
 from jlang.io.checkpoint import RunInterrupted, check_no_stale_checkpoint
 from jlang.parallel import distributed
 from jlang.stats.collect import collect_stats, finish
@@ -32,7 +33,7 @@ CHECKPOINT_SUBDIR = "stats-checkpoint"
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:
     """`--checkpoint-dir`, or `OUT/stats-checkpoint`."""
-    return Path(args.checkpoint_dir) if args.checkpoint_dir else Path(args.out) / CHECKPOINT_SUBDIR
+    return output_path(args.checkpoint_dir) if args.checkpoint_dir else output_path(args.out) / CHECKPOINT_SUBDIR
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -68,7 +69,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if primary:
             print(f"jlang: {e}", file=sys.stderr)
         return e.exit_code
-    path = finish(stats, Path(args.out) / "stats.npz", ckpt)
+    path = finish(stats, output_path(args.out) / "stats.npz", ckpt)
     if path is not None:
         counts = ", ".join(f"{lang} {int(n):,}" for lang, n in zip(stats.languages, stats.tokens))
         print(f"wrote {path}: {counts} tokens")

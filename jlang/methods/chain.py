@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import yaml
@@ -22,6 +21,7 @@ import yaml
 import jlang
 from jlang import config as config_lib
 from jlang.data.sources import resolve_corpus
+from jlang.io.atomic import output_path
 from jlang.io.report import write_text
 from jlang.masks import NeuronMasks
 from jlang.methods import lape, ternary
@@ -77,7 +77,7 @@ def summary_markdown(stats: ActivationStats, masks: NeuronMasks, timings: Mappin
 def run_lape(cfg: config_lib.RunConfig, *, progress: bool = True) -> dict:
     """Run the chain; return the paths written and the timings."""
 
-    out = Path(cfg.out)
+    out = output_path(cfg.out)  # a local directory, or any etils.epath URL (gs://...)
     timings: dict[str, float] = {}
     corpus = resolve_corpus(cfg.corpus.source, cfg.corpus.languages, cfg.corpus.split)  # fail before loading
     t = time.perf_counter()

@@ -118,20 +118,20 @@ def test_bf16_checkpoint_loads_as_bf16_without_a_float32_copy(tmp_path, monkeypa
     build_torch_model(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     tiny_tokenizer(config.vocab_size).save_pretrained(tmp_path / "bf16")
     dtypes_read, dtypes_placed = set(), set()
-    read_region, read_block = SafetensorsSource.read_region, convert.read_block
+    read_region, read_param_region = SafetensorsSource.read_region, convert.read_param_region
 
     def spy_region(self, name, index, **kwargs):
         out = read_region(self, name, index, **kwargs)
         dtypes_read.add(str(out.dtype))
         return out
 
-    def spy_block(*args, **kwargs):
-        out = read_block(*args, **kwargs)
+    def spy_placed(*args, **kwargs):
+        out = read_param_region(*args, **kwargs)
         dtypes_placed.add(str(out.dtype))
         return out
 
     monkeypatch.setattr(SafetensorsSource, "read_region", spy_region)
-    monkeypatch.setattr(convert, "read_block", spy_block)
+    monkeypatch.setattr(convert, "read_param_region", spy_placed)
     model = jlang.load_model(tmp_path / "bf16", dtype="bfloat16", progress=False)
     assert dtypes_read == {"bfloat16"} and dtypes_placed == {"bfloat16"}
     assert {str(v.dtype) for v in model.params.values()} == {"bfloat16"}

@@ -9,9 +9,9 @@ and unexpected tensors, and shapes. Then parameter by parameter:
   devices holds;
 * region by region, the process reads only that region of each Hugging Face
   tensor (one per layer for stacked parameters; `CheckpointSource.read_region`,
-  `safe_open(...).get_slice` for safetensors), transposes it to Flax's `[in, out]`,
-  casts it to the target dtype (a bf16 file loaded as bf16 stays bf16), places it
-  on the devices that hold that region and frees it;
+  `safe_open(...).get_slice` for safetensors), in chunks of rows transposed into
+  place (Flax's `[in, out]`) and cast to the target dtype (a bf16 file loaded as
+  bf16 stays bf16), places the region on the devices that hold it and frees it;
 * the placed regions become one global array (`jax.make_array_from_single_device_arrays`).
 
 So a process holds its share of the model plus one region of one parameter at a
@@ -92,15 +92,46 @@ def _region(index: tuple[slice, ...], shape: tuple[int, ...]) -> Region:
     return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def read_block(
-    source: CheckpointSource, hf: str, region: Region, transpose: bool, dtype: np.dtype, *, again: bool = False
-) -> np.ndarray:
-    """Region `region` (jlang layout) of tensor `hf`, in `dtype`: the file's region transposed if `transpose`."""
-    index = tuple(slice(a, b) for a, b in (reversed(region) if transpose else region))
-    block = np.asarray(source.read_region(hf, index, again=again))
-    if not np.isfinite(block).all():
-        raise CheckpointError(f"{source.path}: tensor {hf} holds NaN or infinite values")
-    return (block.T if transpose else block).astype(dtype, copy=False)
+# Bytes of a file region read at once: transposing a whole embedding at once would hold it twice.
+CHUNK_BYTES = 16 << 20
+
+
+def fill_block(
+    dest: np.ndarray, source: CheckpointSource, hf: str, region: Region, transpose: bool, *, again: bool = False
+) -> None:
+    """Write region `region` (jlang layout) of tensor `hf` into `dest`, cast to `dest`'s dtype.
+
+    The file's region (`region` reversed when `transpose`: HF stores `[out, in]`) is read in chunks of
+    rows of at most `CHUNK_BYTES`, each transposed into place, so the host never holds the region twice.
+    `again`: more regions of this tensor will be read after this one.
+    """
+    file_region = tuple(reversed(region)) if transpose else region
+    (first, last), rest = file_region[0], file_region[1:]
+    row_bytes = max(1, int(np.prod([b - a for a, b in rest], dtype=np.int64))) * dest.itemsize
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for start in range(first, last, step):
+        stop = min(start + step, last)
+        index = (slice(start, stop), *(slice(a, b) for a, b in rest))
+        chunk = np.asarray(source.read_region(hf, index, again=again or stop < last))
+        if not np.isfinite(chunk).all():
+            raise CheckpointError(f"{source.path}: tensor {hf} holds NaN or infinite values")
+        if transpose:
+            dest[..., start - first : stop - first] = chunk.T
+        else:
+            dest[start - first : stop - first] = chunk
+
+
+def aligned_empty(shape: list[int], dtype: np.dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary.
+
+    XLA's CPU client adopts such a host buffer as a device buffer without copying it
+    (`jax.device_put`), so a model loaded onto a CPU device is never in memory twice.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def read_param_region(
@@ -110,12 +141,13 @@ def read_param_region(
 
     `again`: other regions of this parameter follow (the source may keep whole tensors meanwhile)."""
     transpose = name in TRANSPOSED
+    out = aligned_empty([b - a for a, b in region], dtype)
     if not name.startswith("layers."):
-        return read_block(source, hf_names(cfg, name)[0], region, transpose, dtype, again=again)
+        fill_block(out, source, hf_names(cfg, name)[0], region, transpose, again=again)
+        return out
     (first, last), rest = region[0], region[1:]
-    out = np.empty([b - a for a, b in region], dtype)
     for j, hf in enumerate(hf_names(cfg, name)[first:last]):
-        out[j] = read_block(source, hf, rest, transpose, dtype, again=again)
+        fill_block(out[j], source, hf, rest, transpose, again=again)
     return out
 
 
@@ -136,8 +168,9 @@ def load_param(
     shards = {}
     for i, (region, devices) in enumerate(devices_of.items()):
         host = read_param_region(source, cfg, name, region, dtype, again=i < len(devices_of) - 1)
-        for device in devices:
-            shards[device] = jax.device_put(host, device)
+        first = shards[devices[0]] = jax.device_put(host, devices[0])
+        for device in devices[1:]:  # replicas: copies of the first, never the same host memory twice
+            shards[device] = jax.device_put(first, device)
         del host
     return jax.make_array_from_single_device_arrays(shape, sharding, [shards[d] for d in device_indices])
 

@@ -147,8 +147,6 @@ class SafetensorsSource:
     def tokenizer(self):
         """The directory's tokenizer, or None (with a warning) when it has none: weights-only
         directories still load, and only text-in commands need a tokenizer (token-id corpora do not)."""
-        from transformers import AutoTokenizer
-
         files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
         if not any((self.path / name).exists() for name in files):
             warnings.warn(
@@ -157,6 +155,8 @@ class SafetensorsSource:
                 stacklevel=2,
             )
             return None
+        from transformers import AutoTokenizer
+
         try:
             return AutoTokenizer.from_pretrained(self.path)
         except (OSError, ValueError, TypeError) as e:

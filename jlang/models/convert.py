@@ -152,15 +152,19 @@ def read_param_region(
 
 
 def load_param(
-    source: CheckpointSource, cfg: ModelConfig, name: str, sharding: jax.sharding.Sharding, dtype: np.dtype
+    source: CheckpointSource, cfg: ModelConfig, name: str, sharding: jax.sharding.Sharding | None, dtype: np.dtype
 ) -> jax.Array:
     """jlang parameter `name` as a global array with `sharding`, from this process's slices of the checkpoint.
 
     One device region at a time: read, placed on the devices that hold it, freed. So the host holds at
     most one region of one parameter beyond what the devices hold (on a CPU device the placed buffer is
-    the device's memory, without a copy).
+    the device's memory, without a copy). `sharding=None`: the whole parameter on the default device,
+    uncommitted, so that jit may move it (a committed array on one process's device cannot meet a
+    computation on another process's devices: "cross-host device transfers").
     """
     shape = param_shapes(cfg)[name]
+    if sharding is None:
+        return jax.device_put(read_param_region(source, cfg, name, tuple((0, n) for n in shape), dtype))
     device_indices = sharding.addressable_devices_indices_map(shape)
     devices_of: dict[Region, list[jax.Device]] = {}
     for device, index in device_indices.items():
@@ -188,10 +192,7 @@ def stream_params(
     shapes = param_shapes(cfg)
     bar = tqdm(total=len(shapes), desc=f"loading {source.path.name}", unit="param", disable=not progress, leave=False)
     for name, shape in shapes.items():
-        if mesh is not None:
-            sharding = parallel.named_sharding(shape, LOGICAL_AXES[name], mesh)
-        else:
-            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        sharding = parallel.named_sharding(shape, LOGICAL_AXES[name], mesh) if mesh is not None else None
         yield name, load_param(source, cfg, name, sharding, np_dtype)
         bar.update()
     bar.close()

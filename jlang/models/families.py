@@ -1,11 +1,28 @@
-"""Family descriptions: how one decoder becomes Llama, Mistral, Qwen or Gemma.
+"""Family descriptions: how one decoder becomes Llama, Mistral, Qwen, Gemma, Cohere, BLOOM, OPT or Phi.
 
-Every supported checkpoint is the same pre-norm decoder; families differ in a
-handful of switches (penzai's `LlamalikeTransformerConfig` has the same shape).
-A `Family` holds the switches that are fixed for the family and the map from
-jlang's parameter names to Hugging Face tensor names; `ModelConfig` holds the
-numbers read from one checkpoint's `config.json`. Adding a family means adding
-one `Family(...)` entry to `FAMILIES`, not a model file.
+Every supported checkpoint is the same decoder; families differ in a handful of
+switches (penzai's `LlamalikeTransformerConfig` has the same shape). A `Family`
+holds the switches that are fixed for the family and the map from jlang's
+parameter names to Hugging Face tensor names (`jlang.models.names`); `ModelConfig`
+holds the numbers read from one checkpoint's `config.json`. Adding a family means
+adding one `Family(...)` entry to `FAMILIES`, not a model file.
+
+Families and what differs from Llama:
+
+* llama, mistral (sliding window), qwen2 (q/k/v biases), qwen3 (q/k RMSNorm);
+* gemma, gemma2, gemma3: `1 + w` norms, scaled embeddings, sandwich norms, soft-caps, local layers;
+  gemma3_mm (`Gemma3ForConditionalGeneration`): gemma3's text model from `text_config`, no vision tower;
+* cohere, cohere2: LayerNorm without bias, parallel attention + MLP, interleaved RoPE, per-head
+  q/k norms, `logit_scale`; Cohere2: sliding-window layers, global layers without RoPE;
+* bloom: ALiBi, LayerNorm with bias (also after the embedding), fused head-interleaved
+  `query_key_value`, plain GELU MLP with biases;
+* opt: learned positions (offset 2), LayerNorm with bias, plain ReLU MLP, post-norm variant
+  (`do_layer_norm_before=False`), `project_in`/`project_out` (`word_embed_proj_dim`);
+* phi: parallel attention + MLP off one LayerNorm, partial rotary, plain `gelu_new` MLP, biases,
+  `lm_head` bias, optional q/k LayerNorm; phi3: Llama with fused `qkv_proj` and `gate_up_proj`.
+
+The neurons (`mlp.act`) are `act(W_gate x)` for gated MLPs and `act(W_in x + b)` for
+plain ones (BLOOM, OPT, Phi): the tensor LAPE hooks in each.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from jlang.data.sources import Corpus, read_documents
 from jlang.edits import identity
 from jlang.evals.token_lang import TokenTagger
 from jlang.io.report import FigureWriter, Report, save_heatmaps
-from jlang.models.decoder import Edits, forward, rms_norm
+from jlang.models.decoder import Edits, final_norm, forward
 from jlang.models.scoring import TokenRows, bos_ids, place_token_rows, plan_batches, rows_from_token_lists
 from jlang.models.vocab import DEFAULT_CHUNK, top_k
 from jlang.parallel.batch_loop import pipelined
@@ -65,7 +65,8 @@ def _lens_step(params, ids, positions, valid, edits, *, cfg, k: int, chunk: int,
             t = x.shape[1]
             last = jnp.max(jnp.where(valid_, jnp.arange(t), 0), axis=1)
             x = jnp.take_along_axis(x, last[:, None, None], axis=1)
-        decoded = {"final_norm": lambda: rms_norm(x, params["final_norm"], cfg), "raw": lambda: x}
+        raw = (lambda: x @ params["project_out"]) if cfg.embed_dim is not None else (lambda: x)  # OPT-350m
+        decoded = {"final_norm": lambda: final_norm(params, x, cfg), "raw": raw}
         return {v: top_k(params, decoded[v](), cfg, k, chunk)[1] for v in variants}
 
     _, out = forward(params, ids, cfg, positions=positions, valid=valid, edits=edits, probe=probe, output="none")

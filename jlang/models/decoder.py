@@ -41,8 +41,10 @@ import numpy as np
 from flax import nnx
 
 from jlang.masks import MaskShapeError
+from jlang.models.block import block
 from jlang.models.families import ModelConfig
-from jlang.models.layers import activation, apply_rope, attention_masks, blockwise_attention, rms_norm, rope_cos_sin
+from jlang.models.layers import attention_masks, norm
+from jlang.models.positions import alibi_bias, learned_positions, rope_cos_sin
 
 Array = jax.Array
 # probe(hook_points, valid[batch, seq]) -> any pytree of per-layer reductions.
@@ -58,11 +60,13 @@ Splice = Callable[[str, Array, Array, Any], Array]
 #   attn.z      [b, t, H*D]   concatenated head outputs, the input of `o` (PLND's V/O dimensions)
 #   attn.out    [b, t, d_model] the attention block's output added to the residual
 #   mlp.in      [b, t, d_model] the normed input of the MLP
-#   mlp.up      [b, t, F]     W_up x (PLND code mode's FFN score)
-#   mlp.act     [b, t, F]     the neurons: act(W_gate x), after edits
-#   mlp.hidden  [b, t, F]     act * up, the input of `down`
+#   mlp.up      [b, t, F]     W_up x (PLND code mode's FFN score); plain MLPs: W_in x + b, the pre-activation
+#   mlp.act     [b, t, F]     the neurons: act(W_gate x), plain MLPs (BLOOM, OPT, Phi) act(W_in x + b); after edits
+#   mlp.hidden  [b, t, F]     act * up, the input of `down` (plain MLPs: act)
 #   mlp.out     [b, t, d_model] the MLP's output (HF `layers.N.mlp`; before Gemma's post-norm)
 #   resid.post  [b, t, d_model] the residual stream after the layer
+# ALiBi models (BLOOM) also have
+#   attn.bias   [b, H, t]     float32 ALiBi bias `slope_h * key_position` added to every query's scores
 HOOK_POINTS = (
     "attn.q",
     "attn.k",
@@ -102,6 +106,22 @@ LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
     "layers.gate": ("layers", "embed", "mlp"),
     "layers.up": ("layers", "embed", "mlp"),
     "layers.down": ("layers", "mlp", "embed"),
+    # Cohere, BLOOM, OPT, Phi
+    "final_norm_bias": ("embed",),
+    "embed_norm": ("embed",),
+    "embed_norm_bias": ("embed",),
+    "positions": (None, "embed"),
+    "project_in": (None, "embed"),
+    "project_out": ("embed", None),
+    "lm_head_bias": ("vocab",),
+    "layers.attn_norm_bias": ("layers", "embed"),
+    "layers.mlp_norm_bias": ("layers", "embed"),
+    "layers.q_norm_bias": ("layers", "head_dim"),
+    "layers.k_norm_bias": ("layers", "head_dim"),
+    "layers.q_head_norm": ("layers", None, "head_dim"),
+    "layers.k_head_norm": ("layers", None, "head_dim"),
+    "layers.up_bias": ("layers", "mlp"),
+    "layers.down_bias": ("layers", "embed"),
 }
 
 
@@ -109,10 +129,11 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """jlang name -> shape of every parameter of `cfg` (jlang layout, kernels `[in, out]`)."""
     L, D, F, V = cfg.num_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
     HD, KD = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    E = cfg.embed_dim or D  # OPT's word_embed_proj_dim
     all_shapes = {
-        "embed": (V, D),
+        "embed": (V, E),
         "final_norm": (D,),
-        "lm_head": (D, V),
+        "lm_head": (E, V),
         "layers.attn_norm": (L, D),
         "layers.q": (L, D, HD),
         "layers.k": (L, D, KD),
@@ -130,6 +151,21 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "layers.gate": (L, D, F),
         "layers.up": (L, D, F),
         "layers.down": (L, F, D),
+        "final_norm_bias": (D,),
+        "embed_norm": (D,),
+        "embed_norm_bias": (D,),
+        "positions": (cfg.num_positions, D),
+        "project_in": (E, D),
+        "project_out": (D, E),
+        "lm_head_bias": (V,),
+        "layers.attn_norm_bias": (L, D),
+        "layers.mlp_norm_bias": (L, D),
+        "layers.q_norm_bias": (L, cfg.head_dim),
+        "layers.k_norm_bias": (L, cfg.head_dim),
+        "layers.q_head_norm": (L, cfg.num_heads, cfg.head_dim),
+        "layers.k_head_norm": (L, cfg.num_kv_heads, cfg.head_dim),
+        "layers.up_bias": (L, F),
+        "layers.down_bias": (L, D),
     }
     return {name: all_shapes[name] for name in cfg.param_names()}
 
@@ -248,101 +284,6 @@ class KVCache:
         return self.valid.shape[1]
 
 
-def block(
-    x: Array,
-    p: Mapping[str, Array],
-    is_local: Array,
-    edit: Edits | None,
-    ctx: Mapping[str, Any],
-    cfg: ModelConfig,
-    probe: Probe | None,
-    past_kv: tuple[Array, Array] | None = None,
-    splice: Splice | None = None,
-    layer: Array | None = None,
-    splice_args: Any = None,
-) -> tuple[Array, Any, tuple[Array, Array]]:
-    """One decoder layer -> (x, probe output, this call's (k, v) `[batch, seq, kv_heads, head_dim]`).
-
-    `p` holds this layer's slices of the stacked parameters; `past_kv` this
-    layer's cache `[batch, slots, kv_heads, head_dim]`, attended as a block
-    before this call's own keys (masks in `ctx`, built once by `_run`).
-    """
-    b, t, _ = x.shape
-    hd = cfg.head_dim
-
-    h = rms_norm(x, p["attn_norm"], cfg)
-    q, k, v = h @ p["q"], h @ p["k"], h @ p["v"]
-    attn_edit = None if edit is None else edit.attn
-    if attn_edit is not None:
-        q, k, v = (y * s.astype(y.dtype) for y, s in ((q, attn_edit.q), (k, attn_edit.k), (v, attn_edit.v)))
-    if cfg.qkv_bias:
-        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-    q = q.reshape(b, t, cfg.num_heads, hd)
-    k = k.reshape(b, t, cfg.num_kv_heads, hd)
-    v = v.reshape(b, t, cfg.num_kv_heads, hd)
-    if cfg.qk_norm:
-        q, k = rms_norm(q, p["q_norm"], cfg), rms_norm(k, p["k_norm"], cfg)
-    cos = jnp.where(is_local, ctx["cos_local"], ctx["cos_global"])
-    sin = jnp.where(is_local, ctx["sin_local"], ctx["sin_global"])
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    allowed = [jnp.where(is_local, loc, glob) for glob, loc in zip(ctx["allowed_global"], ctx["allowed_local"])]
-    kv_blocks = [(k, v, allowed[-1])]
-    if past_kv is not None:
-        kv_blocks.insert(0, (*past_kv, allowed[0]))
-    z = blockwise_attention(q, kv_blocks, cfg)  # attn.z [b, t, H*D]
-    if attn_edit is not None:
-        z = z * attn_edit.o.astype(z.dtype)
-    h = z @ p["o"]
-    if cfg.o_bias:
-        h = h + p["o_bias"]
-    if cfg.sandwich_norms:
-        h = rms_norm(h, p["attn_post_norm"], cfg)
-    x = x + h
-    attn_out = h
-
-    m = rms_norm(x, p["mlp_norm"], cfg)
-    act = activation(m @ p["gate"], cfg.activation)  # mlp.act: the neurons [b, t, F]
-    if edit is not None:
-        act = apply_edit(act, edit, ctx.get("edit_where"))
-    up = m @ p["up"]
-    hidden = act * up  # mlp.hidden
-    out = hidden @ p["down"]  # mlp.out
-    if splice is not None:
-        out = splice("mlp.out", out, layer, splice_args)
-    x = x + (rms_norm(out, p["mlp_post_norm"], cfg) if cfg.sandwich_norms else out)
-    if splice is not None:
-        x = splice("resid.post", x, layer, splice_args)
-
-    reduced = None
-    if probe is not None:
-        points = {
-            "attn.q": q,
-            "attn.k": k,
-            "attn.v": v,
-            "attn.allowed": allowed[-1],
-            "attn.z": z,
-            "attn.out": attn_out,
-            "mlp.in": m,
-            "mlp.up": up,
-            "mlp.act": act,
-            "mlp.hidden": hidden,
-            "mlp.out": out,
-            "resid.post": x,
-        }
-        reduced = probe(points, ctx["valid"])
-    return x, reduced, (k, v)
-
-
-def apply_edit(act: Array, edit: Edits, where: Array | None) -> Array:
-    """`a' = where(mask & where_token, a * scale + shift, a)` for act `[batch, seq, F]`, one layer's edit `[F]`.
-
-    `where` (bool `[batch, seq]`, None = every token) scopes the edit to some
-    tokens (prompt only, generated only) without changing the compiled program.
-    """
-    mask = edit.mask if where is None else edit.mask & where[..., None]
-    return jnp.where(mask, act * edit.scale.astype(act.dtype) + edit.shift.astype(act.dtype), act)
-
-
 def forward(
     params: Mapping[str, Array],
     ids: Array,
@@ -428,30 +369,18 @@ def _run(
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if valid is None:
         valid = jnp.ones((b, t), bool)
-    dtype = params["embed"].dtype
-    x = jnp.take(params["embed"], ids, axis=0)
-    if cfg.embed_scale:
-        x = x * jnp.asarray(cfg.d_model**0.5, dtype)
-    cos_g, sin_g = rope_cos_sin(positions, cfg.rope_global, cfg.head_dim)
-    cos_l, sin_l = rope_cos_sin(positions, cfg.rope_local, cfg.head_dim)
-    self_g, self_l = attention_masks(positions, positions, valid, cfg.sliding_window)
-    allowed_g, allowed_l = (self_g,), (self_l,)
+    x = embed(params, ids, positions, cfg)
+    ctx = _position_context(positions, valid, cfg)
     if cache is not None:
         slots = jnp.where(valid, positions, cache.slots)  # invalid tokens write nowhere (dropped)
         rows = jnp.arange(b)[:, None]
         written = jnp.zeros_like(cache.valid).at[rows, slots].set(True, mode="drop")
         slot_pos = jnp.broadcast_to(jnp.arange(cache.slots, dtype=positions.dtype), cache.valid.shape)
         past_g, past_l = attention_masks(positions, slot_pos, cache.valid & ~written, cfg.sliding_window)
-        allowed_g, allowed_l = (past_g, self_g), (past_l, self_l)
-    ctx = dict(
-        cos_global=cos_g,
-        sin_global=sin_g,
-        cos_local=cos_l,
-        sin_local=sin_l,
-        allowed_global=allowed_g,
-        allowed_local=allowed_l,
-        valid=valid,
-    )
+        ctx["allowed_global"] = (past_g, *ctx["allowed_global"])
+        ctx["allowed_local"] = (past_l, *ctx["allowed_local"])
+        if cfg.positions == "alibi":
+            ctx["alibi"] = (alibi_bias(slot_pos, cfg), *ctx["alibi"])
     if edit_where is not None:
         ctx["edit_where"] = edit_where
     layer_params = {k.removeprefix("layers."): v for k, v in params.items() if k.startswith("layers.")}
@@ -485,19 +414,64 @@ def _run(
         )
     if output == "none":
         return None, probes, cache
-    x = rms_norm(x, params["final_norm"], cfg)
+    x = final_norm(params, x, cfg)
     if output == "hidden":
         return x, probes, cache
     return unembed(params, x, cfg), probes, cache
 
 
+def embed(params: Mapping[str, Array], ids: Array, positions: Array, cfg: ModelConfig) -> Array:
+    """Token embeddings `[batch, seq, d_model]`: looked up (and scaled, projected, position-added, normed
+    as the family does)."""
+    x = jnp.take(params["embed"], ids, axis=0)
+    if cfg.embed_scale:
+        x = x * jnp.asarray(cfg.d_model**0.5, x.dtype)
+    if cfg.embed_dim is not None:  # OPT's project_in
+        x = x @ params["project_in"]
+    if cfg.positions == "learned":
+        x = x + learned_positions(params["positions"], positions, cfg)
+    if cfg.embed_norm:  # BLOOM
+        x = norm(x, params["embed_norm"], cfg, params.get("embed_norm_bias"))
+    return x
+
+
+def _position_context(positions: Array, valid: Array, cfg: ModelConfig) -> dict[str, Any]:
+    """What every layer reads about positions: RoPE tables, allowed-masks, ALiBi biases (this call's keys)."""
+    self_g, self_l = attention_masks(positions, positions, valid, cfg.sliding_window)
+    ctx: dict[str, Any] = dict(allowed_global=(self_g,), allowed_local=(self_l,), valid=valid)
+    if cfg.positions == "rope":
+        dims = cfg.rope_dims or cfg.head_dim
+        ctx["cos_local"], ctx["sin_local"] = rope_cos_sin(positions, cfg.rope_local, dims, cfg.rope_interleaved)
+        if cfg.rope_on_global:
+            ctx["cos_global"], ctx["sin_global"] = rope_cos_sin(positions, cfg.rope_global, dims, cfg.rope_interleaved)
+        else:  # Cohere2: no RoPE on global layers (cos 1, sin 0 rotate by nothing, exactly)
+            ctx["cos_global"], ctx["sin_global"] = jnp.ones_like(ctx["cos_local"]), jnp.zeros_like(ctx["sin_local"])
+    elif cfg.positions == "alibi":
+        ctx["alibi"] = (alibi_bias(positions, cfg),)
+    return ctx
+
+
+def final_norm(params: Mapping[str, Array], x: Array, cfg: ModelConfig) -> Array:
+    """The final norm of the residual stream (none on post-norm OPT), then OPT's `project_out` where present."""
+    if cfg.has_final_norm:
+        x = norm(x, params["final_norm"], cfg, params.get("final_norm_bias"))
+    if cfg.embed_dim is not None:
+        x = x @ params["project_out"]
+    return x
+
+
 def unembed(params: Mapping[str, Array], x: Array, cfg: ModelConfig) -> Array:
-    """Final-normed residual `[..., d_model]` -> float32 logits `[..., vocab]` (with Gemma's soft-cap)."""
+    """Final-normed residual `[..., d_model]` -> float32 logits `[..., vocab]` (with Gemma's soft-cap,
+    Phi's `lm_head` bias, Cohere's `logit_scale`)."""
     if cfg.tie_embeddings:
         logits = jnp.einsum("...d,vd->...v", x, params["embed"])
     else:
         logits = x @ params["lm_head"]
+    if cfg.lm_head_bias:
+        logits = logits + params["lm_head_bias"]
     logits = logits.astype(jnp.float32)
+    if cfg.logit_scale is not None:
+        logits = logits * jnp.float32(cfg.logit_scale)
     if cfg.final_softcap is not None:
         logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
     return logits

@@ -28,6 +28,7 @@ another model.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -42,9 +43,10 @@ import numpy as np
 
 from jlang import parallel
 from jlang.io.atomic import atomic_directory
-from jlang.models.convert import TRANSPOSED, hf_names, hf_shape
+from jlang.models.convert import TRANSPOSED, fused_parts, hf_names, hf_shape
 from jlang.models.decoder import param_shapes
 from jlang.models.families import FAMILIES, ModelConfig, RoPE, model_config_from_hf
+from jlang.models.names import Part
 from jlang.parallel import distributed
 
 __all__ = [
@@ -77,8 +79,14 @@ _MODEL_TYPES = {
     "gemma": ("gemma", "hidden_activation"),
     "gemma2": ("gemma2", "hidden_activation"),
     "gemma3": ("gemma3_text", "hidden_activation"),
+    "cohere": ("cohere", "hidden_act"),
+    "cohere2": ("cohere2", "hidden_act"),
+    "bloom": ("bloom", None),
+    "opt": ("opt", "activation_function"),
+    "phi": ("phi", "hidden_act"),
+    "phi3": ("phi3", "hidden_act"),
 }
-_HF_ACTIVATIONS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+_HF_ACTIVATIONS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
 # Values that do not change the computation, taken from the source config when it has them.
 _CARRIED = (
     "max_position_embeddings",
@@ -124,8 +132,11 @@ def hf_config_dict(
       ExportError: the family's HF config cannot express `cfg` (e.g. an attention scale other than
         `head_dim ** -0.5` outside Gemma 2/3).
     """
+    cfg = text_model_config(cfg)
     if cfg.family not in _MODEL_TYPES:
         raise ExportError(f"no Hugging Face export for family {cfg.family!r}; supported: {sorted(_MODEL_TYPES)}")
+    if cfg.family in _PLAIN_FAMILIES:
+        return _finish(_plain_family_config(cfg, dtype), cfg, source_config, tokenizer)
     model_type, act_key = _MODEL_TYPES[cfg.family]
     family = FAMILIES[cfg.family]
     d: dict[str, Any] = {
@@ -185,7 +196,11 @@ def hf_config_dict(
         problems.append(f"{cfg.family}'s attention_bias puts biases on q, k, v and o together")
     if problems:
         raise ExportError("cannot export to a Hugging Face config: " + "; ".join(problems))
+    return _finish(d, cfg, source_config, tokenizer)
 
+
+def _finish(d: dict[str, Any], cfg: ModelConfig, source_config: dict | None, tokenizer: Any) -> dict[str, Any]:
+    """Carry the non-architectural values over, fill token ids, check the round trip."""
     source_config = source_config or {}
     for key in _CARRIED:
         if source_config.get(key) is not None:
@@ -194,6 +209,59 @@ def hf_config_dict(
         if d.get(key) is None and tokenizer is not None and getattr(tokenizer, key, None) is not None:
             d[key] = int(getattr(tokenizer, key))
     _check_round_trip(d, cfg)
+    return d
+
+
+def text_model_config(cfg: ModelConfig) -> ModelConfig:
+    """The config an export writes: Gemma 3's multimodal checkpoints export their text model (`Gemma3ForCausalLM`)."""
+    return dataclasses.replace(cfg, family="gemma3") if cfg.family == "gemma3_mm" else cfg
+
+
+_PLAIN_FAMILIES = ("cohere", "cohere2", "bloom", "opt", "phi", "phi3")
+
+
+def _plain_family_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
+    """`config.json` of a Cohere, BLOOM, OPT or Phi model (whatever it cannot say, `_check_round_trip` refuses)."""
+    family = FAMILIES[cfg.family]
+    d: dict[str, Any] = {
+        "architectures": [family.architectures[0]],
+        "model_type": _MODEL_TYPES[cfg.family][0],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "dtype": dtype,
+    }
+    act_key = _MODEL_TYPES[cfg.family][1]
+    if act_key is not None:
+        d[act_key] = (
+            "gelu_new" if cfg.family == "phi" and cfg.activation == "gelu_tanh" else _HF_ACTIVATIONS[cfg.activation]
+        )
+    if cfg.family == "bloom":
+        d |= {"n_layer": cfg.num_layers, "n_head": cfg.num_heads, "layer_norm_epsilon": cfg.norm_eps}
+        d["apply_residual_connection_post_layernorm"] = cfg.residual_from_norm
+        return d
+    if cfg.family == "opt":
+        d |= {"ffn_dim": cfg.d_ff, "do_layer_norm_before": not cfg.post_norm, "enable_bias": cfg.mlp_bias}
+        d |= {"word_embed_proj_dim": cfg.embed_dim or cfg.d_model, "max_position_embeddings": cfg.num_positions - 2}
+        d["_remove_final_layer_norm"] = not cfg.post_norm and not cfg.has_final_norm
+        return d
+    d |= {"intermediate_size": cfg.d_ff, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim}
+    rope = _rope_dict(cfg.rope_global)
+    if cfg.rope_dims is not None:
+        rope["partial_rotary_factor"] = cfg.rope_dims / cfg.head_dim
+    d["rope_parameters"] = rope
+    if cfg.family in ("cohere", "cohere2"):
+        d |= {"layer_norm_eps": cfg.norm_eps, "logit_scale": cfg.logit_scale, "attention_bias": cfg.o_bias}
+        if cfg.family == "cohere":
+            d["use_qk_norm"] = cfg.qk_norm
+        else:
+            d |= {"sliding_window": cfg.sliding_window, "layer_types": _layer_types(cfg)}
+    elif cfg.family == "phi":
+        d |= {"layer_norm_eps": cfg.norm_eps, "qk_layernorm": cfg.qk_norm}
+    else:  # phi3
+        d |= {"rms_norm_eps": cfg.norm_eps, "sliding_window": cfg.sliding_window}
     return d
 
 
@@ -215,23 +283,49 @@ def _check_round_trip(d: dict, cfg: ModelConfig) -> None:
 def hf_tensors(params: Mapping[str, Any], cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
     """`(HF name, host array in HF layout)` for every tensor, one layer of one parameter at a time.
 
-    Weights come out `[out, in]`, one tensor per layer. Each layer's slice of a stacked parameter is
-    brought to the host on its own (`jlang.parallel.to_host`: a collective on several processes, so every
-    process must run this generator to the end): host memory holds one layer's tensor, never a whole
-    stacked `[L, ...]` parameter.
+    Weights come out `[out, in]`, one tensor per layer; the parts of a fused tensor (BLOOM's
+    `query_key_value`, Phi-3's `qkv_proj`, `gate_up_proj`) are fused back, layer by layer. Each layer's
+    slice of a stacked parameter is brought to the host on its own (`jlang.parallel.to_host`: a
+    collective on several processes, so every process must run this generator to the end): host memory
+    holds one layer's tensor, never a whole stacked `[L, ...]` parameter.
     """
-    for name in cfg.param_names():
+    cfg = text_model_config(cfg)
+    names = FAMILIES[cfg.family].names
+
+    def host(name: str, layer: int | None) -> np.ndarray:
         param = params[name]
+        part = parallel.to_host(param if layer is None else param[layer])
+        return part.T if name in TRANSPOSED else part
+
+    for name in _written_params(cfg):
         layers = range(cfg.num_layers) if name.startswith("layers.") else [None]
         for hf, layer in zip(hf_names(cfg, name), layers):
-            part = parallel.to_host(param if layer is None else param[layer])
-            yield hf, (part.T if name in TRANSPOSED else part)
+            if not isinstance(names[name], Part):
+                yield hf, host(name, layer)
+                continue
+            parts = [host(n, layer) for n in fused_parts(cfg, name)]
+            if names[name].layout == "blocks":
+                yield hf, np.concatenate(parts, axis=0)
+            else:  # rows [heads, parts, head_dim]
+                split = [p.reshape(cfg.num_heads, cfg.head_dim, *p.shape[1:]) for p in parts]
+                yield hf, np.stack(split, axis=1).reshape(-1, *parts[0].shape[1:])
+
+
+def _written_params(cfg: ModelConfig) -> list[str]:
+    """The parameters that start an HF tensor: all but the second and later parts of a fused one."""
+    return [n for n in cfg.param_names() if fused_parts(cfg, n)[0] == n]
 
 
 def hf_layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """`(HF name, HF shape)` of every tensor, in the order `hf_tensors` yields them."""
+    cfg = text_model_config(cfg)
     shapes = param_shapes(cfg)
-    return [(hf, hf_shape(name, shapes[name])) for name in cfg.param_names() for hf in hf_names(cfg, name)]
+    out = []
+    for name in _written_params(cfg):
+        parts = [hf_shape(n, shapes[n]) for n in fused_parts(cfg, name)]
+        shape = (sum(p[0] for p in parts), *parts[0][1:])
+        out += [(hf, shape) for hf in hf_names(cfg, name)]
+    return out
 
 
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

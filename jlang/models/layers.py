@@ -1,4 +1,4 @@
-"""The pieces of a decoder layer: norms, activations, rotary embeddings, attention and its masks.
+"""The pieces of a decoder layer: norms, activations, attention and its masks (positions: `jlang.models.positions`).
 
 Pure functions of arrays and a `ModelConfig`; `jlang.models.decoder.block` assembles
 them into a layer. Attention is computed as batched matmuls over
@@ -14,9 +14,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jlang.models.families import ModelConfig, RoPE
+from jlang.models.families import ModelConfig
 
 Array = jax.Array
+
+
+def norm(x: Array, w: Array, cfg: ModelConfig, b: Array | None = None) -> Array:
+    """The family's norm over the last axis: RMSNorm, or LayerNorm (mean-centred, bias `b` if any).
+
+    LayerNorm is computed in float32 and cast back, as Cohere's `CohereLayerNorm` does
+    (torch's `nn.LayerNorm` of BLOOM, OPT and Phi gives the same in float32).
+    """
+    if cfg.norm_kind == "rms":
+        return rms_norm(x, w, cfg)
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + cfg.norm_eps)
+    out = normed * w.astype(jnp.float32)
+    if b is not None:
+        out = out + b.astype(jnp.float32)
+    return out.astype(x.dtype)
 
 
 def rms_norm(x: Array, w: Array, cfg: ModelConfig) -> Array:
@@ -31,49 +48,16 @@ def rms_norm(x: Array, w: Array, cfg: ModelConfig) -> Array:
 def activation(x: Array, kind: str) -> Array:
     if kind == "silu":
         return jax.nn.silu(x)
+    if kind == "relu":  # OPT
+        return jax.nn.relu(x)
     if kind == "gelu_tanh":  # PyTorch's gelu(approximate="tanh"), Gemma's GeGLU
         return jax.nn.gelu(x, approximate=True)
     return jax.nn.gelu(x, approximate=False)  # exact erf GELU; JAX defaults to tanh
 
 
-def rope_inv_freq(rope: RoPE, head_dim: int) -> np.ndarray:
-    """Inverse frequencies `[head_dim // 2]`, as transformers' ROPE_INIT_FUNCTIONS compute them."""
-    inv_freq = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
-    if rope.kind == "linear":
-        inv_freq = inv_freq / rope.factor
-    elif rope.kind == "llama3":
-        low_wavelen = rope.original_max_position_embeddings / rope.low_freq_factor
-        high_wavelen = rope.original_max_position_embeddings / rope.high_freq_factor
-        wavelen = 2 * np.pi / inv_freq
-        scaled = np.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
-        smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
-            rope.high_freq_factor - rope.low_freq_factor
-        )
-        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        inv_freq = np.where(medium, smoothed, scaled)
-    return inv_freq.astype(np.float32)
-
-
-def rope_cos_sin(positions: Array, rope: RoPE, head_dim: int) -> tuple[Array, Array]:
-    """cos, sin `[batch, seq, head_dim]` in the rotate-half layout of transformers."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(rope, head_dim))
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x `[batch, seq, heads, head_dim]`; cos/sin `[batch, seq, head_dim]`."""
-    # rotate_half(x) = [-x2, x1] = [x2, x1] * [-1, +1]: the halves are swapped by a reverse
-    # of a [2, half] view (an elementwise op XLA fuses) instead of a concatenation (a copy).
-    half = x.shape[-1] // 2
-    swapped = jnp.flip(x.reshape(*x.shape[:-1], 2, half), axis=-2).reshape(x.shape)
-    sign = np.concatenate([-np.ones(half), np.ones(half)]).astype(np.float32)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), (sin * sign)[:, :, None, :].astype(x.dtype)
-    return x * cos + swapped * sin
-
-
-def blockwise_attention(q: Array, blocks: Sequence[tuple[Array, Array, Array]], cfg: ModelConfig) -> Array:
+def blockwise_attention(
+    q: Array, blocks: Sequence[tuple[Array, Array, Array]], cfg: ModelConfig, biases: Sequence[Array] | None = None
+) -> Array:
     """Grouped-query attention over several key/value blocks `(k, v, allowed)` with one softmax.
 
     q `[batch, seq, heads, head_dim]`, each block's k/v `[batch, kv_seq, kv_heads, head_dim]` and
@@ -88,19 +72,23 @@ def blockwise_attention(q: Array, blocks: Sequence[tuple[Array, Array, Array]], 
     (query position, head in group): with one kv head (MQA, Gemma 3 270M) neither
     the queries nor the output are transposed, and XLA:CPU keeps its matmul
     layouts (the `bkgts` einsum made it transpose both, 1.5x slower on CPU).
+
+    `biases` (ALiBi): per block a float32 `[batch, heads, kv_seq]` added to every query's scores.
     """
     b, t, h, d = q.shape
     kvh = blocks[0][0].shape[2]
     g = h // kvh
     rows = q.reshape(b, t, kvh, g, d).transpose(0, 2, 1, 3, 4).reshape(b * kvh, t * g, d)
     scores = []
-    for k, _, allowed in blocks:
+    for i, (k, _, allowed) in enumerate(blocks):
         s_len = k.shape[1]
         keys = k.transpose(0, 2, 1, 3).reshape(b * kvh, s_len, d)
         s = jax.lax.dot_general(rows, keys, (((2,), (2,)), ((0,), (0,)))) * jnp.asarray(cfg.attn_scale, q.dtype)
         if cfg.attn_softcap is not None:
             s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
         s = s.reshape(b, kvh, t, g, s_len).astype(jnp.float32)
+        if biases is not None:
+            s = s + biases[i].reshape(b, kvh, g, s_len)[:, :, None]
         scores.append(jnp.where(allowed[:, None, :, None, :], s, jnp.finfo(jnp.float32).min))
     probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1) if len(scores) > 1 else scores[0], axis=-1)
     ends = np.cumsum([s.shape[-1] for s in scores])

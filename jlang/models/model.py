@@ -330,6 +330,7 @@ def from_source(source, *, name: str, dtype: str = "float32", mesh: Mesh | None 
     """Convert a checkpoint source (safetensors directory or GGUF) into a `Model`."""
     hf_config = source.config
     cfg = model_config_from_hf(hf_config)
+    source = convert.family_view(source, cfg)
     convert.check_tensors(cfg, source.tensor_shapes(), str(source.path))
     tokenizer = source.tokenizer()
     params = dict(convert.stream_params(source, cfg, dtype=dtype, mesh=mesh, progress=progress))

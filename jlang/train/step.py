@@ -35,7 +35,8 @@ from jlang.models.families import ModelConfig
 from jlang.models.vocab import chunk_plan, unembed_slice
 from jlang.train.config import FinetuneConfig, TrainSection
 
-NEURON_PARAMS = ("layers.gate", "layers.up", "layers.down")
+# A neuron's own weights: column j of gate and up (plain MLPs: of W_in = `layers.up`, and its bias j), row j of down.
+NEURON_PARAMS = ("layers.gate", "layers.up", "layers.down", "layers.up_bias")
 
 
 # ----------------------------------------------------------------------------- what trains
@@ -44,7 +45,7 @@ NEURON_PARAMS = ("layers.gate", "layers.up", "layers.down")
 def trainable_names(cfg: FinetuneConfig, param_names: list[str]) -> list[str]:
     """The jlang parameters the optimizer updates."""
     if cfg.trainable == "neurons":
-        return list(NEURON_PARAMS)
+        return [n for n in NEURON_PARAMS if n in param_names]
     absent = sorted(set(cfg.freeze) - set(param_names))
     if absent:
         raise ConfigError(f"freeze names {absent}, which this model does not have; it has {param_names}")
@@ -66,7 +67,8 @@ def neuron_update_masks(
     """Where `trainable: neurons` may change weights: the union of `languages`' neurons, per kernel.
 
     Returns bool arrays broadcastable to the kernels: `layers.gate` and `layers.up` `[L, 1, F]`
-    (column j of `[d_model, F]`), `layers.down` `[L, F, 1]` (row j of `[F, d_model]`).
+    (column j of `[d_model, F]`), `layers.down` `[L, F, 1]` (row j of `[F, d_model]`), and
+    `layers.up_bias` `[L, F]` (plain MLPs with biases: BLOOM, OPT, Phi).
     Raises `MaskError` subclasses for a mask of another model or a language it lacks.
     """
     masks.check_fits(num_layers, num_neurons, model=model)
@@ -82,6 +84,7 @@ def neuron_update_masks(
         "layers.gate": union[:, None, :],
         "layers.up": union[:, None, :],
         "layers.down": union[:, :, None],
+        "layers.up_bias": union,
     }
 
 

@@ -83,6 +83,7 @@ def qk_score(
     *,
     attn_scale: float,
     softcap: float | None = None,
+    bias: jax.Array | None = None,
     delta_scaled: bool = False,
     block_elements: int = QK_BLOCK_ELEMENTS,
 ) -> jax.Array:
@@ -95,6 +96,7 @@ def qk_score(
       valid: bool `[batch, seq]`; padding query rows are left out.
       attn_scale, softcap: the model's `cfg.attn_scale` and `cfg.attn_softcap`, so `S` is the
         logits the model computes.
+      bias: `attn.bias` float32 `[batch, H, seq]`, ALiBi's per-key bias (BLOOM), part of `S`.
       delta_scaled: scale `Δ_d` like `S` (the removal of dimension d); the released code does not.
       block_elements: memory bound of one block; head dimensions are processed in chunks.
     Returns:
@@ -109,6 +111,8 @@ def qk_score(
     s = jnp.einsum("btkgd,bskd->bkgts", q32, k32, precision="highest") * scale
     if softcap is not None:
         s = jnp.tanh(s / softcap) * softcap
+    if bias is not None:
+        s = s + bias.reshape(b, G, g, 1, -1)
     neg = jnp.finfo(jnp.float32).min
     mask = allowed[:, None, None, None, :, :]  # [b, 1, 1, 1, t, s] against [b, G, g, chunk, t, s]
     p = jax.nn.softmax(jnp.where(allowed[:, None, None], s, neg), axis=-1)  # [b, G, g, t, s]
@@ -157,6 +161,7 @@ def layer_scores(
             valid,
             attn_scale=cfg.attn_scale,
             softcap=cfg.attn_softcap,
+            bias=points.get("attn.bias"),
         )
     if "vo" in parts:
         out["vo"] = vo_score(points["attn.z"], valid)

@@ -16,7 +16,6 @@ The models are built on the meta device (no weights), so `jlang.torch.mlp_shape`
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from shared_data import shared_fixtures
 

@@ -323,3 +323,25 @@ def test_configs_saved_before_the_new_fields_still_load(tiny):
     old = {k: v for k, v in cfg.to_dict().items() if k in [f.name for f in dataclasses.fields(ModelConfig)][:25]}
     assert ModelConfig.from_dict(old) == cfg
     assert ModelConfig.from_dict(tiny["opt_postln"][2].config.to_dict()) == tiny["opt_postln"][2].config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bridge_equals_jlang_intervened_logits(tiny, name):
+    """The PyTorch bridge's hook on each family's activation module gives jlang's intervened logits."""
+    from test_torch_bridge import interventions, random_masks, random_stats
+
+    import jlang.torch as jt
+
+    _, torch_model, model = tiny[name]
+    L, F = model.num_layers, model.num_neurons
+    assert jt.mlp_shape(torch_model) == (L, F)
+    masks, stats = random_masks(L, F, 0.15), random_stats(L, F)
+    ids = _ids(model.config.vocab_size)
+    plain = _torch_logits(name, torch_model, ids)
+    for case, (edits, _) in interventions(masks, stats).items():
+        ours = model.logits(ids, edits=edits)
+        with jt.apply(torch_model, edits):
+            theirs = _torch_logits(name, torch_model, ids)
+        assert np.abs(theirs - plain).max() > 1e-3, f"{case} did not change the logits"
+        assert np.abs(ours - theirs).max() <= 1e-4, (case, float(np.abs(ours - theirs).max()))
+    np.testing.assert_array_equal(_torch_logits(name, torch_model, ids), plain)  # hooks removed

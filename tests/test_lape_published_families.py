@@ -20,6 +20,7 @@ import pytest
 from shared_data import shared_fixtures
 
 from jlang.masks import NeuronMasks
+from jlang.models.families import model_config_from_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -110,6 +111,8 @@ def test_published_mask_fits_the_models_real_shape(name):
     config, (L, F) = CONFIGS[name]
     model = _meta_model(config)
     assert jt.mlp_shape(model) == (L, F)
+    jlang_config = model_config_from_hf(config)  # the [L, d_ff] jlang's decoder derives from the same config
+    assert (jlang_config.num_layers, jlang_config.d_ff) == (L, F)
     masks = NeuronMasks.from_lape_pt(path, LAPE_LANGS, num_neurons=F)  # read in place
     masks.check_fits(*jt.mlp_shape(model), model=name)
     assert masks.masks.shape == (len(LAPE_LANGS), L, F)

@@ -28,7 +28,6 @@ another model.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -132,7 +131,6 @@ def hf_config_dict(
       ExportError: the family's HF config cannot express `cfg` (e.g. an attention scale other than
         `head_dim ** -0.5` outside Gemma 2/3).
     """
-    cfg = text_model_config(cfg)
     if cfg.family not in _MODEL_TYPES:
         raise ExportError(f"no Hugging Face export for family {cfg.family!r}; supported: {sorted(_MODEL_TYPES)}")
     if cfg.family in _PLAIN_FAMILIES:
@@ -212,11 +210,6 @@ def _finish(d: dict[str, Any], cfg: ModelConfig, source_config: dict | None, tok
     return d
 
 
-def text_model_config(cfg: ModelConfig) -> ModelConfig:
-    """The config an export writes: Gemma 3's multimodal checkpoints export their text model (`Gemma3ForCausalLM`)."""
-    return dataclasses.replace(cfg, family="gemma3") if cfg.family == "gemma3_mm" else cfg
-
-
 _PLAIN_FAMILIES = ("cohere", "cohere2", "bloom", "opt", "phi", "phi3")
 
 
@@ -289,7 +282,6 @@ def hf_tensors(params: Mapping[str, Any], cfg: ModelConfig) -> Iterator[tuple[st
     collective on several processes, so every process must run this generator to the end): host memory
     holds one layer's tensor, never a whole stacked `[L, ...]` parameter.
     """
-    cfg = text_model_config(cfg)
     names = FAMILIES[cfg.family].names
 
     def host(name: str, layer: int | None) -> np.ndarray:
@@ -318,7 +310,6 @@ def _written_params(cfg: ModelConfig) -> list[str]:
 
 def hf_layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """`(HF name, HF shape)` of every tensor, in the order `hf_tensors` yields them."""
-    cfg = text_model_config(cfg)
     shapes = param_shapes(cfg)
     out = []
     for name in _written_params(cfg):

@@ -11,7 +11,7 @@ Families and what differs from Llama:
 
 * llama, mistral (sliding window), qwen2 (q/k/v biases), qwen3 (q/k RMSNorm);
 * gemma, gemma2, gemma3: `1 + w` norms, scaled embeddings, sandwich norms, soft-caps, local layers;
-  gemma3_mm (`Gemma3ForConditionalGeneration`): gemma3's text model from `text_config`, no vision tower;
+  gemma3 also reads `Gemma3ForConditionalGeneration` (12B/27B): its text model from `text_config`, no vision tower;
 * cohere, cohere2: LayerNorm without bias, parallel attention + MLP, interleaved RoPE, per-head
   q/k norms, `logit_scale`; Cohere2: sliding-window layers, global layers without RoPE;
 * bloom: ALiBi, LayerNorm with bias (also after the embedding), fused head-interleaved
@@ -133,11 +133,11 @@ FAMILIES: dict[str, Family] = {
             embed_scale=True,
             sandwich_norms=True,
         ),
-        Family("gemma3", ("Gemma3ForCausalLM",), **_GEMMA3),
-        # The text model of Gemma 3's multimodal checkpoints: the same decoder as "gemma3".
+        # Gemma 3's multimodal checkpoints (12B, 27B) hold the same text decoder: read from `text_config`,
+        # their weights under the language-model prefixes, the vision tower not loaded.
         Family(
-            "gemma3_mm",
-            ("Gemma3ForConditionalGeneration",),
+            "gemma3",
+            ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"),
             **_GEMMA3,
             text_config=True,
             aliases=GEMMA3_ALIASES,

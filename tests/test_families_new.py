@@ -18,6 +18,7 @@ import pytest
 
 import jlang
 from jlang.methods import plnd as P
+from jlang.models.decoder import forward
 from jlang.models.families import ModelConfig
 from jlang.models.generate import generate, greedy_reference
 from jlang.models.sources import CheckpointError
@@ -184,7 +185,7 @@ def test_deactivation_changes_logits_and_equals_zeroed_weights(tiny, name):
     params["layers.up"] = params["layers.up"] * ~mask[:, None, :]
     if c.mlp_bias:
         params["layers.up_bias"] = params["layers.up_bias"] * ~mask
-    ref, _ = model._jitted(params, jax.numpy.asarray(ids))
+    ref, _ = forward(params, jax.numpy.asarray(ids), model.config)
     np.testing.assert_allclose(edited, np.asarray(ref), atol=1e-5, rtol=0)
 
 
